@@ -1,0 +1,56 @@
+# Every target builds .venv itself: a fresh machine needs nothing but python3.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STATE := out/sample_state.h5
+export KERAS_BACKEND := numpy
+
+.DEFAULT_GOAL := help
+.PHONY: help run test lint format bench sample-data clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/activate
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/activate
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@ $(VENV)/.installed-run
+
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/activate
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	@touch $@ $(VENV)/.installed-dev $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run  ## set up, fit on sample_data/, transform it, inspect the state
+	@mkdir -p out
+	@rm -f $(STATE) out/sample_normalized.parquet
+	$(BIN)/bncli fit $(STATE) sample_data/features.parquet --exclude id --momentum 0.9
+	$(BIN)/bncli transform $(STATE) sample_data/features.parquet -o out/sample_normalized.parquet
+	$(BIN)/bncli inspect $(STATE)
+
+test: $(VENV)/.installed-dev  ## set up with the dev extras and run the whole suite
+	$(BIN)/python -m pytest -q -n 2 -p no:cacheprovider
+
+lint: $(VENV)/.installed-dev  ## ruff and mypy
+	$(BIN)/ruff check bncli tests benchmarks
+	$(BIN)/ruff format --check bncli tests benchmarks
+	$(BIN)/mypy bncli
+
+format: $(VENV)/.installed-dev  ## ruff format and fix
+	$(BIN)/ruff format bncli tests benchmarks
+	$(BIN)/ruff check --fix bncli tests benchmarks
+
+bench: $(VENV)/.installed-bench  ## benchmark against the baselines, printed as ratios
+	$(BIN)/python benchmarks/run.py
+
+sample-data: $(VENV)/.installed-run  ## regenerate sample_data/ (committed)
+	$(BIN)/python sample_data/make_sample_data.py
+
+clean:  ## remove the virtualenv and outputs
+	rm -rf $(VENV) out build *.egg-info .pytest_cache

@@ -1,0 +1,6 @@
+"""bncli: Keras 3 BatchNormalization for data pipelines."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["__version__"]
