@@ -1,0 +1,166 @@
+"""``bncli fit``: create or continue a state from data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bncli.cli.options import POSITIVE, data_options, engine_options, layer_options, report_options
+
+#: CLI option -> constructor argument, for the options a state remembers.
+LAYER_OPTIONS = (
+    "axis",
+    "momentum",
+    "epsilon",
+    "center",
+    "scale",
+    "beta_initializer",
+    "gamma_initializer",
+    "moving_mean_initializer",
+    "moving_variance_initializer",
+    "beta_regularizer",
+    "gamma_regularizer",
+    "beta_constraint",
+    "gamma_constraint",
+    "synchronized",
+    "dtype",
+    "name",
+)
+
+
+@click.command(short_help="Update a state's moving statistics from data.")
+@click.argument("state", type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, type=click.Path())
+@layer_options
+@click.option("--batch-size", type=POSITIVE, default=32, show_default=True, help="Samples per batch.")
+@click.option("--epochs", type=POSITIVE, default=1, show_default=True, help="Passes over the inputs; each epoch is batched on its own.")
+@click.option("--drop-remainder", is_flag=True, help="Leave out each epoch's last, partial batch.")
+@click.option("--replicas", type=POSITIVE, default=1, show_default=True, help="Split each batch into R shards, as R data-parallel devices.")
+@data_options
+@click.option("--checkpoint-every", type=POSITIVE, default=None, metavar="N", help="Save the state every N batches (resume with --resume).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted fit from its last checkpoint.")
+@click.option("--wait", is_flag=True, help="Wait for another process's lock on the state instead of failing.")
+@engine_options
+@report_options
+def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
+    """Update a state's moving statistics from data, as Keras training does.
+
+    Streams INPUTS (Parquet, Arrow, CSV or NPY files, folders of them, or -
+    for stdin) in batches of exactly --batch-size samples and updates the
+    moving mean and variance as BatchNormalization(training=True) does. STATE
+    is created from the layer options if it does not exist; otherwise the fit
+    goes on from it and every layer option not given comes from it.
+
+    \b
+    Example:
+      bncli fit state.h5 data/*.parquet --exclude id --momentum 0.9
+      bncli fit images.h5 images.npy --axis -1 --batch-size 64 --epochs 3
+    """
+    from bncli.cli.render import emit_json, make_progress, say
+    from bncli.errors import StateMismatchError, UsageError
+    from bncli.layer import BatchNormalization, load
+    from bncli.state import lock
+
+    given = {k: options.pop(k) for k in LAYER_OPTIONS}
+    seed = options.pop("seed")
+    if not inputs and not options["resume"]:
+        raise UsageError("fit: give at least one INPUT (a file, a folder or -)")
+    if "-" in inputs and (options["epochs"] > 1 or options["resume"] or options["engine"] == "dask"):
+        raise UsageError("'-' (stdin) cannot be replayed: not with --epochs above 1, --resume or --engine dask")
+    path = Path(state)
+    with lock(path, wait=options["wait"]):
+        if path.exists():
+            layer = load(path)
+            _check_against_state(layer, given, path)
+        else:
+            if options["resume"]:
+                from bncli.errors import StateNotFoundError
+
+                raise StateNotFoundError("state not found, nothing to resume", path=path)
+            kwargs = {k: v for k, v in given.items() if v is not None}
+            layer = BatchNormalization(**kwargs, seed=seed)
+        fit_options = {
+            "batch_size": options["batch_size"],
+            "epochs": options["epochs"],
+            "drop_remainder": options["drop_remainder"],
+            "columns": options["columns"],
+            "exclude": options["exclude"],
+            "mask_column": options["mask_column"],
+            "mask": list(options["masks"]) or None,
+            "replicas": options["replicas"],
+            "nan_policy": options["nan_policy"],
+            "workers": options["workers"],
+            "resume": options["resume"],
+        }
+        progress = make_progress(options["quiet"], "fit")
+        if options["engine"] == "dask":
+            from bncli.engines.dask_engine import fit_layer as dask_fit
+
+            summary = dask_fit(layer, list(inputs), scheduler=options["scheduler"], progress=progress, **fit_options)
+        else:
+            summary = layer.fit(
+                list(inputs),
+                checkpoint_every=options["checkpoint_every"],
+                checkpoint=lambda current: current.save(path),
+                progress=progress,
+                **fit_options,
+            )
+        try:
+            layer.save(path)
+        except StateMismatchError:  # pragma: no cover - defensive
+            raise
+    result = {
+        "state": str(path),
+        "batches": summary.batches,
+        "samples": summary.samples,
+        "epochs": summary.epochs,
+        "seconds": round(summary.seconds, 6),
+        "batches_seen": layer.batches_seen,
+        "samples_seen": layer.samples_seen,
+    }
+    if options["as_json"]:
+        emit_json(result)
+    elif not options["quiet"]:
+        say(
+            f"fitted {path}: {summary.batches} batches, {summary.samples} samples "
+            f"in {summary.seconds:.2f}s ({layer.batches_seen} batches seen in all)"
+        )
+
+
+def _check_against_state(layer: Any, given: dict[str, Any], path: Path) -> None:
+    """Refuse layer options that contradict the stored config (exit 4)."""
+    from bncli.errors import StateMismatchError
+
+    config = layer.get_config()
+    for key, value in given.items():
+        if value is None:
+            continue
+        if key == "dtype":
+            stored: Any = layer.dtype_policy.name
+        elif key == "axis":
+            ndim = len(layer.sample_shape) + 1
+            value = value + ndim if value < 0 else value
+            stored = layer.channel_axis
+        else:
+            stored = config[key]
+        if key in ("momentum", "epsilon"):
+            same = float(value) == float(stored)
+        else:
+            same = value == stored
+        if not same:
+            flag = "--" + key.replace("_", "-")
+            raise StateMismatchError(
+                f"{flag} {_show(value)} contradicts the state's {key} {_show(stored)}",
+                path=path,
+                hint="leave the option out, or fit a new state",
+            )
+
+
+def _show(value: Any) -> str:
+    import json
+
+    if isinstance(value, dict):
+        return json.dumps(value.get("class_name", value))
+    return json.dumps(value) if not isinstance(value, str) else value

@@ -1,0 +1,121 @@
+"""``inspect --html``: one self-contained page, a chart per channel (inline SVG)."""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Any
+
+import numpy as np
+
+from bncli.cli.render import channel_flags, share_warning, state_document
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{padding:.25em .6em;border-bottom:1px solid #ddd;text-align:right}
+th:first-child,td:first-child{text-align:left}.warn{color:#a40}.flag{color:#c00;font-weight:bold}
+.charts{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}figcaption{font-size:.85em}
+"""
+
+
+def _chart(mean: float, std: float, data: dict[str, Any] | None) -> str:
+    """The state's N(mean, std) density, and the data's if given, as SVG."""
+    width, height = 240, 90
+    centres = [mean] + ([data["mean"]] if data else [])
+    spreads = [std] + ([math.sqrt(max(data["variance"], 0.0))] if data else [])
+    spread = max(max(spreads), 1e-12)
+    lo = min(c - 4 * spread for c in centres)
+    hi = max(c + 4 * spread for c in centres)
+    xs = np.linspace(lo, hi, 80)
+
+    def path(mu: float, sigma: float) -> str:
+        sigma = max(sigma, spread * 1e-3)
+        ys = np.exp(-0.5 * ((xs - mu) / sigma) ** 2) / sigma
+        ys = ys / ys.max()
+        points = " ".join(
+            f"{(x - lo) / (hi - lo) * width:.1f},{height - 10 - y * (height - 20):.1f}"
+            for x, y in zip(xs, ys, strict=True)
+        )
+        return points
+
+    parts = [
+        f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">',
+        f'<polyline fill="none" stroke="#2a6" stroke-width="2" points="{path(mean, std)}"/>',
+    ]
+    if data:
+        points = path(data["mean"], math.sqrt(max(data["variance"], 0.0)))
+        parts.append(f'<polyline fill="none" stroke="#c50" stroke-dasharray="4 2" stroke-width="2" points="{points}"/>')
+    parts.append(f'<text x="2" y="{height - 1}" font-size="9">{lo:.3g}</text>')
+    parts.append(f'<text x="{width - 2}" y="{height - 1}" font-size="9" text-anchor="end">{hi:.3g}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def render_report(layer: Any, title: str, drift: dict[str, Any] | None) -> str:
+    """The report as an HTML string."""
+    doc = state_document(layer)
+    esc = html.escape
+    rows = []
+    std = np.sqrt(layer.moving_variance64)
+    flags = channel_flags(layer)
+    share = layer.initializer_share()
+    for c, feature in enumerate(layer.features):
+        gamma = doc["variables"].get("gamma")
+        beta = doc["variables"].get("beta")
+        cells = [
+            esc(feature),
+            f"{layer.moving_mean64[c]:.6g}",
+            f"{std[c]:.6g}",
+            "-" if gamma is None else f"{gamma[c]:.6g}",
+            "-" if beta is None else f"{beta[c]:.6g}",
+            f"{share[c]:.2%}",
+            f'<span class="flag">{flags[c]}</span>',
+        ]
+        if drift:
+            ch = drift["channels"][c]
+            cls = ' class="flag"' if ch["drift"] else ""
+            cells += [f"<span{cls}>{ch['mean_shift']:+.3f}</span>", f"{ch['variance_ratio']:.3f}"]
+        rows.append("<tr>" + "".join(f"<td>{v}</td>" for v in cells) + "</tr>")
+    header = ["channel", "moving mean", "moving std", "gamma", "beta", "init share", "flag"]
+    if drift:
+        header += ["mean shift", "var ratio"]
+    charts = []
+    for c, feature in enumerate(layer.features):
+        data = drift["channels"][c] if drift else None
+        charts.append(
+            f"<figure>{_chart(float(layer.moving_mean64[c]), float(std[c]), data)}"
+            f"<figcaption>{esc(feature)}</figcaption></figure>"
+        )
+    config = doc["config"]
+    warning = share_warning(layer)
+    progress = doc["progress"]
+    legend = "green: the state's N(moving mean, moving std)" + (
+        "; orange dashed: the data's" if drift else ""
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>bncli: {esc(title)}</title>
+<style>{_STYLE}</style></head><body>
+<h1>{esc(title)}</h1>
+<p>layer <b>{esc(str(config["name"]))}</b>, momentum {config["momentum"]:g}, epsilon {config["epsilon"]:g},
+center {config["center"]}, scale {config["scale"]}, policy {esc(layer.dtype_policy.name)},
+{"frozen" if not layer.trainable else "trainable"}.</p>
+<p>{progress["batches_seen"]} batches, {progress["samples_seen"]} samples, {progress["epochs"]} epochs;
+initializer share {doc["initializer_share"]:.4%};
+regularization penalties gamma {doc["regularization"]["gamma"]:.6g}, beta {doc["regularization"]["beta"]:.6g}.</p>
+{f'<p class="warn">warning: {esc(warning)}</p>' if warning else ""}
+{f'<p class="warn">drift in {sum(ch["drift"] for ch in drift["channels"])} channel(s) of {drift["samples"]} samples</p>' if drift else ""}
+<table><tr>{"".join(f"<th>{h}</th>" for h in header)}</tr>
+{"".join(rows)}</table>
+<p>{legend}</p>
+<div class="charts">{"".join(charts)}</div>
+</body></html>
+"""
+
+
+def write_report(path: str, layer: Any, title: str, drift: dict[str, Any] | None) -> None:
+    """Write the report atomically."""
+    from bncli.io.atomic import atomic_path
+
+    text = render_report(layer, title, drift)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

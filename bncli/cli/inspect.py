@@ -1,0 +1,121 @@
+"""``bncli inspect``: what a state holds, or a Keras model's BatchNormalization layers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bncli.cli.options import debug_option
+
+EXIT_DRIFT = 5
+
+
+@click.command(short_help="Show a state, or the BatchNormalization layers of a Keras model.")
+@click.argument("target", metavar="STATE_OR_MODEL", type=click.Path(dir_okay=True))
+@click.argument("more_data", nargs=-1, type=click.Path(), metavar="")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document to stdout.")
+@click.option("--data", "data", multiple=True, type=click.Path(), help="Data to compare with the state (files, folders); drift per channel.")
+@click.option("--fail-on-drift", is_flag=True, help="Exit 5 when --data drifts from the state.")
+@click.option("--shift-threshold", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True, help="Drift: largest |mean shift| in moving standard deviations.")
+@click.option("--ratio-threshold", type=click.FloatRange(min=1), default=2.0, show_default=True, help="Drift: largest variance ratio (or its inverse).")
+@click.option("--html", "html", type=click.Path(dir_okay=False), default=None, help="Also write a self-contained HTML report.")
+@click.option("--mask-column", default=None, help="With --data: a boolean or 0/1 column; false rows are left out.")
+@click.option("--nan-policy", type=click.Choice(["error", "mask"]), default="error", show_default=True, help="With --data: NaN or infinity is an error, or masked out.")
+@debug_option
+def inspect(target: str, more_data: tuple[str, ...], **options: Any) -> int:
+    """Show what STATE_OR_MODEL holds.
+
+    For a state: the config, per-channel moving mean, moving std, gamma and
+    beta, the progress, the initializer's share in the moving statistics
+    (with a warning above 1%), the regularization penalties, and with --data
+    how far that data is from the state. For a Keras model file (.keras,
+    .weights.h5, .h5): its BatchNormalization layers.
+
+    \b
+    Example:
+      bncli inspect state.h5
+      bncli inspect state.h5 --json | jq .initializer_share
+      bncli inspect state.h5 --data new/*.parquet --fail-on-drift
+      bncli inspect model.keras
+    """
+    from bncli.cli import render
+    from bncli.errors import StateError, UsageError
+    from bncli.state import FORMAT
+
+    data = list(options["data"]) + list(more_data)
+    if more_data and not options["data"]:
+        raise UsageError(f"inspect: unexpected argument {more_data[0]!r} (data to compare goes after --data)")
+    if options["fail_on_drift"] and not data:
+        raise UsageError("inspect: --fail-on-drift needs --data")
+    path = Path(target)
+    kind = _kind(path, FORMAT)
+    if kind == "model":
+        if data or options["html"]:
+            raise UsageError("inspect: --data and --html are for states, not Keras models")
+        from bncli.keras_compat.files import read_batchnorm_layers
+
+        layers = read_batchnorm_layers(path)
+        if options["as_json"]:
+            render.emit_json({"model": str(path), "layers": [render.model_layer_document(layer) for layer in layers]})
+        else:
+            render.print_model(str(path), layers)
+        return 0
+    if kind != "state":
+        raise StateError("neither a bncli state nor a Keras model file", path=path)
+    from bncli.layer import load
+
+    layer = load(path)
+    drift = None
+    if data:
+        from bncli.drift import measure_drift
+
+        drift = measure_drift(
+            layer,
+            data,
+            shift_threshold=options["shift_threshold"],
+            ratio_threshold=options["ratio_threshold"],
+            mask_column=options["mask_column"],
+            nan_policy=options["nan_policy"],
+        )
+    if options["as_json"]:
+        document = render.state_document(layer)
+        if drift is not None:
+            document["drift"] = drift
+        render.emit_json(document)
+    else:
+        render.print_state(layer, str(path), drift)
+    if options["html"]:
+        from bncli.cli.html_report import write_report
+
+        write_report(options["html"], layer, str(path), drift)
+    if drift is not None and drift["drift"] and options["fail_on_drift"]:
+        return EXIT_DRIFT
+    return 0
+
+
+def _kind(path: Path, state_format: str) -> str:
+    """"state", "model" or "other", by content."""
+    from bncli.errors import StateNotFoundError
+
+    if not path.exists():
+        raise StateNotFoundError("no such file", path=path)
+    if path.is_file():
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if head == b"\x89HDF\r\n\x1a\n":
+            import h5py
+
+            try:
+                with h5py.File(path, "r") as f:
+                    fmt = f.attrs.get("format")
+            except OSError:
+                return "other"
+            if isinstance(fmt, bytes):
+                fmt = fmt.decode()
+            if fmt == state_format:
+                return "state"
+    from bncli.keras_compat.files import is_keras_file
+
+    return "model" if is_keras_file(path) else "other"

@@ -1,0 +1,126 @@
+"""The command group and the error edge.
+
+Only :func:`main` maps exceptions to exit codes and ``error:`` lines (HTTPie's
+``raw_main``): library errors by their ``exit_code``, click's usage errors as
+one line with exit 2, Ctrl-C as ``error: interrupted`` with 130, a closed
+stdout quietly, anything else as exit 1 pointing to ``--debug``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import NoReturn
+
+import click
+
+from bncli import __version__
+from bncli.cli.lazy import LazyGroup
+
+EXIT_INTERRUPTED = 130
+
+COMMANDS = {
+    "fit": "bncli.cli.fit:fit",
+    "transform": "bncli.cli.transform:transform",
+    "inspect": "bncli.cli.inspect:inspect",
+    "freeze": "bncli.cli.state_commands:freeze",
+    "unfreeze": "bncli.cli.state_commands:unfreeze",
+    "set": "bncli.cli.state_commands:set_values",
+    "export": "bncli.cli.interop:export",
+    "import": "bncli.cli.interop:import_",
+}
+
+SUMMARIES = {
+    "fit": "Update a state's moving statistics from data, as Keras training does.",
+    "transform": "Normalize data with a state (inference, or --training).",
+    "inspect": "Show a state, or the BatchNormalization layers of a Keras model.",
+    "freeze": "Freeze a state (trainable=False): fit refuses, training runs as inference.",
+    "unfreeze": "Unfreeze a state (trainable=True).",
+    "set": "Set gamma, beta or the moving statistics of a state.",
+    "export": "Write a state as a Keras model (.keras) or weights file (.weights.h5).",
+    "import": "Read a BatchNormalization layer of a Keras model file into a state.",
+}
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy_commands=COMMANDS,
+    lazy_summaries=SUMMARIES,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(__version__, prog_name="bncli")
+def cli() -> None:
+    """Keras 3 BatchNormalization for data pipelines.
+
+    Fit a layer's moving statistics by streaming Parquet, Arrow, CSV or NPY
+    files, normalize data with it, and inspect saved states and Keras models.
+
+    \b
+    Example:
+      bncli fit state.h5 data/ --exclude id
+      bncli transform state.h5 data.parquet -o normalized.parquet
+      bncli inspect state.h5
+    """
+
+
+def _error(message: str) -> None:
+    text = " ".join(str(message).split())
+    try:
+        sys.stderr.write(f"error: {text}\n")
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):  # pragma: no cover - stderr is gone
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Run the CLI and exit with its code; the only place exceptions become codes."""
+    from bncli.errors import BncliError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or bool(os.environ.get("BNCLI_DEBUG"))
+    code = 0
+    try:
+        result = cli.main(args=args, prog_name="bncli", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except click.exceptions.Exit as e:
+        code = e.exit_code
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        _error("interrupted")
+        code = EXIT_INTERRUPTED
+    except click.UsageError as e:
+        if debug:
+            traceback.print_exc()
+        where = f"{e.ctx.command_path.removeprefix('bncli').strip()}: " if e.ctx else ""
+        hint = ""
+        if e.ctx is not None and e.ctx.command.get_help_option(e.ctx) is not None:
+            hint = f" (see: {e.ctx.command_path} --help)"
+        _error(f"{where}{e.format_message()}{hint}")
+        code = e.exit_code
+    except click.ClickException as e:
+        _error(e.format_message())
+        code = e.exit_code
+    except BncliError as e:
+        if debug:
+            traceback.print_exc()
+        _error(e.line())
+        code = e.exit_code
+    except BrokenPipeError:
+        # The reader went away (``bncli ... | head``): stop quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = 1
+    except Exception as e:
+        if debug:
+            traceback.print_exc()
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        _error(
+            f"unexpected {type(e).__name__}: {first} (run with --debug for the traceback)"
+        )
+        code = 1
+    sys.exit(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

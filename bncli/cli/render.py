@@ -1,0 +1,306 @@
+"""Output for people (rich tables, progress bars on stderr) and for scripts (JSON).
+
+rich is imported here only, and only when something is drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Any
+
+import numpy as np
+
+from bncli.progress import NullProgress, Progress
+
+#: Initializer share above which inspect warns.
+SHARE_WARNING = 0.01
+#: A channel is "dead" when its moving variance is under this share of epsilon
+#: (epsilon then dominates the denominator), "exploding" above EXPLODING_VARIANCE.
+DEAD_SHARE_OF_EPSILON = 0.01
+EXPLODING_VARIANCE = 1e12
+
+
+def emit_json(document: Any) -> None:
+    """Print one JSON document to stdout (floats at full precision)."""
+    sys.stdout.write(json.dumps(document, allow_nan=True) + "\n")
+    sys.stdout.flush()
+
+
+def say(message: str) -> None:
+    """A line for people, on stderr."""
+    sys.stderr.write(message + "\n")
+
+
+def warn(message: str) -> None:
+    """A warning for people, on stderr."""
+    sys.stderr.write(f"warning: {message}\n")
+
+
+class RichProgress(Progress):
+    """A rich progress bar on stderr: samples, samples per second, time left."""
+
+    def __init__(self, description: str) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as Bar
+
+        self._bar = Bar(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]} samples/s"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            redirect_stdout=False,
+            redirect_stderr=False,
+            transient=True,
+        )
+        self._description = description
+        self._task: Any = None
+
+    def start(self, total: int | None) -> None:
+        self._bar.start()
+        self._task = self._bar.add_task(self._description, total=total, rate="-")
+
+    def advance(self, samples: int) -> None:
+        self._bar.advance(self._task, samples)
+        task = self._bar.tasks[0]
+        speed = task.speed
+        self._bar.update(self._task, rate="-" if not speed else f"{speed:,.0f}")
+
+    def finish(self) -> None:
+        self._bar.stop()
+
+
+def make_progress(quiet: bool, description: str) -> Progress:
+    """A progress bar when stderr is a terminal and --quiet is off."""
+    if quiet or not sys.stderr.isatty():
+        return NullProgress()
+    return RichProgress(description)
+
+
+def _floats(values: Any) -> list[float]:
+    return [float(v) for v in np.asarray(values, dtype=np.float64)]
+
+
+def state_document(layer: Any) -> dict[str, Any]:
+    """The ``inspect --json`` document of a state (SPEC §3 keys)."""
+    variables = {}
+    if layer.gamma is not None:
+        variables["gamma"] = _floats(layer.gamma)
+    if layer.beta is not None:
+        variables["beta"] = _floats(layer.beta)
+    variables["moving_mean"] = _floats(layer.moving_mean)
+    variables["moving_variance"] = _floats(layer.moving_variance)
+    return {
+        "config": layer.get_config(),
+        "variables": variables,
+        "features": list(layer.features),
+        "progress": {
+            "batches_seen": int(layer.batches_seen),
+            "samples_seen": int(layer.samples_seen),
+            "epochs": int(layer.epochs),
+        },
+        "initializer_share": float(layer.initializer_share().max()),
+        "regularization": layer.regularization_penalties(),
+    }
+
+
+def channel_flags(layer: Any) -> list[str]:
+    """Per channel: "", "dead" (variance ~ 0) or "exploding" (variance huge)."""
+    flags = []
+    for value in np.asarray(layer.moving_variance64):
+        if value < DEAD_SHARE_OF_EPSILON * layer.epsilon:
+            flags.append("dead")
+        elif value > EXPLODING_VARIANCE or not math.isfinite(value):
+            flags.append("exploding")
+        else:
+            flags.append("")
+    return flags
+
+
+def share_warning(layer: Any) -> str | None:
+    """The warning about the initializer's share, or None when all is below 1%."""
+    share = layer.initializer_share()
+    high = [f for f, s in zip(layer.features, share, strict=True) if s > SHARE_WARNING]
+    if not high:
+        return None
+    listed = ", ".join(high[:8]) + (f" and {len(high) - 8} more" if len(high) > 8 else "")
+    return (
+        f"the initializers still weigh {share.max():.1%} in the moving statistics of "
+        f"{listed}; fit on more batches (momentum {layer.momentum} needs about "
+        f"{_batches_needed(layer.momentum)} batches to fall under 1%)"
+    )
+
+
+def _batches_needed(momentum: float) -> int:
+    if momentum <= 0:
+        return 1
+    if momentum >= 1:
+        return 0
+    return math.ceil(math.log(SHARE_WARNING) / math.log(momentum))
+
+
+def _console() -> Any:
+    """A stdout console; wide enough for the tables when not a terminal."""
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=160)
+    return console
+
+
+def _bar(value: float, top: float, width: int = 10) -> str:
+    if not math.isfinite(value) or top <= 0:
+        return ""
+    filled = int(round(width * min(abs(value) / top, 1.0)))
+    return "█" * filled + "·" * (width - filled)
+
+
+def print_state(layer: Any, path: str, drift: dict[str, Any] | None = None) -> None:
+    """The state as rich tables on stdout."""
+    from rich.table import Table
+
+    from bncli.keras_compat.specs import describe
+
+    console = _console()
+    config = layer.get_config()
+    head = Table(title=f"{path}", show_header=False, box=None, title_justify="left")
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("layer", f"{config['name']} ({'frozen' if not layer.trainable else 'trainable'})")
+    head.add_row("input", f"{layer.kind}, sample shape {tuple(layer.sample_shape)}, channel axis {layer.axis}")
+    head.add_row("momentum / epsilon", f"{layer.momentum:g} / {layer.epsilon:g}")
+    head.add_row("center / scale", f"{layer.center} / {layer.scale}")
+    head.add_row("dtype policy", layer.dtype_policy.name)
+    head.add_row("synchronized", str(layer.synchronized))
+    inits = ", ".join(
+        f"{k.removesuffix('_initializer')}={describe(config[k])}"
+        for k in ("gamma_initializer", "beta_initializer", "moving_mean_initializer", "moving_variance_initializer")
+    )
+    head.add_row("initializers", inits)
+    penalties = layer.regularization_penalties()
+    head.add_row(
+        "regularizers",
+        f"gamma {describe(layer.gamma_regularizer)} (penalty {penalties['gamma']:.6g}), "
+        f"beta {describe(layer.beta_regularizer)} (penalty {penalties['beta']:.6g})",
+    )
+    head.add_row(
+        "constraints",
+        f"gamma {describe(layer.gamma_constraint)}, beta {describe(layer.beta_constraint)}",
+    )
+    head.add_row(
+        "progress",
+        f"{layer.batches_seen} batches, {layer.samples_seen} samples, {layer.epochs} epochs",
+    )
+    head.add_row("initializer share", f"{layer.initializer_share().max():.4%}")
+    console.print(head)
+
+    table = Table(title="channels", title_justify="left")
+    for column in ("channel", "moving mean", "moving std", "", "gamma", "beta", "init share", "flag"):
+        table.add_column(column, justify="left" if column in ("channel", "", "flag") else "right")
+    if drift is not None:
+        table.add_column("mean shift", justify="right")
+        table.add_column("var ratio", justify="right")
+    std = np.sqrt(layer.moving_variance64)
+    top = float(np.nanmax(std)) if len(std) else 0.0
+    gamma = layer.gamma
+    beta = layer.beta
+    share = layer.initializer_share()
+    flags = channel_flags(layer)
+    for c, feature in enumerate(layer.features):
+        row = [
+            feature,
+            f"{layer.moving_mean64[c]:.6g}",
+            f"{std[c]:.6g}",
+            _bar(float(std[c]), top),
+            "-" if gamma is None else f"{float(gamma[c]):.6g}",
+            "-" if beta is None else f"{float(beta[c]):.6g}",
+            f"{share[c]:.2%}",
+            flags[c],
+        ]
+        if drift is not None:
+            channel = drift["channels"][c]
+            mark = " !" if channel["drift"] else ""
+            row += [f"{channel['mean_shift']:+.3f}{mark}", f"{channel['variance_ratio']:.3f}"]
+        table.add_row(*row)
+    console.print(table)
+    message = share_warning(layer)
+    if message:
+        warn(message)
+    bad = [f"{f} ({flag})" for f, flag in zip(layer.features, flags, strict=True) if flag]
+    if bad:
+        warn("channels with a degenerate moving variance: " + ", ".join(bad))
+    if drift is not None:
+        drifted = [ch["feature"] for ch in drift["channels"] if ch["drift"]]
+        if drifted:
+            warn(f"drift in {len(drifted)} channel(s): {', '.join(drifted)}")
+        else:
+            say(f"no drift: the data ({drift['samples']} samples) matches the state")
+
+
+def print_model(path: str, layers: list[Any]) -> None:
+    """The BatchNormalization layers of a Keras model file, as a rich table."""
+    from rich.table import Table
+
+    console = _console()
+    table = Table(title=f"{path}: {len(layers)} BatchNormalization layer(s)", title_justify="left")
+    for column in ("layer", "path", "channels", "momentum", "epsilon", "center/scale", "health"):
+        table.add_column(column)
+    for layer in layers:
+        doc = model_layer_document(layer)
+        table.add_row(
+            doc["name"],
+            doc["path"],
+            str(doc["channels"]),
+            "?" if doc["momentum"] is None else f"{doc['momentum']:g}",
+            "?" if doc["epsilon"] is None else f"{doc['epsilon']:g}",
+            "?" if layer.config is None else f"{layer.config['center']}/{layer.config['scale']}",
+            doc["health"],
+        )
+    console.print(table)
+
+
+def model_layer_document(layer: Any) -> dict[str, Any]:
+    """A Keras file's BatchNormalization layer as JSON data, with a health line."""
+    variables = {k: _floats(v) for k, v in layer.variables.items()}
+    variance = np.asarray(layer.variables.get("moving_variance", []), dtype=np.float64)
+    channels = len(variance)
+    epsilon = 1e-3 if layer.config is None else float(layer.config["epsilon"])
+    dead = int((variance < DEAD_SHARE_OF_EPSILON * epsilon).sum())
+    exploding = int(((variance > EXPLODING_VARIANCE) | ~np.isfinite(variance)).sum())
+    untouched = bool(
+        channels
+        and np.all(variance == 1.0)
+        and np.all(np.asarray(layer.variables.get("moving_mean", [])) == 0.0)
+    )
+    if untouched:
+        health = "moving statistics at their initial values (never trained?)"
+    elif dead or exploding:
+        health = f"{dead} dead, {exploding} exploding channel(s)"
+    else:
+        std = np.sqrt(variance)
+        health = f"ok: moving std {std.min():.3g} .. {std.max():.3g}"
+    config = layer.config
+    return {
+        "name": layer.name,
+        "path": layer.path,
+        "channels": channels,
+        "momentum": None if config is None else config["momentum"],
+        "epsilon": None if config is None else config["epsilon"],
+        "config": config,
+        "variables": variables,
+        "health": health,
+    }

@@ -1,0 +1,75 @@
+"""``bncli transform``: normalize data with a state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from bncli.cli.options import POSITIVE, DTypeName, data_options, engine_options, report_options
+
+
+@click.command(short_help="Normalize data with a state.")
+@click.argument("state", type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", required=True, help="Output file (.parquet, .arrow, .feather, .csv, .npy) or - for stdout.")
+@click.option("--training", is_flag=True, help="Use each batch's statistics, as Keras training mode (the state is not changed).")
+@click.option("--batch-size", type=POSITIVE, default=32, show_default=True, help="Samples per batch with --training.")
+@click.option("--replicas", type=POSITIVE, default=1, show_default=True, help="With --training, shards per batch (unsynchronized: each its own statistics).")
+@click.option("--output-dtype", type=DTypeName(), default=None, help="Dtype of the outputs (default: the policy's compute dtype).")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--single-file", is_flag=True, help="With --engine dask, join the Parquet parts into one file.")
+@data_options
+@engine_options
+@report_options
+def transform(state: str, inputs: tuple[str, ...], **options: Any) -> None:
+    """Normalize INPUTS with STATE into OUTPUT.
+
+    Inference mode by default: y = gamma * (x - moving_mean) /
+    sqrt(moving_variance + epsilon) + beta. With --training each batch uses
+    its own statistics (the state is left unchanged). The state's channels
+    are selected by name; other columns pass through untouched, and row
+    count, row order and null cells are kept.
+
+    \b
+    Example:
+      bncli transform state.h5 data.parquet -o normalized.parquet
+      cat batch.arrows | bncli transform state.h5 - -o - > out.arrows
+    """
+    from bncli.cli.render import emit_json, make_progress, say
+    from bncli.errors import UsageError
+    from bncli.layer import load
+
+    if options["exclude"] or options["columns"]:
+        raise UsageError("transform: the state's channels are used; --columns and --exclude are for fit")
+    layer = load(state)
+    progress = make_progress(options["quiet"], "transform")
+    kwargs = {
+        "training": options["training"],
+        "batch_size": options["batch_size"],
+        "replicas": options["replicas"],
+        "output_dtype": options["output_dtype"],
+        "overwrite": options["overwrite"],
+        "mask_column": options["mask_column"],
+        "mask": list(options["masks"]) or None,
+        "nan_policy": options["nan_policy"],
+        "workers": options["workers"],
+        "progress": progress,
+    }
+    if options["engine"] == "dask":
+        if "-" in inputs:
+            raise UsageError("'-' (stdin) cannot be used with --engine dask")
+        from bncli.engines.dask_engine import transform_layer as dask_transform
+
+        summary = dask_transform(layer, list(inputs), options["output"], scheduler=options["scheduler"], single_file=options["single_file"], **kwargs)
+    else:
+        from bncli.engines.local import transform_layer
+
+        summary = transform_layer(layer, list(inputs), options["output"], **kwargs)
+    result = {"output": summary.output, "samples": summary.samples, "seconds": round(summary.seconds, 6)}
+    if options["as_json"]:
+        if summary.output == "-":
+            raise UsageError("--json cannot share stdout with -o -")
+        emit_json(result)
+    elif not options["quiet"]:
+        say(f"wrote {summary.output}: {summary.samples} samples in {summary.seconds:.2f}s")

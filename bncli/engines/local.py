@@ -1,0 +1,414 @@
+"""The local engine: fit and transform on this machine, every core busy.
+
+Chunks are read in the calling thread (pyarrow decodes with its own threads)
+and their batches computed in a pool of worker threads: NumPy releases the
+GIL in its reductions. Fit reduces each block of whole batches to one
+:class:`bncli.kernels.Fold` and applies the folds in stream order, so the
+result does not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from bncli import kernels
+from bncli.errors import DataError, StateError, StateFrozenError, StateMismatchError, UsageError
+from bncli.io.batching import Block, batch_blocks, block_rows
+from bncli.io.sources import ChannelMismatchError, Chunk, Dataset, open_dataset
+from bncli.progress import NullProgress, Progress
+
+__all__ = [
+    "TransformSummary",
+    "fit_layer",
+    "ordered_map",
+    "transform_layer",
+]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def default_workers() -> int:
+    """Every core this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def ordered_map(
+    fn: Callable[[T], R], items: Iterable[T], workers: int
+) -> Iterator[tuple[T, R]]:
+    """``(item, fn(item))`` in order, computed by ``workers`` threads.
+
+    At most ``2 * workers`` items are in flight, so memory stays bounded
+    however long the stream.
+    """
+    if workers <= 1:
+        for item in items:
+            yield item, fn(item)
+        return
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        pending: collections.deque[tuple[T, concurrent.futures.Future[R]]]
+        pending = collections.deque()
+        try:
+            for item in items:
+                pending.append((item, pool.submit(fn, item)))
+                if len(pending) >= 2 * workers:
+                    head, future = pending.popleft()
+                    yield head, future.result()
+            while pending:
+                head, future = pending.popleft()
+                yield head, future.result()
+        finally:
+            for _, future in pending:
+                future.cancel()
+
+
+def _check_positive(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise UsageError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+# ---------------------------------------------------------------------- math
+
+
+def batch_statistics(
+    x: npt.NDArray[Any],
+    mask: npt.NDArray[np.bool_] | None,
+    samples_per_batch: int,
+    replicas: int,
+    synchronized: bool,
+) -> tuple[kernels.Moments, list[tuple[tuple[int, int], kernels.Moments]]]:
+    """Moments of each batch of ``x`` (``(K, R, C)``) for the moving update, and
+    the per-shard moments the outputs use (one shard unless unsynchronized
+    replicas)."""
+    if replicas > 1 and not synchronized:
+        return kernels.replica_moments(x, mask, samples_per_batch, replicas)
+    stats = kernels.batched_moments(x, mask)
+    return stats, [((0, samples_per_batch), stats)]
+
+
+def _runs(chunk: Chunk, batch_size: int) -> Iterator[tuple[int, int, int]]:
+    """``(start, stop, samples_per_batch)`` runs of equal-sized batches."""
+    n = len(chunk)
+    full = n // batch_size * batch_size
+    if full:
+        yield 0, full, batch_size
+    if n > full:
+        yield full, n, n - full
+
+
+def _batched(
+    rows: npt.NDArray[Any],
+    mask: npt.NDArray[np.bool_] | None,
+    start: int,
+    stop: int,
+    per_batch: int,
+) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_] | None]:
+    n, positions, channels = rows[start:stop].shape
+    x = rows[start:stop].reshape(n // per_batch, per_batch * positions, channels)
+    if mask is None:
+        return x, None
+    m = mask[start:stop]
+    return x, m.reshape(n // per_batch, per_batch * positions, m.shape[-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class FitParams:
+    """What a worker needs to fold a block."""
+
+    batch_size: int
+    momentum: float
+    replicas: int
+    synchronized: bool
+    channels: int
+
+
+def fold_block(chunk: Chunk, params: FitParams) -> tuple[kernels.Fold, int, int]:
+    """The fold of a block's batches, with its batch and sample counts."""
+    rows = kernels.to_rows(chunk.data, chunk.axis)
+    fold = kernels.identity_fold(params.channels)
+    batches = 0
+    for start, stop, per_batch in _runs(chunk, params.batch_size):
+        x, m = _batched(rows, chunk.mask, start, stop, per_batch)
+        stats, _ = batch_statistics(x, m, per_batch, params.replicas, params.synchronized)
+        valid = stats.count > 0
+        if not np.isfinite(stats.mean[valid]).all() or not np.isfinite(
+            stats.variance[valid]
+        ).all():
+            chunk.raise_nonfinite()
+        fold = kernels.compose(
+            fold,
+            kernels.fold_batches(stats.mean, stats.variance, valid, params.momentum),
+        )
+        batches += x.shape[0]
+    return fold, batches, len(chunk)
+
+
+# ----------------------------------------------------------------------- fit
+
+
+def _resolve_dataset(layer: Any, paths: Sequence[Any], **options: Any) -> Dataset:
+    try:
+        dataset = open_dataset(
+            paths,
+            axis=layer.axis,
+            features=layer.features if layer.built else None,
+            sample_shape=layer.sample_shape if layer.built and layer.kind == "array" else None,
+            **options,
+        )
+    except ChannelMismatchError as e:
+        if layer.built:
+            raise StateMismatchError(
+                f"channels differ from the state's ({e.message})", path=e.path
+            ) from e
+        raise
+    return dataset
+
+
+def fit_layer(
+    layer: Any,
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    batch_size: int = 32,
+    epochs: int = 1,
+    drop_remainder: bool = False,
+    columns: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    mask_column: str | None = None,
+    mask: Sequence[str | os.PathLike[str]] | None = None,
+    replicas: int = 1,
+    nan_policy: str = "error",
+    workers: int | None = None,
+    checkpoint_every: int | None = None,
+    checkpoint: Callable[[Any], None] | None = None,
+    progress: Progress | None = None,
+    resume: bool = False,
+) -> Any:
+    """Fit ``layer`` on files; see :meth:`bncli.BatchNormalization.fit`."""
+    from bncli.layer import FitSummary
+
+    started = time.perf_counter()
+    progress = progress or NullProgress()
+    if not layer.trainable:
+        raise StateFrozenError(
+            "state is frozen (trainable=False), so fit would not change it",
+            hint="unfreeze it first with: bncli unfreeze STATE",
+        )
+    start_epoch = start_sample = 0
+    if resume:
+        record = layer.resume
+        if not record:
+            raise StateError(
+                "nothing to resume: the state records no interrupted fit",
+                hint="run fit without --resume",
+            )
+        paths = paths or record["inputs"]
+        batch_size, epochs = record["batch_size"], record["epochs"]
+        drop_remainder, replicas = record["drop_remainder"], record["replicas"]
+        mask_column, mask = record["mask_column"], record["mask"]
+        nan_policy = record["nan_policy"]
+        start_epoch, start_sample = record["epoch"], record["sample"]
+    batch_size = _check_positive("batch size", batch_size)
+    epochs = _check_positive("epochs", epochs)
+    replicas = _check_positive("replicas", replicas)
+    workers = default_workers() if workers is None else _check_positive("workers", workers)
+    if checkpoint_every is not None:
+        checkpoint_every = _check_positive("checkpoint interval", checkpoint_every)
+    if layer.built and (columns or exclude) and layer.kind == "table":
+        chosen = list(columns) if columns else None
+        if chosen is not None and chosen != layer.features:
+            raise StateMismatchError(
+                f"--columns {','.join(chosen)} contradicts the state's channels "
+                f"{','.join(layer.features)}"
+            )
+        columns = exclude = None
+    dataset = _resolve_dataset(
+        layer,
+        paths,
+        columns=columns,
+        exclude=exclude,
+        mask_column=mask_column,
+        masks=mask,
+        nan_policy=nan_policy,
+    )
+    if layer.built and layer.kind != dataset.kind:
+        raise StateMismatchError(
+            f"the state was fitted on {layer.kind}s, the input is an {dataset.kind}",
+            path=dataset.sources[0].path,
+        )
+    if not dataset.replayable and (epochs > 1 or resume):
+        raise UsageError("'-' (stdin) cannot be replayed: use it with one epoch only")
+    if dataset.num_samples == 0:
+        raise DataError("empty input: no sample to fit", path=dataset.sources[0].path)
+    if not layer.built:
+        layer.build(dataset.sample_shape, dataset.features, dataset.kind)
+    params = FitParams(batch_size, layer.momentum, replicas, layer.synchronized, layer.channels)
+    sample_bytes = int(np.prod(dataset.sample_shape)) * 8
+    rows = block_rows(batch_size, sample_bytes)
+    record = {
+        "inputs": [p if p == "-" else str(Path(p).resolve()) for p in map(os.fspath, paths)],
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "drop_remainder": drop_remainder,
+        "replicas": replicas,
+        "mask_column": mask_column,
+        "mask": None if not mask else [str(Path(m).resolve()) for m in mask],
+        "nan_policy": nan_policy,
+    }
+    total = dataset.num_samples
+    progress.start(None if total is None else total * (epochs - start_epoch) - start_sample)
+    batches = samples = 0
+    since_checkpoint = 0
+    for epoch in range(start_epoch, epochs):
+        first = start_sample if epoch == start_epoch else 0
+        blocks = batch_blocks(dataset.chunks(first, rows), batch_size, drop_remainder, first)
+        for block, (fold, num_batches, num_samples) in ordered_map(
+            lambda b: fold_block(b.chunk, params), blocks, workers
+        ):
+            layer.apply_fold(fold, batches=num_batches, samples=num_samples)
+            batches += num_batches
+            samples += num_samples
+            since_checkpoint += num_batches
+            progress.advance(num_samples)
+            if checkpoint_every and checkpoint and since_checkpoint >= checkpoint_every:
+                layer.resume = {**record, "epoch": epoch, "sample": block.end_sample}
+                checkpoint(layer)
+                since_checkpoint = 0
+        layer.epochs += 1
+        if checkpoint_every and checkpoint and since_checkpoint:
+            layer.resume = {**record, "epoch": epoch + 1, "sample": 0}
+    if samples == 0 and start_sample == 0:
+        raise DataError("empty input: no sample to fit", path=dataset.sources[0].path)
+    layer.resume = None
+    progress.finish()
+    return FitSummary(batches, samples, epochs - start_epoch, time.perf_counter() - started)
+
+
+# ----------------------------------------------------------------- transform
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformSummary:
+    """What one transform did."""
+
+    samples: int
+    output: str
+    seconds: float
+
+
+def normalize_chunk(
+    chunk: Chunk,
+    layer: Any,
+    training: bool,
+    batch_size: int,
+    replicas: int,
+) -> npt.NDArray[np.float64]:
+    """The layer's float64 outputs for a chunk, in rows layout ``(n, P, C)``.
+
+    Inference uses the moving statistics; training mode each batch's own
+    (each shard's, for unsynchronized replicas), and a channel with no
+    unmasked value in a batch falls back on the moving statistics.
+    """
+    rows = kernels.to_rows(chunk.data, chunk.axis)
+    gamma, beta, eps = layer._gamma, layer._beta, layer.epsilon
+    if not training:
+        return kernels.normalize(
+            rows, layer.moving_mean64, layer.moving_variance64, gamma, beta, eps
+        )
+    out = np.empty(rows.shape, dtype=np.float64)
+    for start, stop, per_batch in _runs(chunk, batch_size):
+        x, m = _batched(rows, chunk.mask, start, stop, per_batch)
+        _, shards = batch_statistics(x, m, per_batch, replicas, layer.synchronized)
+        y = out[start:stop].reshape(x.shape)
+        per_sample = x.shape[1] // per_batch
+        for (lo, hi), stats in shards:
+            seen = stats.count > 0
+            mean = np.where(seen, stats.mean, layer.moving_mean64)[:, None, :]
+            variance = np.where(seen, stats.variance, layer.moving_variance64)[:, None, :]
+            part = slice(lo * per_sample, hi * per_sample)
+            y[:, part] = kernels.normalize(x[:, part], mean, variance, gamma, beta, eps)
+    return out
+
+
+def transform_layer(
+    layer: Any,
+    paths: Sequence[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    *,
+    training: bool = False,
+    batch_size: int = 32,
+    replicas: int = 1,
+    output_dtype: str | None = None,
+    overwrite: bool = False,
+    mask_column: str | None = None,
+    mask: Sequence[str | os.PathLike[str]] | None = None,
+    nan_policy: str = "error",
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> TransformSummary:
+    """Normalize files into ``output``; see ``bncli transform``.
+
+    Raises:
+        UsageError: the output exists (without ``overwrite``), is an input,
+            or its folder is missing; nothing is created.
+        DataError: inputs that do not match the state's channels.
+    """
+    from bncli.io.sinks import check_output, open_sink, output_dtype_for
+
+    started = time.perf_counter()
+    progress = progress or NullProgress()
+    layer._require_built()
+    batch_size = _check_positive("batch size", batch_size)
+    replicas = _check_positive("replicas", replicas)
+    workers = default_workers() if workers is None else _check_positive("workers", workers)
+    training = bool(training and layer.trainable)
+    output = os.fspath(output)
+    dataset = open_dataset(
+        paths,
+        axis=layer.axis,
+        features=layer.features,
+        sample_shape=layer.sample_shape if layer.kind == "array" else None,
+        mask_column=mask_column,
+        masks=mask,
+        nan_policy=nan_policy,
+    )
+    check_output(output, [s.path for s in dataset.sources], overwrite)
+    if dataset.num_samples == 0:
+        raise DataError("empty input: nothing to transform", path=dataset.sources[0].path)
+    dtype = output_dtype_for(layer, output_dtype)
+    sample_bytes = int(np.prod(dataset.sample_shape)) * 8
+    rows = block_rows(batch_size if training else 1, sample_bytes)
+    chunks: Iterable[Chunk] = dataset.chunks(0, rows, all_columns=True)
+    if training:
+        chunks = (b.chunk for b in batch_blocks(chunks, batch_size))
+
+    def compute(chunk: Chunk) -> npt.NDArray[Any]:
+        y = normalize_chunk(chunk, layer, training, batch_size, replicas)
+        if nan_policy == "error" and not np.isfinite(y).all():
+            chunk.raise_nonfinite()
+        return layer.cast_output(kernels.from_rows(y, chunk.data.shape, chunk.axis), dtype)
+
+    progress.start(dataset.num_samples)
+    samples = 0
+    with open_sink(output, dataset, dtype) as sink:
+        for chunk, y in ordered_map(compute, chunks, workers):
+            sink.write(chunk, y)
+            samples += len(chunk)
+            progress.advance(len(chunk))
+        if samples == 0:  # a stream of unknown length that held nothing
+            raise DataError("empty input: nothing to transform", path=dataset.sources[0].path)
+    progress.finish()
+    return TransformSummary(samples, output, time.perf_counter() - started)

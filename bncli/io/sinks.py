@@ -1,0 +1,227 @@
+"""Writers of transform outputs: one per format, all atomic.
+
+A file output is written under a temporary name beside the target and
+renamed on success only (:func:`bncli.io.atomic.atomic_path`); an error
+leaves nothing behind. ``-`` writes an Arrow IPC stream (tables) or an NPY
+array (arrays) to stdout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import numpy.typing as npt
+
+from bncli.errors import UsageError
+from bncli.io.atomic import atomic_path
+from bncli.io.sources import Chunk, Dataset
+
+__all__ = ["check_output", "open_sink", "output_dtype_for", "sink_format"]
+
+_FORMATS = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".arrow": "arrow",
+    ".feather": "arrow",
+    ".ipc": "arrow",
+    ".csv": "csv",
+    ".npy": "npy",
+}
+
+
+def sink_format(output: str, kind: str) -> str:
+    """The output format its extension names (``-``: by the input kind)."""
+    if output == "-":
+        return "arrow-stream" if kind == "table" else "npy-stream"
+    fmt = _FORMATS.get(Path(output).suffix.lower())
+    if fmt is None:
+        raise UsageError(
+            f"{output}: unknown output extension; use .parquet, .arrow, .feather, "
+            ".ipc, .csv, .npy or - (stdout)"
+        )
+    return fmt
+
+
+def check_output(output: str, inputs: Sequence[str], overwrite: bool) -> None:
+    """Refuse an output that exists, is an input, or has no folder (exit 2)."""
+    if output == "-":
+        return
+    path = Path(output)
+    for source in inputs:
+        if source != "-" and Path(source).resolve() == path.resolve():
+            raise UsageError(f"{output}: the output is one of the inputs")
+        if source != "-" and path.exists() and os.path.samefile(source, path):
+            raise UsageError(f"{output}: the output is one of the inputs")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"{output}: the output's folder {parent} does not exist")
+    if path.exists() and not overwrite:
+        raise UsageError(f"{output}: output exists; pass --overwrite to replace it")
+
+
+def output_dtype_for(layer: Any, name: str | None) -> np.dtype[Any]:
+    """The output dtype: ``--output-dtype``, else the policy's compute dtype."""
+    from bncli.keras_compat.dtypes import numpy_dtype
+
+    if name is None:
+        return np.dtype(layer.dtype_policy.compute_dtype)
+    return np.dtype(numpy_dtype(name))
+
+
+@contextlib.contextmanager
+def open_sink(output: str, dataset: Dataset, dtype: np.dtype[Any]) -> Iterator[Sink]:
+    """A sink for ``output``, renamed into place when the block exits cleanly."""
+    fmt = sink_format(output, dataset.kind)
+    if fmt in ("npy", "npy-stream") and dataset.kind == "table":
+        shape: tuple[int, ...] = (len(dataset.features),)
+    else:
+        shape = dataset.sample_shape
+    if fmt not in ("npy", "npy-stream") and dataset.kind == "array" and len(shape) != 1:
+        raise UsageError(
+            f"{output}: arrays of sample shape {shape} can only be written as .npy"
+        )
+    if output == "-":
+        sink = _make_sink(fmt, sys.stdout.buffer, dataset, dtype, shape)
+        try:
+            yield sink
+        finally:
+            sink.close()
+        sys.stdout.buffer.flush()
+        return
+    with atomic_path(output) as tmp:
+        sink = _make_sink(fmt, tmp, dataset, dtype, shape)
+        try:
+            yield sink
+        finally:
+            sink.close()
+
+
+def _make_sink(
+    fmt: str, target: Any, dataset: Dataset, dtype: np.dtype[Any], shape: tuple[int, ...]
+) -> Sink:
+    if fmt in ("npy", "npy-stream"):
+        return NpySink(target, dtype, shape, dataset.num_samples)
+    return TableSink(fmt, target, dataset, dtype)
+
+
+class Sink:
+    """Receives the normalized chunks, in order."""
+
+    def write(self, chunk: Chunk, y: npt.NDArray[Any]) -> None:
+        """Write the outputs ``y`` of ``chunk``."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Finish the file."""
+
+
+class NpySink(Sink):
+    """An NPY array; the header is rewritten at the end with the real length."""
+
+    _HEADER_BYTES = 256
+
+    def __init__(
+        self,
+        target: Path | BinaryIO,
+        dtype: np.dtype[Any],
+        shape: tuple[int, ...],
+        num_samples: int | None,
+    ) -> None:
+        # NPY has no bfloat16 that plain NumPy reads back: write float32.
+        self.dtype = np.dtype(np.float32) if dtype.name == "bfloat16" else dtype
+        self.shape = shape
+        self.samples = 0
+        self.expected = num_samples
+        self._own = isinstance(target, Path)
+        self.file: BinaryIO = open(target, "wb") if isinstance(target, Path) else target
+        if not self._own and num_samples is None:
+            raise UsageError("cannot stream an NPY array of unknown length to stdout")
+        self.file.write(self._header(num_samples or 0))
+
+    def _header(self, samples: int) -> bytes:
+        from numpy.lib import format as npy
+
+        descr = npy.dtype_to_descr(self.dtype)  # type: ignore[no-untyped-call]
+        text = repr(
+            {"descr": descr, "fortran_order": False, "shape": (samples, *self.shape)}
+        )
+        body = text.encode("latin1")
+        total = self._HEADER_BYTES
+        pad = total - 10 - len(body) - 1
+        return b"\x93NUMPY\x01\x00" + (total - 10).to_bytes(2, "little") + body + b" " * pad + b"\n"
+
+    def write(self, chunk: Chunk, y: npt.NDArray[Any]) -> None:
+        if y.ndim == 3:  # a table's rows layout (n, 1, C)
+            y = y.reshape(len(y), -1)
+        self.file.write(np.ascontiguousarray(y, dtype=self.dtype).tobytes())
+        self.samples += len(y)
+
+    def close(self) -> None:
+        if self._own:
+            if self.samples != (self.expected or 0):
+                self.file.seek(0)
+                self.file.write(self._header(self.samples))
+            self.file.close()
+
+
+class TableSink(Sink):
+    """Parquet, Arrow IPC (file or stream) or CSV, keeping the other columns."""
+
+    def __init__(self, fmt: str, target: Any, dataset: Dataset, dtype: np.dtype[Any]) -> None:
+        import pyarrow as pa
+
+        self.format = fmt
+        self.features = dataset.features
+        if dtype.name == "bfloat16" or (fmt == "csv" and dtype.itemsize < 4):
+            dtype = np.dtype(np.float32)  # no bfloat16 in Arrow; no float16 in CSV
+        self.dtype = dtype
+        self.arrow_type = pa.from_numpy_dtype(dtype)
+        if dataset.kind == "table":
+            source = dataset.sources[0]
+            schema = source.schema  # type: ignore[attr-defined]
+        else:
+            schema = pa.schema([(name, self.arrow_type) for name in self.features])
+        fields = [
+            pa.field(f.name, self.arrow_type, nullable=True) if f.name in self.features else f
+            for f in schema
+        ]
+        self.schema = pa.schema(fields, metadata=schema.metadata)
+        self.index = {name: j for j, name in enumerate(self.features)}
+        sink_target = str(target) if isinstance(target, Path) else target
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            self.writer: Any = pq.ParquetWriter(sink_target, self.schema)
+        elif fmt == "arrow":
+            self.writer = pa.ipc.new_file(sink_target, self.schema)
+        elif fmt == "arrow-stream":
+            self.writer = pa.ipc.new_stream(sink_target, self.schema)
+        else:
+            import pyarrow.csv as csv
+
+            self.writer = csv.CSVWriter(sink_target, self.schema)
+
+    def write(self, chunk: Chunk, y: npt.NDArray[Any]) -> None:
+        import pyarrow as pa
+
+        y2 = y.reshape(len(y), -1)
+        columns = []
+        for field in self.schema:
+            j = self.index.get(field.name)
+            if j is None:
+                columns.append(chunk.table.column(chunk.table.schema.get_field_index(field.name)))
+                continue
+            nulls = None if chunk.nulls is None else chunk.nulls[:, j]
+            columns.append(
+                pa.array(np.ascontiguousarray(y2[:, j]), type=self.arrow_type, mask=nulls)
+            )
+        self.writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=self.schema))
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,0 +1,853 @@
+"""Readers: one per format, each streaming its file as :class:`Chunk` objects.
+
+Formats are recognized by their magic bytes first and their extension
+second (xarray's ``guess_can_open``): Parquet (``PAR1``), Arrow IPC files
+(``ARROW1``), Arrow IPC streams, NPY (``\\x93NUMPY``), and CSV (by extension,
+as text has no magic). NPY files are memory-mapped and never unpickled;
+tables are read a record batch at a time, never whole.
+
+A :class:`Dataset` is the inputs opened together: one stream of samples, in
+the order given, whose channels (``features``) all files agree on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import numpy.typing as npt
+
+from bncli.errors import DataError, InputNotFoundError, UsageError
+
+__all__ = [
+    "ChannelMismatchError",
+    "Chunk",
+    "Dataset",
+    "Segment",
+    "open_dataset",
+    "sniff_format",
+]
+
+TABLE_FORMATS = ("parquet", "arrow", "arrow-stream", "csv")
+_EXTENSIONS = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".arrow": "arrow",
+    ".feather": "arrow",
+    ".ipc": "arrow",
+    ".arrows": "arrow-stream",
+    ".csv": "csv",
+    ".npy": "npy",
+}
+#: Rows per record batch asked of table readers.
+TABLE_BATCH_ROWS = 65_536
+
+
+class ChannelMismatchError(DataError):
+    """Data whose channels differ from those expected (a state's, the first file's)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """Rows ``[row, row + rows)`` of file ``path``, 0-based within the file."""
+
+    path: str
+    row: int
+    rows: int
+
+
+@dataclasses.dataclass
+class Chunk:
+    """Consecutive samples of the stream.
+
+    Attributes:
+        data: ``(n, *sample_shape)`` channel data as read (tables: ``(n, C)``).
+        mask: ``None`` or booleans in rows layout, ``(n, P, 1)`` or
+            ``(n, P, C)``; False excludes an element from the statistics.
+        nulls: tables only: ``(n, C)`` null cells (kept null in outputs).
+        table: tables only: the whole record batch, for the pass-through columns.
+        segments: where the rows come from, for error messages.
+        features: the channel names, for error messages.
+        axis: the channel axis of ``data``.
+    """
+
+    data: npt.NDArray[Any]
+    mask: npt.NDArray[np.bool_] | None
+    nulls: npt.NDArray[np.bool_] | None
+    table: Any
+    segments: tuple[Segment, ...]
+    features: Sequence[str]
+    axis: int
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    def slice(self, start: int, stop: int) -> Chunk:
+        """Samples ``[start, stop)`` of this chunk (views where possible)."""
+        segments = []
+        offset = 0
+        for seg in self.segments:
+            lo, hi = max(start, offset), min(stop, offset + seg.rows)
+            if lo < hi:
+                segments.append(Segment(seg.path, seg.row + lo - offset, hi - lo))
+            offset += seg.rows
+        return Chunk(
+            data=self.data[start:stop],
+            mask=None if self.mask is None else self.mask[start:stop],
+            nulls=None if self.nulls is None else self.nulls[start:stop],
+            table=None if self.table is None else self.table.slice(start, stop - start),
+            segments=tuple(segments),
+            features=self.features,
+            axis=self.axis,
+        )
+
+    def locate(self, index: int) -> tuple[str, int]:
+        """The file and the row in it of sample ``index`` of this chunk."""
+        offset = 0
+        for seg in self.segments:
+            if index < offset + seg.rows:
+                return seg.path, seg.row + index - offset
+            offset += seg.rows
+        raise IndexError(index)  # pragma: no cover - callers pass valid indexes
+
+    def raise_nonfinite(self, hint: str | None = None) -> None:
+        """Raise a DataError naming the first NaN or infinity not masked out."""
+        from bncli.kernels import to_rows
+
+        rows = to_rows(np.asarray(self.data), self.axis)
+        bad = ~np.isfinite(rows)
+        if self.mask is not None:
+            bad &= self.mask
+        hits = np.argwhere(bad)
+        if not len(hits):
+            raise DataError(
+                "values too large: their sum overflows float64",
+                path=self.segments[0].path if self.segments else None,
+            )
+        sample, _, channel = (int(v) for v in hits[0])
+        path, row = self.locate(sample)
+        value = rows[sample].reshape(-1, rows.shape[-1])[:, channel]
+        kind = "NaN" if np.isnan(value).any() else "infinity"
+        raise DataError(
+            f"{kind} in a channel",
+            path=path,
+            column=str(self.features[channel]),
+            row=row,
+            hint=hint or "use --nan-policy mask to skip such values",
+        )
+
+
+def concat_chunks(chunks: Sequence[Chunk]) -> Chunk:
+    """Join consecutive chunks into one (copies)."""
+    if len(chunks) == 1:
+        return chunks[0]
+    masks = [c.mask for c in chunks]
+    mask = None
+    if any(m is not None for m in masks):
+        width = max(m.shape[-1] for m in masks if m is not None)
+        parts = []
+        for c in chunks:
+            if c.mask is None:
+                per = int(np.prod(c.data.shape[1:])) // max(c.data.shape[c.axis], 1)
+                parts.append(np.ones((len(c), per, width), dtype=bool))
+            else:
+                parts.append(np.broadcast_to(c.mask, c.mask.shape[:2] + (width,)))
+        mask = np.concatenate(parts)
+    nulls = None
+    if chunks[0].nulls is not None:
+        nulls = np.concatenate([c.nulls for c in chunks if c.nulls is not None])
+    table = None
+    if chunks[0].table is not None:
+        import pyarrow as pa
+
+        table = pa.Table.from_batches(
+            [b for c in chunks for b in _as_batches(c.table)]
+        ).combine_chunks()
+        table = table.to_batches()[0] if table.num_rows else table
+    return Chunk(
+        data=np.concatenate([c.data for c in chunks]),
+        mask=mask,
+        nulls=nulls,
+        table=table,
+        segments=tuple(s for c in chunks for s in c.segments),
+        features=chunks[0].features,
+        axis=chunks[0].axis,
+    )
+
+
+def _as_batches(table: Any) -> list[Any]:
+    return list(table.to_batches()) if hasattr(table, "to_batches") else [table]
+
+
+# ---------------------------------------------------------------- recognizing
+
+
+def sniff_format(path: str | os.PathLike[str]) -> str:
+    """The format of a file: by magic bytes, then by extension.
+
+    Raises:
+        InputNotFoundError: no such file.
+        DataError: a format bncli does not read, or contents that contradict
+            the extension.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except FileNotFoundError as e:
+        raise InputNotFoundError("no such file", path=path) from e
+    except IsADirectoryError as e:  # pragma: no cover - directories expand earlier
+        raise DataError("is a folder", path=path) from e
+    except PermissionError as e:
+        raise DataError("cannot read the file (permission denied)", path=path) from e
+    by_extension = _EXTENSIONS.get(path.suffix.lower())
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if head.startswith(b"ARROW1"):
+        return "arrow"
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
+    if head.startswith(b"\xff\xff\xff\xff"):
+        return "arrow-stream"
+    if not head:
+        raise DataError("empty file", path=path)
+    if by_extension == "csv":
+        return "csv"
+    if by_extension is not None:
+        raise DataError(
+            f"not a valid {by_extension} file (its first bytes are not a "
+            f"{by_extension} header)",
+            path=path,
+        )
+    raise DataError(
+        "unrecognized format; bncli reads .parquet, .arrow/.feather/.ipc, "
+        ".csv and .npy files",
+        path=path,
+    )
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Inputs with folders expanded to their files, sorted by name."""
+    paths: list[str] = []
+    for item in inputs:
+        text = os.fspath(item)
+        if text == "-":
+            paths.append(text)
+            continue
+        path = Path(text)
+        if path.is_dir():
+            files = sorted(
+                p
+                for p in path.iterdir()
+                if p.is_file()
+                and not p.name.startswith((".", "_"))
+                and p.suffix.lower() in _EXTENSIONS
+            )
+            if not files:
+                raise DataError("folder holds no data files", path=path)
+            paths.extend(str(p) for p in files)
+        elif not path.exists():
+            raise InputNotFoundError("no such file", path=path)
+        else:
+            paths.append(text)
+    if not paths:
+        raise UsageError("no input given")
+    return paths
+
+
+# ---------------------------------------------------------------- the sources
+
+
+class Source:
+    """One input file, streamed as chunks of consecutive samples."""
+
+    path: str
+    kind: str  # "table" or "array"
+    num_rows: int | None
+
+    def chunks(self, start: int, rows: int) -> Iterator[Any]:
+        """Yield raw pieces from sample ``start`` on, about ``rows`` at a time."""
+        raise NotImplementedError
+
+
+class ArraySource(Source):
+    """An NPY array ``(N, ...)``: memory-mapped from a file, or streamed from a pipe."""
+
+    kind = "array"
+
+    def __init__(self, path: str, stream: BinaryIO | None = None) -> None:
+        self.path = path
+        self._stream = stream
+        if stream is None:
+            try:
+                self.array: Any = np.load(path, mmap_mode="r", allow_pickle=False)
+            except ValueError as e:
+                raise DataError(
+                    f"cannot read the NPY array ({_first_line(e)})", path=path
+                ) from e
+            except OSError as e:
+                raise DataError(f"corrupt NPY file ({_first_line(e)})", path=path) from e
+            self.shape = tuple(self.array.shape)
+            self.dtype = self.array.dtype
+        else:
+            self.shape, self.dtype = _read_npy_header(stream, path)
+        if self.dtype.kind == "O" or self.dtype.hasobject:
+            raise DataError(
+                "NPY array of Python objects (would need pickle, which bncli never "
+                "loads)",
+                path=path,
+            )
+        if self.dtype.kind not in "fiub" or self.dtype.names:
+            raise DataError(f"NPY array of non-numeric dtype {self.dtype}", path=path)
+        if len(self.shape) < 2:
+            raise DataError(
+                f"1-D array of shape {self.shape}; bncli needs (samples, ...) with a "
+                "channel axis, e.g. reshape to (N, 1)",
+                path=path,
+            )
+        self.num_rows = self.shape[0]
+
+    def chunks(self, start: int, rows: int) -> Iterator[npt.NDArray[Any]]:
+        if self._stream is None:
+            for lo in range(start, self.shape[0], rows):
+                yield self.array[lo : lo + rows]
+            return
+        row_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+        skipped = 0
+        while skipped < start:
+            take = min(rows, start - skipped)
+            self._stream.read(take * row_bytes)
+            skipped += take
+        remaining = self.shape[0] - start
+        while remaining > 0:
+            take = min(rows, remaining)
+            buf = _read_exactly(self._stream, take * row_bytes, self.path)
+            yield np.frombuffer(buf, dtype=self.dtype).reshape((take, *self.shape[1:]))
+            remaining -= take
+
+
+def _read_exactly(stream: BinaryIO, size: int, path: str) -> bytes:
+    parts = []
+    got = 0
+    while got < size:
+        part = stream.read(size - got)
+        if not part:
+            raise DataError("truncated NPY data", path=path)
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+def _read_npy_header(stream: BinaryIO, path: str) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    from numpy.lib import format as npy
+
+    try:
+        version = npy.read_magic(stream)  # type: ignore[no-untyped-call]
+        if version == (1, 0):
+            shape, fortran, dtype = npy.read_array_header_1_0(stream)  # type: ignore[no-untyped-call]
+        else:
+            shape, fortran, dtype = npy.read_array_header_2_0(stream)  # type: ignore[no-untyped-call]
+    except ValueError as e:
+        raise DataError(f"corrupt NPY header ({_first_line(e)})", path=path) from e
+    if fortran:
+        raise DataError("Fortran-ordered NPY cannot be streamed", path=path)
+    return tuple(shape), np.dtype(dtype)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
+
+
+class TableSource(Source):
+    """A table read a record batch at a time through pyarrow."""
+
+    kind = "table"
+
+    def __init__(self, path: str, fmt: str, stream: BinaryIO | None = None) -> None:
+        import pyarrow as pa
+
+        self.path = path
+        self.format = fmt
+        self._stream = stream
+        self.num_rows = None
+        try:
+            if fmt == "parquet":
+                import pyarrow.parquet as pq
+
+                self._file: Any = pq.ParquetFile(path, memory_map=True)
+                self.schema = self._file.schema_arrow
+                self.num_rows = self._file.metadata.num_rows
+            elif fmt == "arrow":
+                self._file = pa.ipc.open_file(pa.memory_map(path, "r"))
+                self.schema = self._file.schema
+                self.num_rows = sum(
+                    self._file.get_batch(i).num_rows
+                    for i in range(self._file.num_record_batches)
+                )
+            elif fmt == "arrow-stream":
+                self._file = pa.ipc.open_stream(stream if stream is not None else path)
+                self.schema = self._file.schema
+            elif fmt == "csv":
+                self._file = None
+                self.schema = self._open_csv().schema
+            else:  # pragma: no cover - guarded by sniff_format
+                raise DataError(f"unknown table format {fmt}", path=path)
+        except DataError:
+            raise
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise DataError(f"cannot read as {fmt} ({_first_line(e)})", path=path) from e
+
+    def _open_csv(self) -> Any:
+        import pyarrow.csv as csv
+
+        return csv.open_csv(
+            self.path, read_options=csv.ReadOptions(block_size=8 << 20)
+        )
+
+    def chunks(self, start: int, rows: int, columns: list[str] | None = None) -> Iterator[Any]:
+        import pyarrow as pa
+
+        try:
+            yield from self._batches(start, rows, columns)
+        except DataError:
+            raise
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise DataError(
+                f"cannot read as {self.format} ({_first_line(e)})", path=self.path
+            ) from e
+
+    def _batches(self, start: int, rows: int, columns: list[str] | None) -> Iterator[Any]:
+        if self.format == "parquet":
+            metadata = self._file.metadata
+            groups = []
+            offset = 0
+            for i in range(metadata.num_row_groups):
+                n = metadata.row_group(i).num_rows
+                if offset + n > start:
+                    groups.append(i)
+                else:
+                    offset += n
+            skip = start - offset
+            if not groups:
+                return
+            batches = self._file.iter_batches(
+                batch_size=rows, row_groups=groups, columns=columns, use_threads=True
+            )
+        elif self.format == "arrow":
+            batches = (
+                self._file.get_batch(i) for i in range(self._file.num_record_batches)
+            )
+            skip = start
+        elif self.format == "arrow-stream":
+            batches = iter(self._file)
+            skip = start
+        else:
+            batches = iter(self._open_csv())
+            skip = start
+        for batch in batches:
+            if skip >= batch.num_rows:
+                skip -= batch.num_rows
+                continue
+            if skip:
+                batch = batch.slice(skip)
+                skip = 0
+            if columns is not None and self.format != "parquet":
+                batch = batch.select(columns)
+            for lo in range(0, batch.num_rows, rows):
+                yield batch.slice(lo, rows)
+
+
+# ---------------------------------------------------------------- the dataset
+
+
+def _is_numeric(arrow_type: Any) -> bool:
+    import pyarrow as pa
+
+    return bool(pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type))
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Inputs opened as one stream of samples."""
+
+    sources: list[Source]
+    kind: str
+    features: list[str]
+    sample_shape: tuple[int, ...]
+    axis: int
+    mask_column: str | None = None
+    masks: list[Any] | None = None
+    nan_policy: str = "error"
+
+    @property
+    def num_samples(self) -> int | None:
+        """Samples in the stream, when every source knows its size."""
+        sizes = [s.num_rows for s in self.sources]
+        return None if any(n is None for n in sizes) else sum(n for n in sizes if n)
+
+    @property
+    def replayable(self) -> bool:
+        """Whether the stream can be read again (not stdin)."""
+        return all(s.path != "-" for s in self.sources)
+
+    def chunks(
+        self, start: int = 0, rows: int = TABLE_BATCH_ROWS, all_columns: bool = False
+    ) -> Iterator[Chunk]:
+        """Yield the stream from sample ``start`` as chunks of at most ``rows``."""
+        skipped = 0
+        mask_offset = 0
+        for index, source in enumerate(self.sources):
+            size = source.num_rows
+            local = max(start - skipped, 0)
+            if size is not None and local >= size:
+                skipped += size
+                mask_offset += size
+                continue
+            row = local
+            if source.kind == "array":
+                for piece in source.chunks(local, rows):
+                    yield self._array_chunk(source, index, piece, row, mask_offset + row)
+                    row += len(piece)
+            else:
+                assert isinstance(source, TableSource)
+                for batch in source.chunks(local, rows, self._columns(all_columns)):
+                    yield self._table_chunk(source, batch, row)
+                    row += batch.num_rows
+            skipped += row if size is None else size
+            mask_offset += row if size is None else size
+
+    def _columns(self, all_columns: bool) -> list[str] | None:
+        if all_columns:
+            return None
+        return self.features + ([self.mask_column] if self.mask_column else [])
+
+    def _array_chunk(
+        self, source: Source, index: int, data: Any, row: int, stream_row: int
+    ) -> Chunk:
+        n = len(data)
+        mask = None
+        if self.masks is not None:
+            if len(self.masks) == 1 and len(self.sources) > 1:
+                piece = self.masks[0][stream_row : stream_row + n]
+            else:
+                piece = self.masks[index][row : row + n]
+            mask = np.asarray(piece).astype(bool, copy=False).reshape(n, -1, 1)
+        chunk = Chunk(
+            data=data,
+            mask=mask,
+            nulls=None,
+            table=None,
+            segments=(Segment(source.path, row, n),),
+            features=self.features,
+            axis=self.axis,
+        )
+        if self.nan_policy == "mask":
+            _mask_nonfinite(chunk)
+        return chunk
+
+    def _table_chunk(self, source: TableSource, batch: Any, row: int) -> Chunk:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        n = batch.num_rows
+        names = batch.schema.names
+        columns = []
+        nulls = None
+        for j, name in enumerate(self.features):
+            column = batch.column(names.index(name))
+            if column.null_count:
+                if nulls is None:
+                    nulls = np.zeros((n, len(self.features)), dtype=bool)
+                nulls[:, j] = column.is_null().to_numpy(zero_copy_only=False)
+                column = pc.fill_null(column, 0)
+            columns.append(column.to_numpy(zero_copy_only=False))
+        dtype = np.result_type(*[c.dtype for c in columns])
+        if dtype.kind != "f":
+            dtype = np.dtype(np.float64)
+        data = np.empty((n, len(columns)), dtype=dtype)
+        for j, column in enumerate(columns):
+            data[:, j] = column
+        mask = None if nulls is None else ~nulls
+        if self.mask_column is not None:
+            keep = batch.column(names.index(self.mask_column))
+            keep_np = pc.fill_null(keep.cast(pa.bool_()), False).to_numpy(
+                zero_copy_only=False
+            )
+            mask = keep_np[:, None] if mask is None else mask & keep_np[:, None]
+        chunk = Chunk(
+            data=data,
+            mask=None if mask is None else mask.reshape(n, 1, -1),
+            nulls=nulls,
+            table=batch,
+            segments=(Segment(source.path, row, n),),
+            features=self.features,
+            axis=1,
+        )
+        if self.nan_policy == "mask":
+            _mask_nonfinite(chunk)
+        return chunk
+
+
+def _mask_nonfinite(chunk: Chunk) -> None:
+    """``--nan-policy mask``: NaN and infinite elements count as masked out."""
+    from bncli.kernels import to_rows
+
+    finite = np.isfinite(to_rows(np.asarray(chunk.data), chunk.axis))
+    if finite.all():
+        return
+    chunk.mask = finite if chunk.mask is None else chunk.mask & finite
+
+
+def _open_source(path: str) -> Source:
+    if path == "-":
+        stream = sys.stdin.buffer
+        head = stream.peek(8)[:8] if hasattr(stream, "peek") else b""
+        if head.startswith(b"\x93NUMPY"):
+            return ArraySource("-", stream)
+        return TableSource("-", "arrow-stream", stream)
+    fmt = sniff_format(path)
+    if fmt == "npy":
+        return ArraySource(path)
+    return TableSource(path, fmt)
+
+
+def open_dataset(
+    inputs: Sequence[str | os.PathLike[str]],
+    *,
+    axis: int = -1,
+    columns: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    features: Sequence[str] | None = None,
+    sample_shape: Sequence[int] | None = None,
+    mask_column: str | None = None,
+    masks: Sequence[str | os.PathLike[str]] | None = None,
+    nan_policy: str = "error",
+) -> Dataset:
+    """Open the inputs as one stream and settle its channels.
+
+    Args:
+        inputs: files, folders (their files sorted by name) or ``-`` (stdin).
+        axis: the channel axis of array inputs.
+        columns, exclude: the channel columns of tables (default: every
+            integer and floating column, in file order).
+        features: the channel names a state remembers: tables select those
+            columns by name, arrays must have as many channels.
+        sample_shape: the per-sample shape a state remembers (arrays).
+        mask_column: a boolean or 0/1 column; false rows count in no statistic.
+        masks: NPY masks, one per NPY input or one for the whole stream.
+        nan_policy: ``"error"`` or ``"mask"``.
+
+    Raises:
+        DataError: unreadable inputs, or inputs that disagree.
+        ChannelMismatchError: channels that differ from ``features``.
+    """
+    if nan_policy not in ("error", "mask"):
+        raise UsageError(f"nan policy must be 'error' or 'mask', got {nan_policy!r}")
+    paths = expand_inputs(inputs)
+    if paths.count("-") and len(paths) > 1:
+        raise UsageError("'-' (stdin) must be the only input")
+    sources = [_open_source(p) for p in paths]
+    kinds = {s.kind for s in sources}
+    if len(kinds) > 1:
+        raise DataError(
+            "inputs mix tables and NPY arrays", path=sources[-1].path
+        )
+    if sources[0].kind == "table":
+        if masks:
+            raise UsageError("--mask is for NPY inputs; use --mask-column for tables")
+        return _open_tables(
+            sources, columns, exclude, features, mask_column, nan_policy  # type: ignore[arg-type]
+        )
+    if mask_column is not None:
+        raise UsageError("--mask-column is for tables; use --mask FILE.npy for arrays")
+    if columns or exclude:
+        raise UsageError("--columns and --exclude are for tables, not NPY arrays")
+    return _open_arrays(sources, axis, features, sample_shape, masks, nan_policy)  # type: ignore[arg-type]
+
+
+def _open_tables(
+    sources: list[TableSource],
+    columns: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+    features: Sequence[str] | None,
+    mask_column: str | None,
+    nan_policy: str,
+) -> Dataset:
+    first = sources[0]
+    names = first.schema.names
+    if columns and exclude:
+        raise UsageError("--columns and --exclude cannot be used together")
+    if mask_column is not None and mask_column not in names:
+        raise DataError(
+            f"mask column {mask_column!r} not found (columns: {', '.join(names)})",
+            path=first.path,
+        )
+    if features is not None:
+        chosen = list(features)
+        missing = [c for c in chosen if c not in names]
+        if missing:
+            raise ChannelMismatchError(
+                f"column {missing[0]!r} of the state is missing "
+                f"(data columns: {', '.join(names)})",
+                path=first.path,
+            )
+    elif columns:
+        chosen = list(columns)
+        for name in chosen:
+            if name not in names:
+                raise DataError(
+                    f"column {name!r} not found (columns: {', '.join(names)})",
+                    path=first.path,
+                )
+        if len(set(chosen)) != len(chosen):
+            raise UsageError("--columns names a column twice")
+    else:
+        excluded = set(exclude or ())
+        unknown = sorted(excluded - set(names))
+        if unknown:
+            raise DataError(
+                f"--exclude names column {unknown[0]!r}, which is not in the data "
+                f"(columns: {', '.join(names)})",
+                path=first.path,
+            )
+        chosen = [
+            f.name
+            for f in first.schema
+            if _is_numeric(f.type) and f.name not in excluded and f.name != mask_column
+        ]
+        if not chosen:
+            raise DataError("no numeric column to use as a channel", path=first.path)
+    if mask_column is not None and mask_column in chosen:
+        raise UsageError(f"the mask column {mask_column!r} cannot also be a channel")
+    for source in sources:
+        schema = source.schema
+        for name in chosen:
+            if name not in schema.names:
+                raise ChannelMismatchError(
+                    f"column {name!r} is missing (the first input has it)",
+                    path=source.path,
+                )
+            field = schema.field(name)
+            if not _is_numeric(field.type):
+                raise DataError(
+                    f"column is not numeric (type {field.type}); choose channels "
+                    "with --columns or --exclude",
+                    path=source.path,
+                    column=name,
+                )
+        if mask_column is not None:
+            if mask_column not in schema.names:
+                raise DataError(f"mask column {mask_column!r} not found", path=source.path)
+            mask_type = schema.field(mask_column).type
+            import pyarrow as pa
+
+            if not (pa.types.is_boolean(mask_type) or pa.types.is_integer(mask_type)):
+                raise DataError(
+                    f"mask column must be boolean or 0/1, not {mask_type}",
+                    path=source.path,
+                    column=mask_column,
+                )
+    return Dataset(
+        sources=list(sources),
+        kind="table",
+        features=chosen,
+        sample_shape=(len(chosen),),
+        axis=1,
+        mask_column=mask_column,
+        nan_policy=nan_policy,
+    )
+
+
+def _open_arrays(
+    sources: list[ArraySource],
+    axis: int,
+    features: Sequence[str] | None,
+    sample_shape: Sequence[int] | None,
+    masks: Sequence[str | os.PathLike[str]] | None,
+    nan_policy: str,
+) -> Dataset:
+    first = sources[0]
+    shape = first.shape[1:]
+    for source in sources[1:]:
+        if source.shape[1:] != shape:
+            raise ChannelMismatchError(
+                f"sample shape {source.shape[1:]} differs from the first input's "
+                f"{shape}",
+                path=source.path,
+            )
+    ndim = len(shape) + 1
+    normalized = axis + ndim if axis < 0 else axis
+    if not 0 <= normalized < ndim:
+        raise UsageError(
+            f"axis {axis} is out of bounds for arrays of shape {first.shape}"
+        )
+    if normalized == 0:
+        raise UsageError("axis 0 is the sample axis and cannot be the channel axis")
+    if sample_shape is not None and tuple(sample_shape) != tuple(shape):
+        raise ChannelMismatchError(
+            f"sample shape {tuple(shape)} differs from the state's "
+            f"{tuple(sample_shape)}",
+            path=first.path,
+        )
+    channels = shape[normalized - 1]
+    names = [str(i) for i in range(channels)] if features is None else list(features)
+    if len(names) != channels:
+        raise ChannelMismatchError(
+            f"{channels} channels on axis {axis}, the state has {len(names)}",
+            path=first.path,
+        )
+    mask_arrays = None
+    if masks:
+        mask_arrays = _open_masks(sources, masks, normalized)
+    return Dataset(
+        sources=list(sources),
+        kind="array",
+        features=names,
+        sample_shape=tuple(shape),
+        axis=normalized,
+        masks=mask_arrays,
+        nan_policy=nan_policy,
+    )
+
+
+def _open_masks(
+    sources: list[ArraySource], masks: Sequence[str | os.PathLike[str]], axis: int
+) -> list[Any]:
+    if len(masks) not in (1, len(sources)):
+        raise UsageError(
+            f"give --mask once per NPY input ({len(sources)}) or once for the "
+            f"whole stream, not {len(masks)} times"
+        )
+    arrays = []
+    for mask_path in masks:
+        mask_path = os.fspath(mask_path)
+        if sniff_format(mask_path) != "npy":
+            raise DataError("a mask must be an NPY file", path=mask_path)
+        try:
+            arrays.append(np.load(mask_path, mmap_mode="r", allow_pickle=False))
+        except ValueError as e:
+            raise DataError(f"cannot read the mask ({_first_line(e)})", path=mask_path) from e
+    total = sum(s.shape[0] for s in sources)
+    for i, (mask_path, array) in enumerate(zip(masks, arrays, strict=True)):
+        data_shape = sources[0].shape if len(arrays) == 1 else sources[i].shape
+        expected = list(data_shape[:axis] + data_shape[axis + 1 :])
+        if len(arrays) == 1:
+            expected[0] = total
+        if array.dtype.kind not in "biu":
+            raise DataError(
+                f"mask of dtype {array.dtype}; expected booleans or 0/1 integers",
+                path=mask_path,
+            )
+        if list(array.shape) != expected:
+            raise DataError(
+                f"mask of shape {tuple(array.shape)}; expected {tuple(expected)} "
+                "(the data's shape without the channel axis)",
+                path=mask_path,
+            )
+    return arrays

@@ -1,0 +1,314 @@
+"""Pure NumPy kernels: batch moments, Chan's merge, the moving-average fold.
+
+No I/O and no state here: arrays in, arrays out, statistics in float64.
+
+Layout: a run of ``K`` batches is viewed as an array ``x`` of shape
+``(K, R, C)``: ``R`` rows per batch (samples times the positions of every
+axis other than the channel axis) and ``C`` channels. A mask, where given,
+is a boolean array that broadcasts to ``x`` (``(K, R, 1)`` for a per-element
+mask, ``(K, R, C)`` for a per-cell one); ``True`` keeps an element.
+
+The moving statistics after ``K`` batches are an affine map of the ones
+before, per channel: ``m <- decay * m + offset``. Affine maps compose
+associatively (:func:`compose`), so any run of batches can be reduced to one
+:class:`Fold` anywhere and the folds combined in order afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "Fold",
+    "Moments",
+    "affine_coefficients",
+    "batched_moments",
+    "compose",
+    "fold_batches",
+    "identity_fold",
+    "merge_moments",
+    "moments",
+    "normalize",
+    "replica_moments",
+    "shard_bounds",
+    "to_rows",
+]
+
+Float64Array = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+@dataclasses.dataclass(frozen=True)
+class Moments:
+    """Counts, means and biased variances, each of shape ``(..., C)``."""
+
+    count: Float64Array
+    mean: Float64Array
+    variance: Float64Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Fold:
+    """The moving-average update of a run of batches, per channel.
+
+    Applying it maps ``(moving_mean, moving_variance)`` to
+    ``(decay * moving_mean + mean_offset, decay * moving_variance +
+    variance_offset)``. ``batches`` counts, per channel, the batches that
+    updated it (a batch in which a channel had no unmasked value leaves it
+    alone).
+    """
+
+    decay: Float64Array
+    mean_offset: Float64Array
+    variance_offset: Float64Array
+    batches: npt.NDArray[np.int64]
+
+    def apply(
+        self, moving_mean: Float64Array, moving_variance: Float64Array
+    ) -> tuple[Float64Array, Float64Array]:
+        """Return the moving statistics after the folded batches."""
+        return (
+            self.decay * moving_mean + self.mean_offset,
+            self.decay * moving_variance + self.variance_offset,
+        )
+
+
+def identity_fold(channels: int) -> Fold:
+    """The fold of no batch at all."""
+    return Fold(
+        decay=np.ones(channels),
+        mean_offset=np.zeros(channels),
+        variance_offset=np.zeros(channels),
+        batches=np.zeros(channels, dtype=np.int64),
+    )
+
+
+def compose(first: Fold, second: Fold) -> Fold:
+    """The fold of ``first``'s batches followed by ``second``'s.
+
+    ``second(first(m)) = d2 * (d1 * m + o1) + o2``.
+    """
+    return Fold(
+        decay=first.decay * second.decay,
+        mean_offset=second.decay * first.mean_offset + second.mean_offset,
+        variance_offset=second.decay * first.variance_offset + second.variance_offset,
+        batches=first.batches + second.batches,
+    )
+
+
+def fold_batches(
+    means: Float64Array,
+    variances: Float64Array,
+    valid: BoolArray,
+    momentum: float,
+) -> Fold:
+    """Fold the moving-average updates of ``K`` batches into one affine map.
+
+    Batch ``k`` updates a channel where ``valid[k]`` holds:
+    ``m <- momentum * m + (1 - momentum) * means[k]``. The composition is
+    ``m_K = momentum**n * m_0 + sum_k (1 - momentum) * momentum**n_k * means[k]``
+    with ``n`` the valid batches in all and ``n_k`` those after ``k``: a
+    weighted sum, computed at once rather than as a loop over batches.
+
+    Args:
+        means: ``(K, C)`` batch means.
+        variances: ``(K, C)`` biased batch variances.
+        valid: ``(K, C)`` whether each batch updates each channel.
+        momentum: Keras's ``momentum``, in ``[0, 1]``.
+
+    Returns:
+        The :class:`Fold` of the ``K`` updates.
+    """
+    valid = np.asarray(valid, dtype=bool)
+    counts = valid.sum(axis=0, dtype=np.int64)
+    # Valid batches strictly after k, per channel: a reversed cumulative sum.
+    after = counts - np.cumsum(valid, axis=0, dtype=np.int64)
+    weights = np.where(valid, (1.0 - momentum) * np.power(momentum, after), 0.0)
+    mean_offset = np.einsum("kc,kc->c", weights, np.where(valid, means, 0.0))
+    variance_offset = np.einsum("kc,kc->c", weights, np.where(valid, variances, 0.0))
+    return Fold(
+        decay=np.power(float(momentum), counts.astype(np.float64)),
+        mean_offset=mean_offset,
+        variance_offset=variance_offset,
+        batches=counts,
+    )
+
+
+def batched_moments(
+    x: npt.NDArray[np.floating], mask: BoolArray | None = None
+) -> Moments:
+    """Per-batch counts, means and biased variances, in float64, two-pass.
+
+    ``mean = sum(x) / n``, then ``variance = sum((x - mean)**2) / n`` over the
+    rows of each batch (never ``E[x**2] - E[x]**2``, which cancels). Masked
+    elements count in neither. A channel with no unmasked element in a batch
+    gets count 0, mean 0 and variance 0.
+
+    Args:
+        x: ``(K, R, C)`` data, any real dtype.
+        mask: ``None`` or a boolean array broadcasting to ``x``.
+
+    Returns:
+        :class:`Moments` with arrays of shape ``(K, C)``.
+    """
+    num_batches, rows, channels = x.shape
+    if mask is None:
+        count = np.full((num_batches, channels), float(rows))
+        mean = np.add.reduce(x, axis=1, dtype=np.float64) / max(rows, 1)
+        deviation = np.subtract(x, mean[:, None, :], dtype=np.float64)
+        np.square(deviation, out=deviation)
+        m2 = np.add.reduce(deviation, axis=1)
+        return Moments(count, mean, m2 / max(rows, 1))
+    mask = np.broadcast_to(mask, x.shape[:2] + (mask.shape[-1],))
+    count = np.broadcast_to(
+        np.add.reduce(mask, axis=1, dtype=np.float64), (num_batches, channels)
+    ).copy()
+    safe = np.maximum(count, 1.0)
+    kept = np.where(mask, x, 0.0).astype(np.float64, copy=False)
+    mean = np.add.reduce(kept, axis=1) / safe
+    deviation = np.where(mask, kept - mean[:, None, :], 0.0)
+    np.square(deviation, out=deviation)
+    variance = np.add.reduce(deviation, axis=1) / safe
+    return Moments(count, mean, variance)
+
+
+def moments(x: npt.NDArray[np.floating], mask: BoolArray | None = None) -> Moments:
+    """Counts, means and variances of one batch ``x`` of shape ``(R, C)``."""
+    result = batched_moments(x[None], None if mask is None else mask[None])
+    return Moments(result.count[0], result.mean[0], result.variance[0])
+
+
+def merge_moments(a: Moments, b: Moments) -> Moments:
+    """Chan et al.'s pairwise merge of the moments of two disjoint pieces.
+
+    ``n = na + nb``, ``mean = mean_a + (mean_b - mean_a) * nb / n``,
+    ``M2 = M2_a + M2_b + (mean_b - mean_a)**2 * na * nb / n``
+    (Chan, Golub and LeVeque, 1979). Empty pieces merge as the identity.
+    """
+    n = a.count + b.count
+    safe = np.where(n > 0, n, 1.0)
+    delta = b.mean - a.mean
+    mean = a.mean + delta * (b.count / safe)
+    m2 = (
+        a.variance * a.count
+        + b.variance * b.count
+        + delta * delta * (a.count * b.count / safe)
+    )
+    return Moments(n, np.where(n > 0, mean, 0.0), np.where(n > 0, m2 / safe, 0.0))
+
+
+def shard_bounds(samples: int, replicas: int) -> list[tuple[int, int]]:
+    """Sample ranges of the non-empty shards of a batch, as ``np.array_split``.
+
+    The first ``samples % replicas`` shards hold one sample more; shards that
+    would be empty (a batch smaller than ``replicas``) are left out.
+    """
+    base, extra = divmod(samples, replicas)
+    bounds = []
+    start = 0
+    for r in range(replicas):
+        size = base + (1 if r < extra else 0)
+        if size:
+            bounds.append((start, start + size))
+        start += size
+    return bounds
+
+
+def replica_moments(
+    x: npt.NDArray[np.floating],
+    mask: BoolArray | None,
+    samples_per_batch: int,
+    replicas: int,
+) -> tuple[Moments, list[tuple[tuple[int, int], Moments]]]:
+    """Batch statistics as ``replicas`` unsynchronized devices would use them.
+
+    Each batch of ``x`` (``(K, R, C)`` with ``R = samples_per_batch * P``) is
+    split into contiguous shards of samples; each shard has its own moments.
+    The statistics that update the moving averages are the mean over the
+    shards that saw a channel of their means and of their variances.
+
+    Returns:
+        ``(update, shards)``: the ``(K, C)`` moments for the moving update
+        (count is the batch's total), and each shard's row range with its own
+        moments, for the outputs.
+    """
+    per_sample = x.shape[1] // max(samples_per_batch, 1)
+    shards = []
+    for start, stop in shard_bounds(samples_per_batch, replicas):
+        rows = slice(start * per_sample, stop * per_sample)
+        shard_mask = None if mask is None else mask[:, rows]
+        shards.append(((start, stop), batched_moments(x[:, rows], shard_mask)))
+    seen = np.stack([m.count > 0 for _, m in shards])
+    num_seen = seen.sum(axis=0)
+    safe = np.maximum(num_seen, 1)
+    mean = np.stack([m.mean for _, m in shards]).sum(axis=0) / safe
+    variance = np.stack([m.variance for _, m in shards]).sum(axis=0) / safe
+    count = np.stack([m.count for _, m in shards]).sum(axis=0)
+    return Moments(count, mean, variance), shards
+
+
+def affine_coefficients(
+    mean: Float64Array,
+    variance: Float64Array,
+    gamma: npt.NDArray[np.floating] | None,
+    beta: npt.NDArray[np.floating] | None,
+    epsilon: float,
+) -> tuple[Float64Array, Float64Array]:
+    """The normalization as one affine map per channel: ``y = x * a + b``.
+
+    ``a = gamma / sqrt(variance + epsilon)`` and ``b = beta - mean * a``, with
+    gamma 1 and beta 0 where absent. Broadcasts over leading axes.
+    """
+    inv = 1.0 / np.sqrt(np.asarray(variance, dtype=np.float64) + epsilon)
+    scale = inv if gamma is None else inv * np.asarray(gamma, dtype=np.float64)
+    shift = -np.asarray(mean, dtype=np.float64) * scale
+    if beta is not None:
+        shift = shift + np.asarray(beta, dtype=np.float64)
+    return scale, shift
+
+
+def normalize(
+    x: npt.NDArray[np.floating],
+    mean: Float64Array,
+    variance: Float64Array,
+    gamma: npt.NDArray[np.floating] | None,
+    beta: npt.NDArray[np.floating] | None,
+    epsilon: float,
+) -> Float64Array:
+    """``gamma * (x - mean) / sqrt(variance + epsilon) + beta``, in float64.
+
+    ``x`` is ``(..., C)`` and the statistics broadcast against it (``(C,)`` or
+    ``(K, 1, C)`` for per-batch statistics). The subtraction comes first so
+    that data far from zero keeps its precision (Keras folds to ``x * a + b``
+    in float32, which loses it).
+    """
+    inv = 1.0 / np.sqrt(np.asarray(variance, dtype=np.float64) + epsilon)
+    if gamma is not None:
+        inv = inv * np.asarray(gamma, dtype=np.float64)
+    y = np.subtract(x, mean, dtype=np.float64)
+    y *= inv
+    if beta is not None:
+        y += np.asarray(beta, dtype=np.float64)
+    return y
+
+
+def to_rows(data: npt.NDArray[np.generic], axis: int) -> npt.NDArray[np.generic]:
+    """View ``(N, ...)`` data as ``(N, P, C)``: the channel axis last.
+
+    A free reshape when the channel axis is already last; a copy otherwise.
+    ``axis`` is normalized (non-negative, not 0).
+    """
+    moved = data if axis == data.ndim - 1 else np.moveaxis(data, axis, -1)
+    return moved.reshape(data.shape[0], -1, moved.shape[-1])
+
+
+def from_rows(
+    rows: npt.NDArray[np.generic], shape: tuple[int, ...], axis: int
+) -> npt.NDArray[np.generic]:
+    """Inverse of :func:`to_rows` for data of ``shape``."""
+    moved_shape = shape[:axis] + shape[axis + 1 :] + (shape[axis],)
+    moved = rows.reshape(moved_shape)
+    return moved if axis == len(shape) - 1 else np.moveaxis(moved, -1, axis)

@@ -1,0 +1,304 @@
+"""The state file: one HDF5 file holding a layer's config, variables and progress.
+
+Layout (``format_version`` 1)::
+
+    /                     attrs: format="bncli-state", format_version, bncli_version,
+                                 config (JSON, Keras get_config() keys), kind
+                                 ("table" or "array"), axis (normalized channel
+                                 axis of the full input), sample_shape, resume (JSON,
+                                 optional)
+    /features             channel names, variable-length UTF-8 strings, (C,)
+    /variables/NAME       gamma (if scale), beta (if center), moving_mean,
+                          moving_variance: (C,) in the policy's variable dtype
+                          (bfloat16 is stored as float32 with attr dtype="bfloat16")
+    /accumulators/NAME    moving_mean, moving_variance in float64, and
+                          channel_batches (int64): batches that updated each channel
+    /progress             attrs: batches_seen, samples_seen, epochs
+
+Writes go to a temporary file in the same folder, which is fsynced and
+renamed over the old state (:func:`bncli.io.atomic.atomic_path`). A
+read-modify-write holds :func:`lock`, a ``STATE.lock`` sidecar, since the
+rename replaces the state's inode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from bncli import __version__
+from bncli.errors import StateError, StateLockedError, StateNotFoundError
+from bncli.io.atomic import atomic_path, remove_stale_temporaries
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "State", "lock", "read_state", "write_state"]
+
+FORMAT = "bncli-state"
+FORMAT_VERSION = 1
+VARIABLE_NAMES = ("gamma", "beta", "moving_mean", "moving_variance")
+_MAX_CHANNELS = 1 << 24
+
+
+@dataclasses.dataclass
+class State:
+    """Everything a state file holds, as plain data."""
+
+    config: dict[str, Any]
+    features: list[str]
+    kind: str
+    axis: int
+    sample_shape: tuple[int, ...]
+    variables: dict[str, npt.NDArray[Any]]
+    moving_mean64: npt.NDArray[np.float64]
+    moving_variance64: npt.NDArray[np.float64]
+    channel_batches: npt.NDArray[np.int64]
+    batches_seen: int = 0
+    samples_seen: int = 0
+    epochs: int = 0
+    resume: dict[str, Any] | None = None
+
+    @property
+    def channels(self) -> int:
+        """The number of channels, C."""
+        return len(self.features)
+
+
+def _is_hdf5(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return head == b"\x89HDF\r\n\x1a\n"
+
+
+def read_state(path: str | os.PathLike[str]) -> State:
+    """Read and validate a state file.
+
+    Raises:
+        StateNotFoundError: no file at ``path``.
+        StateError: the file is not a bncli state, is corrupt, comes from a
+            newer bncli, or holds inconsistent values.
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        raise StateNotFoundError(
+            "state not found", path=path, hint="fit one first with: bncli fit"
+        )
+    if path.is_dir():
+        raise StateError("is a folder, not a state file", path=path)
+    try:
+        if not _is_hdf5(path):
+            raise StateError("not a bncli state (not an HDF5 file)", path=path)
+        with h5py.File(path, "r") as f:
+            return _read(f, path)
+    except StateError:
+        raise
+    except PermissionError as e:
+        raise StateError("cannot read the state (permission denied)", path=path) from e
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise StateError(f"corrupt state ({_short(e)})", path=path) from e
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text[:200]
+
+
+def _read(f: Any, path: Path) -> State:
+    fmt = _attr_str(f.attrs.get("format"))
+    if fmt != FORMAT:
+        raise StateError(
+            "not a bncli state (no format='bncli-state' attribute)", path=path
+        )
+    version = int(f.attrs.get("format_version", -1))
+    if version > FORMAT_VERSION:
+        raise StateError(
+            f"state format version {version} is newer than this bncli "
+            f"understands ({FORMAT_VERSION})",
+            path=path,
+            hint="upgrade bncli",
+        )
+    if version < 1:
+        raise StateError(f"unknown state format version {version}", path=path)
+    config = json.loads(_attr_str(f.attrs["config"]))
+    if not isinstance(config, dict):
+        raise StateError("corrupt state (config is not a JSON object)", path=path)
+    features = [_attr_str(x) for x in f["features"][()]]
+    channels = len(features)
+    if not 0 < channels <= _MAX_CHANNELS:
+        raise StateError(f"corrupt state ({channels} channels)", path=path)
+    kind = _attr_str(f.attrs["kind"])
+    if kind not in ("table", "array"):
+        raise StateError(f"corrupt state (unknown kind {kind!r})", path=path)
+    axis = int(f.attrs["axis"])
+    sample_shape = tuple(int(d) for d in np.asarray(f.attrs["sample_shape"]).ravel())
+    if not 1 <= axis <= len(sample_shape) or sample_shape[axis - 1] != channels:
+        raise StateError(
+            "corrupt state (sample shape, axis and channels disagree)", path=path
+        )
+    variables: dict[str, npt.NDArray[Any]] = {}
+    for name in VARIABLE_NAMES:
+        if name in f["variables"]:
+            variables[name] = _read_vector(f["variables"][name], channels, path, name)
+    acc = f["accumulators"]
+    moving_mean64 = _read_vector(acc["moving_mean"], channels, path, "moving_mean")
+    moving_variance64 = _read_vector(
+        acc["moving_variance"], channels, path, "moving_variance"
+    )
+    channel_batches = np.asarray(acc["channel_batches"][()], dtype=np.int64)
+    if channel_batches.shape != (channels,) or (channel_batches < 0).any():
+        raise StateError("corrupt state (channel_batches)", path=path)
+    progress = f["progress"].attrs
+    resume = f.attrs.get("resume")
+    state = State(
+        config=config,
+        features=features,
+        kind=kind,
+        axis=axis,
+        sample_shape=sample_shape,
+        variables=variables,
+        moving_mean64=moving_mean64.astype(np.float64),
+        moving_variance64=moving_variance64.astype(np.float64),
+        channel_batches=channel_batches,
+        batches_seen=int(progress["batches_seen"]),
+        samples_seen=int(progress["samples_seen"]),
+        epochs=int(progress["epochs"]),
+        resume=None if resume is None else json.loads(_attr_str(resume)),
+    )
+    if min(state.batches_seen, state.samples_seen, state.epochs) < 0:
+        raise StateError("corrupt state (negative progress counters)", path=path)
+    return state
+
+
+def _attr_str(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray) and value.shape == ():
+        return _attr_str(value[()])
+    return str(value)
+
+
+def _read_vector(dataset: Any, channels: int, path: Path, name: str) -> Any:
+    if dataset.shape != (channels,):
+        raise StateError(
+            f"corrupt state ({name} has shape {dataset.shape}, expected ({channels},))",
+            path=path,
+        )
+    value = dataset[()]
+    stored = _attr_str(dataset.attrs.get("dtype", ""))
+    if stored == "bfloat16":
+        import ml_dtypes
+
+        value = np.asarray(value, dtype=np.float32).astype(ml_dtypes.bfloat16)
+    elif value.dtype.kind not in "fiu":
+        raise StateError(f"corrupt state ({name} is not numeric)", path=path)
+    return value
+
+
+def write_state(path: str | os.PathLike[str], state: State) -> None:
+    """Write ``state`` atomically: temporary file, fsync, rename, fsync folder."""
+    import h5py
+
+    path = Path(path)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["bncli_version"] = __version__
+        f.attrs["config"] = json.dumps(state.config)
+        f.attrs["kind"] = state.kind
+        f.attrs["axis"] = state.axis
+        f.attrs["sample_shape"] = np.asarray(state.sample_shape, dtype=np.int64)
+        if state.resume is not None:
+            f.attrs["resume"] = json.dumps(state.resume)
+        f.create_dataset(
+            "features",
+            data=np.array(state.features, dtype=object),
+            dtype=h5py.string_dtype("utf-8"),
+        )
+        group = f.create_group("variables")
+        for name in VARIABLE_NAMES:
+            if name in state.variables:
+                _write_vector(group, name, state.variables[name])
+        acc = f.create_group("accumulators")
+        acc.create_dataset("moving_mean", data=state.moving_mean64)
+        acc.create_dataset("moving_variance", data=state.moving_variance64)
+        acc.create_dataset("channel_batches", data=state.channel_batches)
+        progress = f.create_group("progress")
+        progress.attrs["batches_seen"] = state.batches_seen
+        progress.attrs["samples_seen"] = state.samples_seen
+        progress.attrs["epochs"] = state.epochs
+
+
+def _write_vector(group: Any, name: str, value: npt.NDArray[Any]) -> None:
+    if value.dtype.name == "bfloat16":
+        dataset = group.create_dataset(name, data=value.astype(np.float32))
+        dataset.attrs["dtype"] = "bfloat16"
+    else:
+        group.create_dataset(name, data=value)
+
+
+def lock_path(path: str | os.PathLike[str]) -> Path:
+    """The sidecar lock file of a state: ``STATE.lock``."""
+    path = Path(path)
+    return path.with_name(path.name + ".lock")
+
+
+@contextlib.contextmanager
+def lock(path: str | os.PathLike[str], *, wait: bool = False) -> Iterator[None]:
+    """Hold the exclusive lock of the state at ``path``.
+
+    The lock is ``flock`` on a sidecar file, removed on release. Because a
+    waiter may hold the inode of a sidecar that was just removed, the lock is
+    only taken once the locked inode is the one at the path. Stale
+    temporaries of a killed writer are removed once the lock is held.
+
+    Args:
+        path: the state file.
+        wait: block until the lock is free instead of failing.
+
+    Raises:
+        StateLockedError: another process holds the lock and ``wait`` is off.
+    """
+    import fcntl
+
+    sidecar = lock_path(path)
+    while True:
+        try:
+            fd = os.open(sidecar, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError as e:
+            raise StateError("folder does not exist", path=sidecar.parent) from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise StateLockedError(
+                    "state is in use by another process",
+                    path=path,
+                    hint="wait for it to finish, or pass --wait",
+                ) from e
+            raise
+        try:
+            same = os.fstat(fd).st_ino == os.stat(sidecar).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+        time.sleep(0.001)
+    try:
+        remove_stale_temporaries(path)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(sidecar)
+        os.close(fd)
