@@ -141,7 +141,11 @@ def _read(f: Any, path: Path) -> State:
         raise StateError(f"corrupt state (unknown kind {kind!r})", path=path)
     axis = int(f.attrs["axis"])
     sample_shape = tuple(int(d) for d in np.asarray(f.attrs["sample_shape"]).ravel())
-    if not 1 <= axis <= len(sample_shape) or sample_shape[axis - 1] != channels:
+    if (
+        not 1 <= axis <= len(sample_shape)
+        or sample_shape[axis - 1] != channels
+        or min(sample_shape) < -1
+    ):
         raise StateError(
             "corrupt state (sample shape, axis and channels disagree)", path=path
         )

@@ -789,7 +789,10 @@ def _open_arrays(
         )
     if normalized == 0:
         raise UsageError("axis 0 is the sample axis and cannot be the channel axis")
-    if sample_shape is not None and tuple(sample_shape) != tuple(shape):
+    if sample_shape is not None and (
+        len(sample_shape) != len(shape)
+        or any(d not in (-1, e) for d, e in zip(sample_shape, shape, strict=True))
+    ):
         raise ChannelMismatchError(
             f"sample shape {tuple(shape)} differs from the state's "
             f"{tuple(sample_shape)}",
