@@ -287,6 +287,12 @@ class ArraySource(Source):
             try:
                 self.array: Any = np.load(path, mmap_mode="r", allow_pickle=False)
             except ValueError as e:
+                if "object" in str(e).lower():
+                    raise DataError(
+                        "NPY array of Python objects (would need pickle, which bncli "
+                        "never loads)",
+                        path=path,
+                    ) from e
                 raise DataError(
                     f"cannot read the NPY array ({_first_line(e)})", path=path
                 ) from e
@@ -445,7 +451,11 @@ class TableSource(Source):
             )
             skip = start
         elif self.format == "arrow-stream":
-            batches = iter(self._file)
+            import pyarrow as pa
+
+            # A stream file can be opened again; stdin only read once.
+            reader = self._file if self._stream is not None else pa.ipc.open_stream(self.path)
+            batches = iter(reader)
             skip = start
         else:
             batches = iter(self._open_csv())
