@@ -469,7 +469,8 @@ class BatchNormalization:
     ) -> npt.NDArray[Any]:
         """Cast float64 results to the output dtype, refusing a silent overflow."""
         target = np.dtype(self.dtype_policy.compute_dtype if dtype is None else dtype)
-        out = y.astype(target)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = y.astype(target)
         if target.itemsize < 4 and not np.isfinite(out).all():
             bad = np.isfinite(y) & ~np.isfinite(out)
             if bad.any():

@@ -1,0 +1,139 @@
+"""The HDF5 state: round trip, validation, atomic replace, lock."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+import bncli
+from bncli.errors import StateError, StateLockedError, StateNotFoundError
+from bncli.state import FORMAT_VERSION, lock, lock_path, read_state
+
+
+@pytest.fixture
+def fitted(tmp_path):
+    bn = bncli.BatchNormalization(momentum=0.8, epsilon=0.01, gamma_initializer="constant:2")
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        bn(rng.normal(5, 2, size=(16, 3, 4)), training=True)
+    path = tmp_path / "s.h5"
+    bn.save(path)
+    return bn, path
+
+
+def test_round_trip_keeps_everything(fitted):
+    bn, path = fitted
+    back = bncli.load(path)
+    assert back.get_config() == bn.get_config()
+    for name in ("gamma", "beta", "moving_mean", "moving_variance"):
+        got, want = getattr(back, name), getattr(bn, name)
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(back.moving_mean64, bn.moving_mean64)
+    np.testing.assert_array_equal(back.moving_variance64, bn.moving_variance64)
+    assert (back.batches_seen, back.samples_seen) == (3, 48)
+    assert back.sample_shape == (3, 4) and back.channel_axis == 2
+
+
+def test_layout_is_the_documented_one(fitted):
+    _, path = fitted
+    with h5py.File(path) as f:
+        assert f.attrs["format"] == "bncli-state"
+        assert f.attrs["format_version"] == FORMAT_VERSION
+        assert f.attrs["bncli_version"] == bncli.__version__
+        config = json.loads(f.attrs["config"])
+        assert config["momentum"] == 0.8
+        assert sorted(f["variables"]) == ["beta", "gamma", "moving_mean", "moving_variance"]
+        assert f["variables/gamma"].dtype == np.float32
+        assert f["accumulators/moving_mean"].dtype == np.float64
+        assert [x.decode() for x in f["features"][()]] == ["0", "1", "2", "3"]
+        assert f["progress"].attrs["batches_seen"] == 3
+
+
+def test_bfloat16_variables_round_trip(tmp_path):
+    bn = bncli.BatchNormalization(dtype="bfloat16")
+    bn(np.ones((4, 2)), training=True)
+    bn.save(tmp_path / "b.h5")
+    back = bncli.load(tmp_path / "b.h5")
+    assert back.moving_mean.dtype.name == "bfloat16"
+    np.testing.assert_array_equal(back.moving_mean.astype(np.float32), bn.moving_mean.astype(np.float32))
+
+
+def _mutate(path, fn):
+    with h5py.File(path, "r+") as f:
+        fn(f)
+
+
+@pytest.mark.parametrize(
+    ("mutation", "message"),
+    [
+        (lambda f: f.attrs.__setitem__("format", "other"), "not a bncli state"),
+        (lambda f: f.attrs.__setitem__("format_version", FORMAT_VERSION + 1), "newer than this bncli"),
+        (lambda f: f.attrs.__setitem__("config", "{not json"), "corrupt state"),
+        (lambda f: f.attrs.__setitem__("axis", 7), "sample shape, axis and channels disagree"),
+        (lambda f: f["accumulators"].__delitem__("moving_mean"), "corrupt state"),
+        (lambda f: (f["variables"].__delitem__("gamma"), f["variables"].create_dataset("gamma", data=np.ones(9))), "shape"),
+        (lambda f: f["progress"].attrs.__setitem__("batches_seen", -1), "negative"),
+        (lambda f: f["variables"].__delitem__("beta"), "center/scale"),
+    ],
+)
+def test_invalid_states_are_refused(fitted, mutation, message):
+    _, path = fitted
+    _mutate(path, mutation)
+    with pytest.raises(StateError, match=message):
+        bncli.load(path)
+
+
+def test_not_hdf5_and_missing(tmp_path):
+    (tmp_path / "x.h5").write_bytes(b"hello")
+    with pytest.raises(StateError, match="not an HDF5 file"):
+        read_state(tmp_path / "x.h5")
+    with pytest.raises(StateNotFoundError):
+        read_state(tmp_path / "none.h5")
+    with h5py.File(tmp_path / "plain.h5", "w") as f:
+        f["x"] = np.ones(3)
+    with pytest.raises(StateError, match="not a bncli state"):
+        read_state(tmp_path / "plain.h5")
+
+
+def test_save_replaces_atomically_and_leaves_no_temporary(fitted, monkeypatch):
+    bn, path = fitted
+    before = path.read_bytes()
+    inode = path.stat().st_ino
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    import bncli.state as state_module
+
+    monkeypatch.setattr(state_module, "_write_vector", boom)
+    with pytest.raises(RuntimeError):
+        bn.save(path)
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(path.parent)) == ["s.h5"]
+    monkeypatch.undo()
+    bn.save(path)
+    assert path.stat().st_ino != inode  # a new file renamed into place
+
+
+def test_lock_is_exclusive_and_removed(tmp_path):
+    path = tmp_path / "s.h5"
+    with lock(path):
+        assert lock_path(path).exists()
+        with pytest.raises(StateLockedError, match="in use by another process"):
+            with lock(path):
+                pass
+    assert not lock_path(path).exists()
+
+
+def test_stale_temporaries_removed_under_lock(tmp_path):
+    path = tmp_path / "s.h5"
+    stale = tmp_path / ".s.h5.bncli-tmp-abc"
+    stale.write_bytes(b"half")
+    with lock(path):
+        pass
+    assert not stale.exists()
