@@ -12,8 +12,8 @@ __all__ = ["NullProgress", "Progress"]
 class Progress:
     """Receives the progress of a long operation, in samples."""
 
-    def start(self, total: int | None) -> None:
-        """Work begins; ``total`` samples are expected (None: unknown)."""
+    def start(self, total: int | None, sample_bytes: int = 0) -> None:
+        """Work begins: ``total`` samples (None: unknown) of ``sample_bytes`` each."""
 
     def advance(self, samples: int) -> None:
         """``samples`` more samples are done."""

@@ -59,6 +59,7 @@ class RichProgress(Progress):
             TaskProgressColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[rate]} samples/s"),
+            TextColumn("{task.fields[size]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=Console(stderr=True),
@@ -69,15 +70,21 @@ class RichProgress(Progress):
         self._description = description
         self._task: Any = None
 
-    def start(self, total: int | None) -> None:
+    def start(self, total: int | None, sample_bytes: int = 0) -> None:
+        self._sample_bytes = sample_bytes
         self._bar.start()
-        self._task = self._bar.add_task(self._description, total=total, rate="-")
+        self._task = self._bar.add_task(self._description, total=total, rate="-", size="")
 
     def advance(self, samples: int) -> None:
         self._bar.advance(self._task, samples)
         task = self._bar.tasks[0]
         speed = task.speed
-        self._bar.update(self._task, rate="-" if not speed else f"{speed:,.0f}")
+        size = task.completed * self._sample_bytes / 1e6
+        self._bar.update(
+            self._task,
+            rate="-" if not speed else f"{speed:,.0f}",
+            size=f"{size:,.0f} MB" if self._sample_bytes else "",
+        )
 
     def finish(self) -> None:
         self._bar.stop()

@@ -269,7 +269,10 @@ def fit_layer(
         "nan_policy": nan_policy,
     }
     total = dataset.num_samples
-    progress.start(None if total is None else total * (epochs - start_epoch) - start_sample)
+    progress.start(
+        None if total is None else total * (epochs - start_epoch) - start_sample,
+        dataset.sample_bytes,
+    )
     batches = samples = 0
     since_checkpoint = 0
     for epoch in range(start_epoch, epochs):
@@ -401,7 +404,7 @@ def transform_layer(
             chunk.raise_nonfinite()
         return layer.cast_output(kernels.from_rows(y, chunk.data.shape, chunk.axis), dtype)
 
-    progress.start(dataset.num_samples)
+    progress.start(dataset.num_samples, dataset.sample_bytes)
     samples = 0
     with open_sink(output, dataset, dtype) as sink:
         for chunk, y in ordered_map(compute, chunks, workers):

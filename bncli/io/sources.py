@@ -502,6 +502,13 @@ class Dataset:
         return None if any(n is None for n in sizes) else sum(n for n in sizes if n)
 
     @property
+    def sample_bytes(self) -> int:
+        """Bytes of one sample's channels as stored (tables: 8 per channel)."""
+        first = self.sources[0]
+        itemsize = first.dtype.itemsize if isinstance(first, ArraySource) else 8
+        return int(np.prod(self.sample_shape)) * itemsize
+
+    @property
     def replayable(self) -> bool:
         """Whether the stream can be read again (not stdin)."""
         return all(s.path != "-" for s in self.sources)
