@@ -16,8 +16,8 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "numpy")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import pytest  # noqa: E402
-from hypothesis import HealthCheck, settings  # noqa: E402
+import pytest
+from hypothesis import HealthCheck, settings
 
 PRECISE = {"rtol": 1e-5, "atol": 1e-8}
 KERAS = {"rtol": 2e-4, "atol": 2e-5}

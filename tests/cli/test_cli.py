@@ -15,7 +15,6 @@ import pyarrow.parquet as pq
 import pytest
 
 import bncli
-
 from tests.conftest import PRECISE
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -104,7 +104,7 @@ class TableContract:
         raise AssertionError("row 11 not found")
 
     def test_non_numeric_column_selected(self, path):
-        with pytest.raises(DataError, match="column 'name'.*not numeric"):
+        with pytest.raises(DataError, match=r"column 'name'.*not numeric"):
             open_dataset([path], columns=["name"])
 
     def test_missing_column(self, path):

@@ -10,7 +10,6 @@ import pytest
 
 import bncli
 from bncli.errors import ConfigError, DataError
-
 from tests.conftest import PRECISE
 
 
