@@ -7,6 +7,7 @@ Tolerances live here, once:
 - ``KERAS``: bncli against Keras 3 itself, a semantic cross-check; Keras
   computes moments in float32 with E[x^2] - E[x]^2, so float32 tolerance.
 - ``FAST``: a fast path or engine against the per-batch reference loop.
+- ``HALF``: per half-precision dtype, where a policy rounds to it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,14 @@ from hypothesis import HealthCheck, settings
 PRECISE = {"rtol": 1e-5, "atol": 1e-8}
 KERAS = {"rtol": 2e-4, "atol": 2e-5}
 FAST = {"rtol": 1e-6, "atol": 1e-9}
+#: bncli against Keras or the reference where a policy rounds inputs, outputs or
+#: variables to half precision, keyed by that dtype: 8 units of its resolution
+#: (2**-11 for float16, 2**-8 for bfloat16), since Keras rounds the inputs
+#: before their moments and its variables after every batch.
+HALF = {
+    "float16": {"rtol": 8 * 2**-11, "atol": 8 * 2**-11},
+    "bfloat16": {"rtol": 8 * 2**-8, "atol": 8 * 2**-8},
+}
 
 settings.register_profile(
     "default",
