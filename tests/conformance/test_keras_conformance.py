@@ -960,3 +960,48 @@ def test_random_combinations(
             bn.fit(paths, **fit_kwargs(case, masks))
         check_statistics(case, bn.moving_mean, bn.moving_variance, "bn.fit")
         check_inference(case, bn, "bn.fit")
+
+
+# ----------------------------------------------------- inputs Keras takes too
+
+
+@pytest.mark.parametrize(
+    ("mask_shape", "kind"),
+    [((6, 2, 1), "bool"), ((6, 1, 3), "bool"), ((1, 2, 3), "bool"), ((6, 2, 3), "int")],
+)
+def test_broadcast_masks_as_keras(mask_shape, kind) -> None:
+    """SPEC §8: in the Python API a mask may be any shape that broadcasts to
+    the data's shape without the channel axis, as Keras's."""
+    rng = np.random.default_rng(11)
+    data = rng.normal(0.5, 0.4, (6, 2, 3, 4))
+    mask = rng.random(mask_shape) < 0.6
+    mask.reshape(-1)[0] = True
+    mask = mask.astype(kind)
+    keep = np.broadcast_to(mask, (6, 2, 3)).astype(bool)
+    stats = reference.Stats.initial(4)
+    expected = reference.train_step(stats, data, keep, momentum=0.5)
+    bn = bncli.BatchNormalization(momentum=0.5)
+    layer = keras.layers.BatchNormalization(momentum=0.5)
+    ours = bn(data, training=True, mask=mask)
+    theirs = np.asarray(layer(data, training=True, mask=mask))
+    assert_close(ours, expected, PRECISE, "outputs")
+    assert_close(ours, theirs, KERAS, "outputs vs Keras")
+    assert_close(bn.moving_mean, stats.moving_mean, PRECISE, "moving_mean")
+    assert_close(bn.moving_variance, layer.moving_variance.numpy(), KERAS, "vs Keras")
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint8, np.float16, np.float32])
+def test_other_input_dtypes_as_keras(dtype) -> None:
+    """Integer and narrower float inputs: Keras's output dtype, its statistics."""
+    rng = np.random.default_rng(12)
+    data = (rng.normal(3.0, 2.0, (10, 3)) + 3).astype(dtype)
+    bn = bncli.BatchNormalization(momentum=0.5)
+    layer = keras.layers.BatchNormalization(momentum=0.5)
+    ours = bn(data, training=True)
+    theirs = np.asarray(layer(data, training=True))
+    assert ours.dtype == theirs.dtype == np.float32
+    assert_close(ours, theirs, KERAS, "outputs vs Keras")
+    assert_close(bn.moving_variance, layer.moving_variance.numpy(), KERAS, "vs Keras")
+    stats = reference.fit(data.astype(np.float64), momentum=0.5, batch_size=10)
+    assert_close(bn.moving_variance, stats.moving_variance, PRECISE, "vs reference")
+    assert_close(bn(data), layer(data), KERAS, "inference vs Keras")
