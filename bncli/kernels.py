@@ -17,6 +17,7 @@ associatively (:func:`compose`), so any run of batches can be reduced to one
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +27,7 @@ __all__ = [
     "Moments",
     "affine_coefficients",
     "batched_moments",
+    "combine_shards",
     "compose",
     "fold_batches",
     "identity_fold",
@@ -241,13 +243,23 @@ def replica_moments(
         rows = slice(start * per_sample, stop * per_sample)
         shard_mask = None if mask is None else mask[:, rows]
         shards.append(((start, stop), batched_moments(x[:, rows], shard_mask)))
-    seen = np.stack([m.count > 0 for _, m in shards])
+    return combine_shards([m for _, m in shards]), shards
+
+
+def combine_shards(shards: Sequence[Moments]) -> Moments:
+    """The statistics unsynchronized replicas update the moving averages with.
+
+    Per channel, the mean over the shards that saw it (count above 0) of the
+    shard means and of the shard variances; ``count`` is the shards' total.
+    Each shard's arrays are ``(..., C)``; so is the result.
+    """
+    seen = np.stack([m.count > 0 for m in shards])
     num_seen = seen.sum(axis=0)
     safe = np.maximum(num_seen, 1)
-    mean = np.stack([m.mean for _, m in shards]).sum(axis=0) / safe
-    variance = np.stack([m.variance for _, m in shards]).sum(axis=0) / safe
-    count = np.stack([m.count for _, m in shards]).sum(axis=0)
-    return Moments(count, mean, variance), shards
+    mean = np.stack([m.mean for m in shards]).sum(axis=0) / safe
+    variance = np.stack([m.variance for m in shards]).sum(axis=0) / safe
+    count = np.stack([m.count for m in shards]).sum(axis=0)
+    return Moments(count, mean, variance)
 
 
 def affine_coefficients(

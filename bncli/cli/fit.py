@@ -98,7 +98,14 @@ def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
         if options["engine"] == "dask":
             from bncli.engines.dask_engine import fit_layer as dask_fit
 
-            summary = dask_fit(layer, list(inputs), scheduler=options["scheduler"], progress=progress, **fit_options)
+            summary = dask_fit(
+                layer,
+                list(inputs),
+                scheduler=options["scheduler"],
+                checkpoint_every=options["checkpoint_every"],  # refused there
+                progress=progress,
+                **fit_options,
+            )
         else:
             summary = layer.fit(
                 list(inputs),

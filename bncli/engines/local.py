@@ -178,6 +178,75 @@ def _resolve_dataset(layer: Any, paths: Sequence[Any], **options: Any) -> Datase
     return dataset
 
 
+def require_trainable(layer: Any) -> None:
+    """Refuse to fit a frozen layer (exit 4)."""
+    if not layer.trainable:
+        raise StateFrozenError(
+            "state is frozen (trainable=False), so fit would not change it",
+            hint="unfreeze it first with: bncli unfreeze STATE",
+        )
+
+
+def open_fit_dataset(
+    layer: Any,
+    paths: Sequence[Any],
+    *,
+    columns: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+    mask_column: str | None,
+    mask: Sequence[str | os.PathLike[str]] | None,
+    nan_policy: str,
+    replay: bool,
+) -> Dataset:
+    """Open a fit's inputs against ``layer``, and build the layer on a first fit.
+
+    Every engine's fit starts here, so that they check alike.
+
+    Args:
+        layer: the layer to fit (built or not).
+        paths: the inputs.
+        columns, exclude, mask_column, mask, nan_policy: as for ``fit``.
+        replay: whether the stream will be read more than once (stdin cannot).
+
+    Returns:
+        The opened inputs.
+
+    Raises:
+        StateMismatchError: inputs that contradict the layer's channels or kind.
+        UsageError: stdin with ``replay``.
+        DataError: unreadable or empty inputs.
+    """
+    if layer.built and (columns or exclude) and layer.kind == "table":
+        chosen = list(columns) if columns else None
+        if chosen is not None and chosen != layer.features:
+            raise StateMismatchError(
+                f"--columns {','.join(chosen)} contradicts the state's channels "
+                f"{','.join(layer.features)}"
+            )
+        columns = exclude = None
+    dataset = _resolve_dataset(
+        layer,
+        paths,
+        columns=columns,
+        exclude=exclude,
+        mask_column=mask_column,
+        masks=mask,
+        nan_policy=nan_policy,
+    )
+    if layer.built and layer.kind != dataset.kind:
+        raise StateMismatchError(
+            f"the state was fitted on {layer.kind}s, the input is an {dataset.kind}",
+            path=dataset.sources[0].path,
+        )
+    if not dataset.replayable and replay:
+        raise UsageError("'-' (stdin) cannot be replayed: use it with one epoch only")
+    if dataset.num_samples == 0:
+        raise DataError("empty input: no sample to fit", path=dataset.sources[0].path)
+    if not layer.built:
+        layer.build(dataset.sample_shape, dataset.features, dataset.kind)
+    return dataset
+
+
 def fit_layer(
     layer: Any,
     paths: Sequence[str | os.PathLike[str]],
@@ -202,11 +271,7 @@ def fit_layer(
 
     started = time.perf_counter()
     progress = progress or NullProgress()
-    if not layer.trainable:
-        raise StateFrozenError(
-            "state is frozen (trainable=False), so fit would not change it",
-            hint="unfreeze it first with: bncli unfreeze STATE",
-        )
+    require_trainable(layer)
     start_epoch = start_sample = 0
     if resume:
         record = layer.resume
@@ -227,34 +292,16 @@ def fit_layer(
     workers = default_workers() if workers is None else _check_positive("workers", workers)
     if checkpoint_every is not None:
         checkpoint_every = _check_positive("checkpoint interval", checkpoint_every)
-    if layer.built and (columns or exclude) and layer.kind == "table":
-        chosen = list(columns) if columns else None
-        if chosen is not None and chosen != layer.features:
-            raise StateMismatchError(
-                f"--columns {','.join(chosen)} contradicts the state's channels "
-                f"{','.join(layer.features)}"
-            )
-        columns = exclude = None
-    dataset = _resolve_dataset(
+    dataset = open_fit_dataset(
         layer,
         paths,
         columns=columns,
         exclude=exclude,
         mask_column=mask_column,
-        masks=mask,
+        mask=mask,
         nan_policy=nan_policy,
+        replay=epochs > 1 or resume,
     )
-    if layer.built and layer.kind != dataset.kind:
-        raise StateMismatchError(
-            f"the state was fitted on {layer.kind}s, the input is an {dataset.kind}",
-            path=dataset.sources[0].path,
-        )
-    if not dataset.replayable and (epochs > 1 or resume):
-        raise UsageError("'-' (stdin) cannot be replayed: use it with one epoch only")
-    if dataset.num_samples == 0:
-        raise DataError("empty input: no sample to fit", path=dataset.sources[0].path)
-    if not layer.built:
-        layer.build(dataset.sample_shape, dataset.features, dataset.kind)
     params = FitParams(batch_size, layer.momentum, replicas, layer.synchronized, layer.channels)
     sample_bytes = int(np.prod(dataset.sample_shape)) * 8
     rows = block_rows(batch_size, sample_bytes)
@@ -346,6 +393,63 @@ def normalize_chunk(
     return out
 
 
+def transform_chunk(
+    chunk: Chunk,
+    layer: Any,
+    dtype: np.dtype[Any],
+    *,
+    training: bool,
+    batch_size: int,
+    replicas: int,
+    nan_policy: str,
+) -> npt.NDArray[Any]:
+    """The layer's outputs for a chunk, in the chunk's shape, cast to ``dtype``.
+
+    Raises:
+        DataError: a NaN or infinity in the outputs, with ``nan_policy="error"``.
+    """
+    y = normalize_chunk(chunk, layer, training, batch_size, replicas)
+    if nan_policy == "error" and not np.isfinite(y).all():
+        chunk.raise_nonfinite()
+    return layer.cast_output(kernels.from_rows(y, chunk.data.shape, chunk.axis), dtype)
+
+
+def open_transform_dataset(
+    layer: Any,
+    paths: Sequence[str | os.PathLike[str]],
+    output: str,
+    *,
+    overwrite: bool,
+    mask_column: str | None,
+    mask: Sequence[str | os.PathLike[str]] | None,
+    nan_policy: str,
+) -> Dataset:
+    """Open a transform's inputs with the state's channels, and check ``output``.
+
+    Every engine's transform starts here, so that they check alike.
+
+    Raises:
+        UsageError: the output exists (without ``overwrite``), is an input,
+            or its folder is missing; nothing is created.
+        DataError: unreadable or empty inputs, or channels unlike the state's.
+    """
+    from bncli.io.sinks import check_output
+
+    dataset = open_dataset(
+        paths,
+        axis=layer.axis,
+        features=layer.features,
+        sample_shape=layer.sample_shape if layer.kind == "array" else None,
+        mask_column=mask_column,
+        masks=mask,
+        nan_policy=nan_policy,
+    )
+    check_output(output, [s.path for s in dataset.sources], overwrite)
+    if dataset.num_samples == 0:
+        raise DataError("empty input: nothing to transform", path=dataset.sources[0].path)
+    return dataset
+
+
 def transform_layer(
     layer: Any,
     paths: Sequence[str | os.PathLike[str]],
@@ -369,7 +473,7 @@ def transform_layer(
             or its folder is missing; nothing is created.
         DataError: inputs that do not match the state's channels.
     """
-    from bncli.io.sinks import check_output, open_sink, output_dtype_for
+    from bncli.io.sinks import open_sink, output_dtype_for
 
     started = time.perf_counter()
     progress = progress or NullProgress()
@@ -379,18 +483,15 @@ def transform_layer(
     workers = default_workers() if workers is None else _check_positive("workers", workers)
     training = bool(training and layer.trainable)
     output = os.fspath(output)
-    dataset = open_dataset(
+    dataset = open_transform_dataset(
+        layer,
         paths,
-        axis=layer.axis,
-        features=layer.features,
-        sample_shape=layer.sample_shape if layer.kind == "array" else None,
+        output,
+        overwrite=overwrite,
         mask_column=mask_column,
-        masks=mask,
+        mask=mask,
         nan_policy=nan_policy,
     )
-    check_output(output, [s.path for s in dataset.sources], overwrite)
-    if dataset.num_samples == 0:
-        raise DataError("empty input: nothing to transform", path=dataset.sources[0].path)
     dtype = output_dtype_for(layer, output_dtype)
     sample_bytes = int(np.prod(dataset.sample_shape)) * 8
     rows = block_rows(batch_size if training else 1, sample_bytes)
@@ -399,10 +500,15 @@ def transform_layer(
         chunks = (b.chunk for b in batch_blocks(chunks, batch_size))
 
     def compute(chunk: Chunk) -> npt.NDArray[Any]:
-        y = normalize_chunk(chunk, layer, training, batch_size, replicas)
-        if nan_policy == "error" and not np.isfinite(y).all():
-            chunk.raise_nonfinite()
-        return layer.cast_output(kernels.from_rows(y, chunk.data.shape, chunk.axis), dtype)
+        return transform_chunk(
+            chunk,
+            layer,
+            dtype,
+            training=training,
+            batch_size=batch_size,
+            replicas=replicas,
+            nan_policy=nan_policy,
+        )
 
     progress.start(dataset.num_samples, dataset.sample_bytes)
     samples = 0

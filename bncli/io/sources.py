@@ -159,8 +159,12 @@ def concat_chunks(chunks: Sequence[Chunk]) -> Chunk:
                 parts.append(np.broadcast_to(c.mask, c.mask.shape[:2] + (width,)))
         mask = np.concatenate(parts)
     nulls = None
-    if chunks[0].nulls is not None:
-        nulls = np.concatenate([c.nulls for c in chunks if c.nulls is not None])
+    if any(c.nulls is not None for c in chunks):
+        # A chunk without null cells has no array: stand in all False for it.
+        width = len(chunks[0].features)
+        nulls = np.concatenate(
+            [np.zeros((len(c), width), bool) if c.nulls is None else c.nulls for c in chunks]
+        )
     table = None
     if chunks[0].table is not None:
         import pyarrow as pa
@@ -435,7 +439,7 @@ class TableSource(Source):
             offset = 0
             for i in range(metadata.num_row_groups):
                 n = metadata.row_group(i).num_rows
-                if offset + n > start:
+                if groups or offset + n > start:
                     groups.append(i)
                 else:
                     offset += n

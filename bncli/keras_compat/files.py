@@ -1509,7 +1509,7 @@ def _compute_dtype(config: Mapping[str, Any]) -> str:
 
 
 def _model_config(
-    config: dict[str, Any], sample_shape: Sequence[int]
+    config: dict[str, Any], sample_shape: Sequence[int | None]
 ) -> dict[str, Any]:
     model_name, input_name, layer_name = _names(config)
     batch_shape = [None, *sample_shape]
@@ -1562,17 +1562,23 @@ def _model_config(
 
 
 def _check_sample_shape(
-    config: Mapping[str, Any], sample_shape: Sequence[int], channels: int, target: Path
-) -> tuple[int, ...]:
+    config: Mapping[str, Any],
+    sample_shape: Sequence[int | None],
+    channels: int,
+    target: Path,
+) -> tuple[int | None, ...]:
+    """Validate the per-sample shape; None marks a dimension of any size."""
     shape = tuple(sample_shape)
     if not shape or not all(
-        isinstance(d, int | np.integer) and not isinstance(d, bool) and d > 0
+        d is None
+        or (isinstance(d, int | np.integer) and not isinstance(d, bool) and d > 0)
         for d in shape
     ):
         raise StateError(
-            f"bad per-sample shape {shape}: expected positive ints", path=target
+            f"bad per-sample shape {shape}: expected positive ints or None",
+            path=target,
         )
-    shape = tuple(int(d) for d in shape)
+    shape = tuple(None if d is None else int(d) for d in shape)
     rank = len(shape) + 1
     axis = config["axis"]
     if not -rank <= axis < rank or axis in (0, -rank):
@@ -1595,7 +1601,7 @@ def write_keras_model(
     path: str | os.PathLike[str],
     config: dict[str, Any],
     variables: Mapping[str, np.ndarray],
-    sample_shape: tuple[int, ...],
+    sample_shape: tuple[int | None, ...],
 ) -> None:
     """Write a ``.keras`` model: an Input, then one BatchNormalization.
 

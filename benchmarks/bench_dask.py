@@ -1,0 +1,92 @@
+"""The Dask engine's scaling: ``fit`` on a local cluster of 2 workers vs 1.
+
+:func:`measure_dask_speedup` is called by ``benchmarks/run.py``; run alone,
+``python benchmarks/bench_dask.py FILE.npy`` prints its result as JSON.
+
+Each cluster (single-threaded worker processes on 127.0.0.1) is started
+before the clock starts, warmed up with one fit (worker imports, the page
+cache), then timed over a few fits of the whole file with the default task
+plan; the median is kept. Cluster start-up is left out: it is paid once per
+command, not per gigabyte.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+
+def _time_fits(
+    npy_path: Path, workers: int, repeat: int, batch_size: int
+) -> list[float]:
+    from distributed import LocalCluster
+
+    import bncli
+    from bncli.engines.dask_engine import fit_layer
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Port .* is already in use", UserWarning)
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+    try:
+        seconds = []
+        for run in range(repeat + 1):  # the first run warms up
+            layer = bncli.BatchNormalization()
+            started = time.perf_counter()
+            fit_layer(
+                layer,
+                [npy_path],
+                scheduler=cluster.scheduler_address,
+                batch_size=batch_size,
+            )
+            if run:
+                seconds.append(time.perf_counter() - started)
+        return seconds
+    finally:
+        cluster.close()
+
+
+def measure_dask_speedup(
+    npy_path: str | Path, repeat: int = 3, batch_size: int = 32
+) -> dict[str, Any]:
+    """Time ``fit --engine dask`` on ``npy_path`` with 1 worker, then with 2.
+
+    Args:
+        npy_path: an NPY file ``(N, ...)``.
+        repeat: timed fits per cluster (after one warm-up fit).
+        batch_size: samples per batch.
+
+    Returns:
+        ``{"ratio": seconds with 1 worker / seconds with 2, "seconds_1":
+        median seconds with 1 worker, "seconds_2": with 2, "samples": N,
+        "repeat": repeat}``; a ratio near 2 is linear scaling.
+    """
+    import numpy as np
+
+    npy_path = Path(npy_path).resolve()
+    samples = int(np.load(npy_path, mmap_mode="r").shape[0])
+    one = statistics.median(_time_fits(npy_path, 1, repeat, batch_size))
+    two = statistics.median(_time_fits(npy_path, 2, repeat, batch_size))
+    return {
+        "ratio": one / two,
+        "seconds_1": one,
+        "seconds_2": two,
+        "samples": samples,
+        "repeat": repeat,
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure_dask_speedup(sys.argv[1]), indent=2))
