@@ -510,6 +510,10 @@ def test_python_api(case: Case, tmp_path) -> None:
             assert (value is None) == (
                 not (case.scale if name == "gamma" else case.center)
             )
+            if value is not None and case.compares_to_keras:
+                theirs = getattr(run_keras(case)[1], name)
+                assert value.dtype.name == theirs.dtype
+                np.testing.assert_array_equal(value, theirs.numpy())
         assert bn.batches_seen == ref.batches_seen
 
     # bn.fit(files, ...): the same batches streamed from two files.
