@@ -199,16 +199,14 @@ def _results(distributed: Any, futures: Sequence[Any]) -> Iterator[Any]:
                 yield future.result()
             except BncliError:
                 raise
-            except (OSError, distributed.client.FutureCancelledError) as e:
-                raise BncliError(
-                    f"the Dask cluster failed ({type(e).__name__}: {e})"
-                ) from e
-            except Exception as e:
-                if type(e).__name__ != "KilledWorker":
-                    raise
+            except distributed.KilledWorker as e:
                 raise BncliError(
                     f"a Dask worker died while running a task ({e})",
                     hint="check the workers' memory and logs",
+                ) from e
+            except (OSError, distributed.client.FutureCancelledError) as e:
+                raise BncliError(
+                    f"the Dask cluster failed ({type(e).__name__}: {e})"
                 ) from e
     finally:
         for future in futures:
