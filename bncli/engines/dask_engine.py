@@ -31,6 +31,8 @@ joined into the one file on the client, streaming.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import itertools
@@ -119,15 +121,20 @@ def _unreachable(address: str, reason: str) -> BncliError:
 
 
 def _probe(address: str) -> None:
-    """Fail fast when nothing listens at a TCP scheduler address.
+    """Fail fast, with one clear error, when no Dask scheduler answers at ``address``.
 
-    Dask's own connect retries until its timeout even when the port is
-    closed; a plain socket is refused at once.
+    A plain socket first: Dask's own connect retries until its timeout even
+    when the port is closed, where a socket is refused at once. Then Dask's
+    handshake, alone, so that a service that is not a scheduler is named as
+    such, rather than failing deep inside a half-built client.
     """
     from distributed.comm.addressing import parse_address, parse_host_port
+    from distributed.comm.core import connect
+    from distributed.comm.registry import get_backend
 
     try:
         scheme, location = parse_address(address)
+        get_backend(scheme)
         if scheme not in ("tcp", "tls"):
             return
         host, port = parse_host_port(location, 8786)
@@ -137,6 +144,26 @@ def _probe(address: str) -> None:
         socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
     except OSError as e:
         raise _unreachable(address, e.strerror or type(e).__name__) from e
+    if scheme != "tcp":
+        return  # a TLS handshake needs the client's credentials
+
+    async def handshake() -> None:
+        comm = await connect(address, timeout=CONNECT_TIMEOUT)  # type: ignore[no-untyped-call]
+        await comm.close()
+
+    # In a thread of its own, as the caller may be running an event loop.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        try:
+            pool.submit(asyncio.run, handshake()).result()
+        except OSError as e:
+            raise _unreachable(address, _first_line(e)) from e
+        except Exception as e:
+            raise _unreachable(address, "what answers is not a Dask scheduler") from e
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 @contextlib.contextmanager
@@ -155,10 +182,8 @@ def _connect(
             client = distributed.Client(
                 scheduler, timeout=CONNECT_TIMEOUT, set_as_default=False
             )
-        except (OSError, TimeoutError) as e:
-            raise _unreachable(
-                scheduler, str(e).splitlines()[0] if str(e) else "timeout"
-            ) from e
+        except Exception as e:
+            raise _unreachable(scheduler, _first_line(e)) from e
     else:
         with warnings.catch_warnings():
             # Its HTTP server moves off a busy port 8787 with a warning that

@@ -11,12 +11,14 @@ for arbitrary task boundaries.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import logging
 import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
 
@@ -687,6 +689,49 @@ def test_cli_unreachable_scheduler(run_cli, arrays, tmp_path):
     )
     assert done.stderr.count("\n") == 1
     assert not (tmp_path / "s.h5").exists()
+
+
+def test_cli_address_that_is_not_a_scheduler(run_cli, arrays):
+    """A service that answers in another protocol (here HTTP) is named as such."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def answer() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = server.accept()
+                with connection:
+                    connection.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n" * 64)
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        address = f"tcp://127.0.0.1:{port}"
+        done = run_cli(
+            "fit",
+            "s.h5",
+            arrays["paths"]["a"],
+            "--engine",
+            "dask",
+            "--scheduler",
+            address,
+        )
+    finally:
+        server.close()
+    assert done.exit_code == 1
+    assert done.stderr.startswith(
+        f"error: cannot reach the Dask scheduler at {address}"
+    )
+    assert "not a Dask scheduler" in done.stderr and done.stderr.count("\n") == 1
+    done = run_cli(
+        "fit",
+        "s.h5",
+        arrays["paths"]["a"],
+        "--engine",
+        "dask",
+        "--scheduler",
+        "bad://x",
+    )
+    assert done.exit_code == 2 and "bad scheduler address" in done.stderr
 
 
 def test_importing_bncli_imports_no_dask():
