@@ -19,7 +19,9 @@ replicas) of the batches it shares with its neighbours, a *head* piece and a
 Chan's formula (:func:`bncli.kernels.merge_moments`), folds it as one batch,
 and composes everything in stream order. As every epoch is batched on its
 own and reads the same samples, its fold is the same: the tasks run once and
-the fold is applied once per epoch.
+the fold is applied once per epoch. CSV and Arrow IPC stream files carry no
+row count: one task per such file counts its rows first, and tasks start
+only where such a file starts.
 
 Transform. Each task normalizes its own range and writes its own part (task
 ranges start on batch boundaries in training mode, so batches never
@@ -80,13 +82,17 @@ from bncli.progress import NullProgress, Progress
 
 __all__ = [
     "INSTALL_COMMAND",
+    "EpochFold",
+    "FitPlan",
     "InputFile",
     "Piece",
     "Task",
     "TaskFold",
     "fit_layer",
+    "fit_task",
     "plan_ranges",
     "transform_layer",
+    "transform_task",
 ]
 
 #: What to run when Dask is missing.
