@@ -138,6 +138,17 @@ def engine_options(f: F) -> F:
     return f
 
 
+def check_engine(options: dict[str, Any]) -> None:
+    """Refuse Dask-only options without ``--engine dask`` (exit 2)."""
+    from bncli.errors import UsageError
+
+    if options.get("engine") != "dask":
+        if options.get("scheduler"):
+            raise UsageError("--scheduler needs --engine dask")
+        if options.get("single_file"):
+            raise UsageError("--single-file needs --engine dask")
+
+
 def report_options(f: F) -> F:
     """--json, --quiet, --debug."""
     options = [

@@ -6,7 +6,14 @@ from typing import Any
 
 import click
 
-from bncli.cli.options import POSITIVE, DTypeName, data_options, engine_options, report_options
+from bncli.cli.options import (
+    POSITIVE,
+    DTypeName,
+    check_engine,
+    data_options,
+    engine_options,
+    report_options,
+)
 
 
 @click.command(short_help="Normalize data with a state.")
@@ -40,6 +47,7 @@ def transform(state: str, inputs: tuple[str, ...], **options: Any) -> None:
     from bncli.errors import UsageError
     from bncli.layer import load
 
+    check_engine(options)
     if options["exclude"] or options["columns"]:
         raise UsageError("transform: the state's channels are used; --columns and --exclude are for fit")
     layer = load(state)

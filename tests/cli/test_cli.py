@@ -207,3 +207,13 @@ def test_help_imports_no_heavy_module():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "Commands:" in done.stdout
     assert done.stderr == "", done.stderr
+
+
+def test_dask_only_options_need_the_dask_engine(run_cli, tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((4, 2)))
+    r = run_cli("fit", "s.h5", "x.npy", "--scheduler", "tcp://127.0.0.1:1")
+    assert r.exit_code == 2 and r.stderr == "error: --scheduler needs --engine dask\n"
+    assert not (tmp_path / "s.h5").exists()
+    run_cli("fit", "s.h5", "x.npy")
+    r = run_cli("transform", "s.h5", "x.npy", "-o", "y.parquet", "--single-file")
+    assert r.exit_code == 2 and "--single-file needs --engine dask" in r.stderr
