@@ -125,18 +125,39 @@ def fold_batches(
         The :class:`Fold` of the ``K`` updates.
     """
     valid = np.asarray(valid, dtype=bool)
-    counts = valid.sum(axis=0, dtype=np.int64)
-    # Valid batches strictly after k, per channel: a reversed cumulative sum.
-    after = counts - np.cumsum(valid, axis=0, dtype=np.int64)
-    weights = np.where(valid, (1.0 - momentum) * np.power(momentum, after), 0.0)
-    mean_offset = np.einsum("kc,kc->c", weights, np.where(valid, means, 0.0))
-    variance_offset = np.einsum("kc,kc->c", weights, np.where(valid, variances, 0.0))
+    num_batches, channels = valid.shape
+    if valid.all():
+        # Every batch updates every channel (no mask): the weights are the
+        # same for all channels, (1 - momentum) * momentum**(K - 1 - k).
+        after = np.arange(num_batches - 1, -1, -1, dtype=np.float64)
+        weights = (1.0 - momentum) * np.power(float(momentum), after)
+        counts = np.full(channels, num_batches, dtype=np.int64)
+        mean_offset = np.einsum("k,kc->c", weights, means)
+        variance_offset = np.einsum("k,kc->c", weights, variances)
+    else:
+        counts = valid.sum(axis=0, dtype=np.int64)
+        # Valid batches strictly after k, per channel: a reversed cumulative
+        # sum, in [0, K]; momentum**after is looked up in a table of K + 1
+        # powers rather than computed K * C times.
+        after = counts - np.cumsum(valid, axis=0, dtype=np.int64)
+        powers = np.power(float(momentum), np.arange(num_batches + 1, dtype=np.float64))
+        weights = np.where(valid, (1.0 - momentum) * powers[after], 0.0)
+        mean_offset = np.einsum("kc,kc->c", weights, np.where(valid, means, 0.0))
+        variance_offset = np.einsum(
+            "kc,kc->c", weights, np.where(valid, variances, 0.0)
+        )
     return Fold(
         decay=np.power(float(momentum), counts.astype(np.float64)),
         mean_offset=mean_offset,
         variance_offset=variance_offset,
         batches=counts,
     )
+
+
+#: Float64 elements of the working buffer the blocked kernels compute in:
+#: 256 KiB, so that a block's float64 copy and its deviations stay in the
+#: core's L2 cache and the data is read from memory once.
+BLOCK_ELEMENTS = 1 << 15
 
 
 def batched_moments(
@@ -159,12 +180,9 @@ def batched_moments(
     num_batches, rows, channels = x.shape
     if mask is None:
         count = np.full((num_batches, channels), float(rows))
-        mean = np.add.reduce(x, axis=1, dtype=np.float64) / max(rows, 1)
-        deviation = np.subtract(x, mean[:, None, :], dtype=np.float64)
-        np.square(deviation, out=deviation)
-        m2 = np.add.reduce(deviation, axis=1)
-        return Moments(count, mean, m2 / max(rows, 1))
-    mask = np.broadcast_to(mask, x.shape[:2] + (mask.shape[-1],))
+        mean, variance = _unmasked_moments(x)
+        return Moments(count, mean, variance)
+    mask = np.broadcast_to(mask, (*x.shape[:2], mask.shape[-1]))
     count = np.broadcast_to(
         np.add.reduce(mask, axis=1, dtype=np.float64), (num_batches, channels)
     ).copy()
@@ -175,6 +193,59 @@ def batched_moments(
     np.square(deviation, out=deviation)
     variance = np.add.reduce(deviation, axis=1) / safe
     return Moments(count, mean, variance)
+
+
+def _unmasked_moments(
+    x: npt.NDArray[np.floating],
+) -> tuple[Float64Array, Float64Array]:
+    """``(mean, variance)``, each ``(K, C)``, of ``x`` ``(K, R, C)`` with no mask.
+
+    The same two passes as :func:`batched_moments`, ``mean = sum(x) / R`` and
+    ``variance = sum((x - mean)**2) / R``, taken over blocks of whole batches
+    copied to a float64 buffer of :data:`BLOCK_ELEMENTS`: both passes read
+    the copy from cache, and no float64 copy of the whole input is made.
+    Batches larger than the buffer are read twice, a piece at a time.
+    """
+    num_batches, rows, channels = x.shape
+    mean = np.zeros((num_batches, channels))
+    m2 = np.zeros((num_batches, channels))
+    if not (num_batches and rows and channels):
+        return mean, m2
+    if rows == 1:  # a batch of one element: its mean is itself, its variance 0
+        np.copyto(mean, x[:, 0], casting="unsafe")
+        return mean, m2
+    per_batch = rows * channels
+    if per_batch <= BLOCK_ELEMENTS:
+        group = min(BLOCK_ELEMENTS // per_batch, num_batches)
+        buffer = np.empty(group * per_batch)
+        for lo in range(0, num_batches, group):
+            hi = min(lo + group, num_batches)
+            block = buffer[: (hi - lo) * per_batch].reshape(hi - lo, rows, channels)
+            np.copyto(block, x[lo:hi], casting="unsafe")
+            block_mean = mean[lo:hi]
+            np.einsum("krc->kc", block, out=block_mean)
+            block_mean /= rows
+            block -= block_mean[:, None, :]
+            np.einsum("krc,krc->kc", block, block, out=m2[lo:hi])
+    else:
+        step = max(BLOCK_ELEMENTS // channels, 1)
+        buffer = np.empty(min(step, rows) * channels)
+        for k in range(num_batches):
+            batch = x[k]
+            for lo in range(0, rows, step):
+                piece = batch[lo : lo + step]
+                block = buffer[: piece.size].reshape(piece.shape)
+                np.copyto(block, piece, casting="unsafe")
+                mean[k] += np.einsum("rc->c", block)
+            mean[k] /= rows
+            for lo in range(0, rows, step):
+                piece = batch[lo : lo + step]
+                block = buffer[: piece.size].reshape(piece.shape)
+                np.copyto(block, piece, casting="unsafe")
+                block -= mean[k]
+                m2[k] += np.einsum("rc,rc->c", block, block)
+    m2 /= rows
+    return mean, m2
 
 
 def moments(x: npt.NDArray[np.floating], mask: BoolArray | None = None) -> Moments:
@@ -211,7 +282,7 @@ def shard_bounds(samples: int, replicas: int) -> list[tuple[int, int]]:
     base, extra = divmod(samples, replicas)
     bounds = []
     start = 0
-    for r in range(replicas):
+    for r in range(min(replicas, samples)):  # the shards past `samples` are empty
         size = base + (1 if r < extra else 0)
         if size:
             bounds.append((start, start + size))
@@ -289,22 +360,94 @@ def normalize(
     gamma: npt.NDArray[np.floating] | None,
     beta: npt.NDArray[np.floating] | None,
     epsilon: float,
-) -> Float64Array:
+    out: npt.NDArray[np.floating] | None = None,
+) -> npt.NDArray[np.floating]:
     """``gamma * (x - mean) / sqrt(variance + epsilon) + beta``, in float64.
 
     ``x`` is ``(..., C)`` and the statistics broadcast against it (``(C,)`` or
     ``(K, 1, C)`` for per-batch statistics). The subtraction comes first so
     that data far from zero keeps its precision (Keras folds to ``x * a + b``
     in float32, which loses it).
+
+    Args:
+        x: the data.
+        mean, variance: the statistics to normalize with.
+        gamma, beta: the layer's scale and offset, or ``None`` (1 and 0).
+        epsilon: added to the variance.
+        out: where to write the result, of ``x``'s shape and any float dtype
+            (it is computed in float64 and rounded once on the way in). With
+            ``out``, rows layout ``(K, R, C)`` is computed a cache-sized block
+            at a time, with no float64 copy of the whole of ``x``.
+
+    Returns:
+        The float64 result, or ``out``.
     """
     inv = 1.0 / np.sqrt(np.asarray(variance, dtype=np.float64) + epsilon)
     if gamma is not None:
         inv = inv * np.asarray(gamma, dtype=np.float64)
-    y = np.subtract(x, mean, dtype=np.float64)
+    mean64 = np.asarray(mean, dtype=np.float64)
+    beta64 = None if beta is None else np.asarray(beta, dtype=np.float64)
+    if out is not None and _blockable(x, mean64, inv, beta64):
+        _normalize_blocks(x, mean64, inv, beta64, out)
+        return out
+    y = np.subtract(x, mean64, dtype=np.float64)
     y *= inv
-    if beta is not None:
-        y += np.asarray(beta, dtype=np.float64)
-    return y
+    if beta64 is not None:
+        y += beta64
+    if out is None:
+        return y
+    np.copyto(out, y, casting="unsafe")
+    return out
+
+
+def _blockable(x: npt.NDArray[np.generic], *stats: Float64Array | None) -> bool:
+    """Whether ``x`` is ``(K, R, C)`` and each statistic ``(C,)`` or ``(K', 1, C)``."""
+    return x.ndim == 3 and all(
+        s is None or s.ndim <= 1 or (s.ndim == 3 and s.shape[1] == 1) for s in stats
+    )
+
+
+def _normalize_blocks(
+    x: npt.NDArray[np.floating],
+    mean: Float64Array,
+    scale: Float64Array,
+    beta: Float64Array | None,
+    out: npt.NDArray[np.floating],
+) -> None:
+    """``out = (x - mean) * scale + beta`` over cache-sized float64 blocks."""
+    num_batches, rows, channels = x.shape
+    if not x.size:
+        return
+    step = max(BLOCK_ELEMENTS // max(channels, 1), 1)
+
+    def per_batch(s: Float64Array | None, lo: int, hi: int) -> Float64Array | None:
+        if s is None or s.ndim < 3 or s.shape[0] == 1:
+            return s
+        return s[lo:hi]
+
+    if rows * channels <= BLOCK_ELEMENTS:
+        group = max(BLOCK_ELEMENTS // (rows * channels), 1)
+        spans = [
+            (lo, min(lo + group, num_batches), 0, rows)
+            for lo in range(0, num_batches, group)
+        ]
+    else:
+        spans = [
+            (k, k + 1, lo, min(lo + step, rows))
+            for k in range(num_batches)
+            for lo in range(0, rows, step)
+        ]
+    buffer = np.empty(max((hi - lo) * (r1 - r0) for lo, hi, r0, r1 in spans) * channels)
+    for lo, hi, r0, r1 in spans:
+        block = buffer[: (hi - lo) * (r1 - r0) * channels].reshape(
+            hi - lo, r1 - r0, channels
+        )
+        np.copyto(block, x[lo:hi, r0:r1], casting="unsafe")
+        block -= per_batch(mean, lo, hi)
+        block *= per_batch(scale, lo, hi)
+        if beta is not None:
+            block += per_batch(beta, lo, hi)
+        np.copyto(out[lo:hi, r0:r1], block, casting="unsafe")
 
 
 def to_rows(data: npt.NDArray[np.generic], axis: int) -> npt.NDArray[np.generic]:

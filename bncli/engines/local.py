@@ -22,8 +22,14 @@ import numpy as np
 import numpy.typing as npt
 
 from bncli import kernels
-from bncli.errors import DataError, StateError, StateFrozenError, StateMismatchError, UsageError
-from bncli.io.batching import Block, batch_blocks, block_rows
+from bncli.errors import (
+    DataError,
+    StateError,
+    StateFrozenError,
+    StateMismatchError,
+    UsageError,
+)
+from bncli.io.batching import batch_blocks, block_rows
 from bncli.io.sources import ChannelMismatchError, Chunk, Dataset, open_dataset
 from bncli.progress import NullProgress, Progress
 
@@ -145,9 +151,8 @@ def fold_block(chunk: Chunk, params: FitParams) -> tuple[kernels.Fold, int, int]
         x, m = _batched(rows, chunk.mask, start, stop, per_batch)
         stats, _ = batch_statistics(x, m, per_batch, params.replicas, params.synchronized)
         valid = stats.count > 0
-        if not np.isfinite(stats.mean[valid]).all() or not np.isfinite(
-            stats.variance[valid]
-        ).all():
+        finite = np.isfinite(stats.mean) & np.isfinite(stats.variance)
+        if not (finite | ~valid).all():
             chunk.raise_nonfinite()
         fold = kernels.compose(
             fold,
@@ -373,12 +378,32 @@ def normalize_chunk(
     unmasked value in a batch falls back on the moving statistics.
     """
     rows = kernels.to_rows(chunk.data, chunk.axis)
+    out = np.empty(rows.shape, dtype=np.float64)
+    _normalize_rows(chunk, rows, layer, training, batch_size, replicas, out)
+    return out
+
+
+def _normalize_rows(
+    chunk: Chunk,
+    rows: npt.NDArray[Any],
+    layer: Any,
+    training: bool,
+    batch_size: int,
+    replicas: int,
+    out: npt.NDArray[Any],
+) -> None:
+    """Write the outputs of ``chunk`` (``rows``, ``(n, P, C)``) into ``out``.
+
+    Computed in float64 a cache-sized block at a time
+    (:func:`bncli.kernels.normalize` with ``out``) and rounded once to
+    ``out``'s dtype.
+    """
     gamma, beta, eps = layer._gamma, layer._beta, layer.epsilon
     if not training:
-        return kernels.normalize(
-            rows, layer.moving_mean64, layer.moving_variance64, gamma, beta, eps
+        kernels.normalize(
+            rows, layer.moving_mean64, layer.moving_variance64, gamma, beta, eps, out=out
         )
-    out = np.empty(rows.shape, dtype=np.float64)
+        return
     for start, stop, per_batch in _runs(chunk, batch_size):
         x, m = _batched(rows, chunk.mask, start, stop, per_batch)
         _, shards = batch_statistics(x, m, per_batch, replicas, layer.synchronized)
@@ -389,8 +414,21 @@ def normalize_chunk(
             mean = np.where(seen, stats.mean, layer.moving_mean64)[:, None, :]
             variance = np.where(seen, stats.variance, layer.moving_variance64)[:, None, :]
             part = slice(lo * per_sample, hi * per_sample)
-            y[:, part] = kernels.normalize(x[:, part], mean, variance, gamma, beta, eps)
-    return out
+            kernels.normalize(
+                x[:, part], mean, variance, gamma, beta, eps, out=y[:, part]
+            )
+
+
+def _all_finite(a: npt.NDArray[Any]) -> bool:
+    """Whether every element of ``a`` is finite: a cheap sum first.
+
+    A finite sum means no NaN and no infinity; only when it is not (or it
+    overflowed) are the elements tested one by one.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.add.reduce(a, axis=None)):
+            return True
+    return bool(np.isfinite(a).all())
 
 
 def transform_chunk(
@@ -408,10 +446,20 @@ def transform_chunk(
     Raises:
         DataError: a NaN or infinity in the outputs, with ``nan_policy="error"``.
     """
-    y = normalize_chunk(chunk, layer, training, batch_size, replicas)
-    if nan_policy == "error" and not np.isfinite(y).all():
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f" or dtype.itemsize < 4:
+        # Narrow outputs go through cast_output, which refuses an overflow.
+        y = normalize_chunk(chunk, layer, training, batch_size, replicas)
+        if nan_policy == "error" and not _all_finite(y):
+            chunk.raise_nonfinite()
+        return layer.cast_output(kernels.from_rows(y, chunk.data.shape, chunk.axis), dtype)
+    rows = kernels.to_rows(chunk.data, chunk.axis)
+    out = np.empty(rows.shape, dtype=dtype)
+    _normalize_rows(chunk, rows, layer, training, batch_size, replicas, out)
+    if nan_policy == "error" and not _all_finite(out):
         chunk.raise_nonfinite()
-    return layer.cast_output(kernels.from_rows(y, chunk.data.shape, chunk.axis), dtype)
+    result: npt.NDArray[Any] = kernels.from_rows(out, chunk.data.shape, chunk.axis)
+    return result
 
 
 def open_transform_dataset(

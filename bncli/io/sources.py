@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -156,7 +157,7 @@ def concat_chunks(chunks: Sequence[Chunk]) -> Chunk:
                 per = int(np.prod(c.data.shape[1:])) // max(c.data.shape[c.axis], 1)
                 parts.append(np.ones((len(c), per, width), dtype=bool))
             else:
-                parts.append(np.broadcast_to(c.mask, c.mask.shape[:2] + (width,)))
+                parts.append(np.broadcast_to(c.mask, (*c.mask.shape[:2], width)))
         mask = np.concatenate(parts)
     nulls = None
     if any(c.nulls is not None for c in chunks):
@@ -287,6 +288,7 @@ class ArraySource(Source):
     def __init__(self, path: str, stream: BinaryIO | None = None) -> None:
         self.path = path
         self._stream = stream
+        self._file: BinaryIO | None = None
         if stream is None:
             try:
                 self.array: Any = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -325,7 +327,7 @@ class ArraySource(Source):
     def chunks(self, start: int, rows: int) -> Iterator[npt.NDArray[Any]]:
         if self._stream is None:
             for lo in range(start, self.shape[0], rows):
-                yield self.array[lo : lo + rows]
+                yield self._window(lo, min(lo + rows, self.shape[0]))
             return
         row_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
         skipped = 0
@@ -339,6 +341,31 @@ class ArraySource(Source):
             buf = _read_exactly(self._stream, take * row_bytes, self.path)
             yield np.frombuffer(buf, dtype=self.dtype).reshape((take, *self.shape[1:]))
             remaining -= take
+
+
+    def _window(self, lo: int, hi: int) -> npt.NDArray[Any]:
+        """Samples ``[lo, hi)``, memory-mapped on their own.
+
+        Each chunk maps just its own pages, and they are unmapped when the
+        chunk is dropped: the process's resident memory follows the chunks
+        in flight, not the part of the file read so far (pages of one map of
+        the whole file would stay resident to the end). The page cache is
+        shared either way, so a warm file is read at memory speed.
+        """
+        offset = getattr(self.array, "offset", None)
+        if offset is None or not self.array.flags.c_contiguous or hi <= lo:
+            return self.array[lo:hi]  # Fortran order: rows are not contiguous
+        if self._file is None:
+            self._file = open(self.path, "rb", buffering=0)
+            weakref.finalize(self, self._file.close)
+        row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        return np.memmap(
+            self._file,
+            dtype=self.dtype,
+            mode="r",
+            offset=offset + lo * row_bytes,
+            shape=(hi - lo, *self.shape[1:]),
+        )
 
 
 def _read_exactly(stream: BinaryIO, size: int, path: str) -> bytes:
@@ -390,7 +417,21 @@ class TableSource(Source):
             if fmt == "parquet":
                 import pyarrow.parquet as pq
 
-                self._file: Any = pq.ParquetFile(path, memory_map=True)
+                # Not memory-mapped: the pages of a mapped file stay in the
+                # process's resident set to the end. With a read buffer, each
+                # column chunk is streamed a page at a time rather than read
+                # whole (a row group can be hundreds of MB): about 16 MiB of
+                # buffers in all, whatever the size of the row groups.
+                metadata = pq.read_metadata(path)
+                columns = max(metadata.num_columns, 1)
+                buffer_size = min(max((16 << 20) // columns, 64 << 10), 1 << 20)
+                self._file: Any = pq.ParquetFile(
+                    path,
+                    metadata=metadata,
+                    memory_map=False,
+                    buffer_size=buffer_size,
+                    pre_buffer=False,
+                )
                 self.schema = self._file.schema_arrow
                 self.num_rows = self._file.metadata.num_rows
             elif fmt == "arrow":
@@ -591,9 +632,14 @@ class Dataset:
         dtype = np.result_type(*[c.dtype for c in columns])
         if dtype.kind != "f":
             dtype = np.dtype(np.float64)
-        data = np.empty((n, len(columns)), dtype=dtype)
+        # Channel-major: each column is one contiguous copy (filling an
+        # (n, C) array column by column is a strided write, several times
+        # slower), and data is its (n, C) transposed view, so that the
+        # output columns come out contiguous too.
+        by_column = np.empty((len(columns), n), dtype=dtype)
         for j, column in enumerate(columns):
-            data[:, j] = column
+            by_column[j] = column
+        data = by_column.T
         mask = None if nulls is None else ~nulls
         if self.mask_column is not None:
             keep = batch.column(names.index(self.mask_column))

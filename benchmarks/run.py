@@ -1,0 +1,597 @@
+"""``make bench``: bncli side by side with its baselines, printed as one table.
+
+Every row is measured in this one run, on the same data (generated once into
+``benchmarks/data/``, see :mod:`data`): a warm-up, then several repetitions,
+bncli and its baseline taken in turns so that both see the same load on a
+shared machine, and the median of each kept. Throughputs are samples per
+second; the per-batch baselines (Keras, PyTorch, a NumPy loop) run on a
+prefix of the data, since they are orders of magnitude slower.
+
+bncli is measured in-process through the library
+(``bncli.BatchNormalization().fit``, ``bncli.engines.local.transform_layer``),
+and as whole processes for start-up time and peak memory (the peak resident
+set of a ``bncli`` subprocess, from ``getrusage(RUSAGE_CHILDREN)``).
+
+Usage: ``python benchmarks/run.py [--quick] [--repeat N]``. ``--quick`` runs
+on 32 MiB of data: a smoke test of this script, whose ratios mean little
+(and the memory targets, set for inputs of 1 GB and more, are not judged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("KERAS_BACKEND", "numpy")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import data
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+BATCH = 32
+#: Rows per StandardScaler.partial_fit call.
+SKLEARN_CHUNK = 65_536
+
+
+@dataclasses.dataclass
+class Row:
+    """One line of the table."""
+
+    name: str
+    bncli: str
+    baseline: str
+    ratio: float | None
+    target: str
+    ok: bool | None  # None: reported, not judged
+
+    @property
+    def result(self) -> str:
+        return {True: "pass", False: "FAIL", None: "-"}[self.ok]
+
+
+def median_time(fn: Callable[[], object], repeat: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn`` over ``repeat`` runs, after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        gc.collect()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def side_by_side(
+    a: Callable[[], object], b: Callable[[], object], repeat: int
+) -> tuple[float, float]:
+    """Median wall times of ``a`` and ``b``, run in turns after one warm-up each."""
+    a()
+    b()
+    times_a, times_b = [], []
+    for _ in range(repeat):
+        for fn, times in ((a, times_a), (b, times_b)):
+            gc.collect()
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times_a), statistics.median(times_b)
+
+
+def rate(samples: int, seconds: float) -> str:
+    return f"{samples / seconds / 1e6:.2f} M/s"
+
+
+def throughput_row(
+    name: str,
+    samples_a: int,
+    seconds_a: float,
+    samples_b: int,
+    seconds_b: float,
+    minimum: float,
+) -> Row:
+    """bncli (a) against a baseline (b): ratio of samples per second."""
+    ratio = (samples_a / seconds_a) / (samples_b / seconds_b)
+    target = f">= {minimum:g}x" if minimum >= 1 else f">= {minimum:.0%}"
+    return Row(
+        name,
+        rate(samples_a, seconds_a),
+        rate(samples_b, seconds_b),
+        ratio,
+        target,
+        ratio >= minimum,
+    )
+
+
+# ------------------------------------------------------------------ bncli
+
+
+def bncli_fit(path: Path, batch_size: int = BATCH, workers: int | None = None) -> Any:
+    import bncli
+
+    layer = bncli.BatchNormalization()
+    layer.fit(path, batch_size=batch_size, workers=workers)
+    return layer
+
+
+def bncli_transform(
+    state: Path, path: Path, output: Path, workers: int | None = None
+) -> None:
+    import bncli
+    from bncli.engines.local import transform_layer
+
+    transform_layer(bncli.load(state), [path], output, overwrite=True, workers=workers)
+
+
+# -------------------------------------------------------------- baselines
+
+
+def reduce_pass(path: Path) -> None:
+    """One ``np.add.reduce`` over the memory-mapped array: the floor of a pass."""
+    np.add.reduce(np.load(path, mmap_mode="r"), axis=0)
+
+
+def keras_per_batch(x: np.ndarray) -> None:
+    import keras
+
+    layer = keras.layers.BatchNormalization()
+    for lo in range(0, len(x), BATCH):
+        layer(x[lo : lo + BATCH], training=True)
+
+
+def torch_per_batch(x: np.ndarray) -> None:
+    import torch
+
+    layer = torch.nn.BatchNorm1d(x.shape[1])
+    layer.train()
+    tensor = torch.from_numpy(x)
+    with torch.no_grad():
+        for lo in range(0, len(x), BATCH):
+            layer(tensor[lo : lo + BATCH])
+
+
+def numpy_per_batch(x: np.ndarray, momentum: float = 0.99) -> None:
+    """The plain loop: each batch's moments, then the moving-average update."""
+    moving_mean = np.zeros(x.shape[1])
+    moving_variance = np.ones(x.shape[1])
+    for lo in range(0, len(x), BATCH):
+        batch = x[lo : lo + BATCH]
+        mean = batch.mean(axis=0, dtype=np.float64)
+        variance = batch.var(axis=0, dtype=np.float64)
+        moving_mean = moving_mean * momentum + mean * (1 - momentum)
+        moving_variance = moving_variance * momentum + variance * (1 - momentum)
+
+
+def sklearn_partial_fit(x: np.ndarray) -> None:
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler()
+    for lo in range(0, len(x), SKLEARN_CHUNK):
+        scaler.partial_fit(x[lo : lo + SKLEARN_CHUNK])
+
+
+def read_table(path: Path, columns: list[str]) -> None:
+    import pyarrow.parquet as pq
+
+    pq.read_table(path, columns=columns)
+
+
+def numpy_transform(
+    path: Path, output: Path, mean: np.ndarray, inv: np.ndarray
+) -> None:
+    """Plain NumPy: read the whole array, normalize it, write it."""
+    x = np.load(path)
+    y = (x - mean.astype(np.float32)) * inv.astype(np.float32)
+    np.save(output, y)
+
+
+def pyarrow_transform(
+    path: Path, output: Path, mean: np.ndarray, inv: np.ndarray
+) -> None:
+    """Plain pyarrow: read the table, normalize each column in NumPy, write it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    columns = [
+        pa.array(
+            (table.column(j).to_numpy() - np.float32(mean[j])) * np.float32(inv[j])
+        )
+        for j in range(table.num_columns)
+    ]
+    pq.write_table(pa.table(columns, names=table.column_names), output)
+
+
+# -------------------------------------------------------------- processes
+
+
+def bncli_command() -> list[str]:
+    script = Path(sys.executable).with_name("bncli")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "bncli"]
+
+
+def peak_rss(command: list[str]) -> tuple[float, float]:
+    """``(peak resident MiB, wall seconds)`` of ``command`` as a subprocess.
+
+    Measured in a fresh helper process, so that ``RUSAGE_CHILDREN`` (the
+    largest of the children waited for) is this command's alone.
+    """
+    helper = (
+        "import json, resource, subprocess, sys, time\n"
+        "start = time.perf_counter()\n"
+        "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)\n"
+        "wall = time.perf_counter() - start\n"
+        "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+        "print(json.dumps([peak / 1024, wall]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", helper, *command],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    peak, wall = json.loads(done.stdout)
+    return float(peak), float(wall)
+
+
+def wall_time(command: list[str], repeat: int) -> float:
+    def run() -> None:
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+
+    return median_time(run, repeat)
+
+
+# ------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="32 MiB of data, a smoke run"
+    )
+    parser.add_argument("--repeat", type=int, default=None, help="repetitions per row")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    rows = data.QUICK_ROWS if quick else data.FULL_ROWS
+    repeat = args.repeat or (2 if quick else 5)
+    slow_repeat = args.repeat or (1 if quick else 3)
+    prefix = min(rows, 1 << 16)  # per-batch baselines: 2,048 batches of 32
+    workers = (
+        len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count()
+    )
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    say(f"bench: generating or reusing data in {data.DATA} ...")
+    npy = data.npy_path(rows)
+    parquet = data.parquet_path(rows)
+    small = data.small_npy_path()
+    decoded_mib = rows * data.CHANNELS * 4 / 2**20
+    columns = [f"c{j}" for j in range(data.CHANNELS)]
+    table: list[Row] = []
+    work = Path(tempfile.mkdtemp(prefix="bncli-bench-", dir=data.DATA))
+
+    def add(row: Row) -> None:
+        table.append(row)
+        ratio = "" if row.ratio is None else f" ratio {row.ratio:.3g}"
+        say(f"  {row.name}: {row.bncli} vs {row.baseline}{ratio} [{row.result}]")
+
+    try:
+        # ---- fit on NPY, warm page cache, against one reduction pass
+        say("bench: fit on NPY")
+        t_fit, t_reduce = side_by_side(
+            lambda: bncli_fit(npy), lambda: reduce_pass(npy), repeat
+        )
+        add(
+            throughput_row(
+                "fit NPY (bs 32) vs np.add.reduce pass",
+                rows,
+                t_fit,
+                rows,
+                t_reduce,
+                0.5,
+            )
+        )
+
+        t_small, t_large = side_by_side(
+            lambda: bncli_fit(npy, batch_size=8),
+            lambda: bncli_fit(npy, batch_size=4096),
+            repeat,
+        )
+        add(
+            throughput_row("fit NPY bs 8 vs bs 4096", rows, t_small, rows, t_large, 0.5)
+        )
+
+        # ---- per-batch baselines on a prefix, against fit at batch size 32
+        x = np.array(np.load(npy, mmap_mode="r")[:prefix])
+        baselines = [
+            ("Keras 3 layer per batch (NumPy)", keras_per_batch, prefix // 4, 100.0),
+            ("torch BatchNorm1d per batch", torch_per_batch, prefix, 10.0),
+            ("NumPy per-batch loop", numpy_per_batch, prefix, 10.0),
+        ]
+        for label, fn, n, minimum in baselines:
+            say(f"bench: {label}")
+            part = x[:n]
+            t_base = median_time(lambda fn=fn, part=part: fn(part), max(repeat // 2, 1))
+            add(
+                throughput_row(
+                    f"fit (bs 32) vs {label}", rows, t_fit, n, t_base, minimum
+                )
+            )
+        say("bench: scikit-learn StandardScaler.partial_fit")
+        sk_rows = min(rows, 1 << 22)
+        x_sk = np.load(npy, mmap_mode="r")[:sk_rows]
+        t_sk = median_time(lambda: sklearn_partial_fit(x_sk), max(repeat // 2, 1))
+        add(
+            throughput_row(
+                "fit (bs 32) vs StandardScaler.partial_fit (64Ki rows)",
+                rows,
+                t_fit,
+                sk_rows,
+                t_sk,
+                2.0,
+            )
+        )
+
+        # ---- workers: 2 against 1, and the same result for any N
+        say("bench: workers")
+        t_one, t_all = side_by_side(
+            lambda: bncli_fit(npy, workers=1),
+            lambda: bncli_fit(npy, workers=workers),
+            repeat,
+        )
+        one, every = bncli_fit(npy, workers=1), bncli_fit(npy, workers=workers)
+        same = np.array_equal(
+            one.moving_mean64, every.moving_mean64
+        ) and np.array_equal(one.moving_variance64, every.moving_variance64)
+        speedup = t_one / t_all
+        add(
+            Row(
+                f"fit speed-up, {workers} workers vs 1 (same result: {same})",
+                rate(rows, t_all),
+                rate(rows, t_one),
+                speedup,
+                "report",
+                None if same else False,
+            )
+        )
+        dask_row = dask_speedup(npy)
+        if dask_row is not None:
+            add(dask_row)
+
+        # ---- Parquet fit against read_table
+        say("bench: fit on Parquet")
+        t_pq, t_read = side_by_side(
+            lambda: bncli_fit(parquet),
+            lambda: read_table(parquet, columns),
+            slow_repeat,
+        )
+        add(
+            throughput_row(
+                "fit Parquet vs pq.read_table", rows, t_pq, rows, t_read, 0.7
+            )
+        )
+
+        # ---- transform against plain read, compute, write
+        state = work / "state.h5"
+        layer = bncli_fit(npy)
+        layer.save(state)
+        mean = layer.moving_mean64
+        inv = 1.0 / np.sqrt(layer.moving_variance64 + layer.epsilon)
+        say("bench: transform NPY -> NPY")
+        out_a, out_b = work / "bncli.npy", work / "plain.npy"
+        t_tr, t_plain = side_by_side(
+            lambda: bncli_transform(state, npy, out_a),
+            lambda: numpy_transform(npy, out_b, mean, inv),
+            slow_repeat,
+        )
+        add(
+            throughput_row(
+                "transform NPY->NPY vs NumPy read+compute+write",
+                rows,
+                t_tr,
+                rows,
+                t_plain,
+                0.5,
+            )
+        )
+        out_a.unlink(missing_ok=True)
+        out_b.unlink(missing_ok=True)
+
+        say("bench: transform Parquet -> Parquet")
+        table_state = work / "table_state.h5"
+        table_layer = bncli_fit(parquet)
+        table_layer.save(table_state)
+        mean_t = table_layer.moving_mean64
+        inv_t = 1.0 / np.sqrt(table_layer.moving_variance64 + table_layer.epsilon)
+        out_a, out_b = work / "bncli.parquet", work / "plain.parquet"
+        t_tr, t_plain = side_by_side(
+            lambda: bncli_transform(table_state, parquet, out_a),
+            lambda: pyarrow_transform(parquet, out_b, mean_t, inv_t),
+            slow_repeat,
+        )
+        add(
+            throughput_row(
+                "transform Parquet->Parquet vs pyarrow read+compute+write",
+                rows,
+                t_tr,
+                rows,
+                t_plain,
+                0.5,
+            )
+        )
+        out_a.unlink(missing_ok=True)
+        out_b.unlink(missing_ok=True)
+
+        # ---- peak memory of whole bncli processes
+        say("bench: peak memory")
+        command = bncli_command()
+        limit = min(0.25 * decoded_mib, 400.0)
+        for label, args_ in [
+            ("fit NPY", ["fit", str(work / "m1.h5"), str(npy), "--quiet"]),
+            (
+                "transform NPY->NPY",
+                [
+                    "transform",
+                    str(state),
+                    str(npy),
+                    "-o",
+                    str(work / "m.npy"),
+                    "--quiet",
+                ],
+            ),
+            ("fit Parquet", ["fit", str(work / "m2.h5"), str(parquet), "--quiet"]),
+            (
+                "transform Parquet->Parquet",
+                [
+                    "transform",
+                    str(table_state),
+                    str(parquet),
+                    "-o",
+                    str(work / "m.parquet"),
+                    "--quiet",
+                ],
+            ),
+        ]:
+            peak, _ = peak_rss([*command, *args_])
+            share = peak / decoded_mib
+            judged = None if quick else peak <= limit
+            add(
+                Row(
+                    f"peak RSS, {label} ({decoded_mib:,.0f} MiB decoded)",
+                    f"{peak:,.0f} MiB",
+                    f"{decoded_mib:,.0f} MiB",
+                    share,
+                    "<= 25%, <= 400 MiB",
+                    judged,
+                )
+            )
+            for leftover in ("m.npy", "m.parquet"):
+                (work / leftover).unlink(missing_ok=True)
+
+        # ---- start-up
+        say("bench: start-up")
+        t_help = wall_time([*command, "--help"], repeat)
+        add(Row("start-up: bncli --help", f"{t_help:.2f} s", "-", None, "report", None))
+        small_state = work / "small.h5"
+
+        def small_fit() -> None:
+            small_state.unlink(missing_ok=True)
+            subprocess.run(
+                [*command, "fit", str(small_state), str(small), "--quiet"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+
+        t_small_fit = median_time(small_fit, repeat)
+        add(
+            Row(
+                "start-up: bncli fit, 4,096 samples (whole process)",
+                f"{t_small_fit:.2f} s",
+                "-",
+                None,
+                "report",
+                None,
+            )
+        )
+    finally:
+        for path in work.iterdir():
+            path.unlink()
+        work.rmdir()
+
+    print_table(table, rows, quick)
+    return 0 if all(row.ok is not False for row in table) else 1
+
+
+def dask_speedup(npy: Path) -> Row | None:
+    """The Dask engine's 2-vs-1 worker ratio, from ``bench_dask.py`` if present."""
+    try:
+        import bench_dask  # type: ignore[import-not-found]
+    except ImportError:
+        print(
+            "  note: benchmarks/bench_dask.py not found; no Dask row", file=sys.stderr
+        )
+        return None
+    try:
+        result = bench_dask.measure_dask_speedup(npy)
+    except Exception as e:  # a missing extra or cluster must not sink the table
+        print(
+            f"  note: Dask measurement failed: {type(e).__name__}: {e}", file=sys.stderr
+        )
+        return None
+    bncli_rate = baseline_rate = "-"
+    if isinstance(result, dict):
+        samples = result.get("samples")
+        if samples and result.get("seconds_1") and result.get("seconds_2"):
+            bncli_rate = rate(samples, result["seconds_2"])
+            baseline_rate = rate(samples, result["seconds_1"])
+        result = result.get("ratio", result.get("speedup"))
+    if isinstance(result, tuple | list) and len(result) == 2:
+        one, two = (float(v) for v in result)
+        result = one / two  # (seconds with 1 worker, seconds with 2)
+    if not isinstance(result, int | float):
+        print(f"  note: Dask measurement returned {result!r}", file=sys.stderr)
+        return None
+    return Row(
+        "Dask engine fit speed-up, 2 workers vs 1",
+        bncli_rate,
+        baseline_rate,
+        float(result),
+        "report",
+        None,
+    )
+
+
+def print_table(table: list[Row], rows: int, quick: bool) -> None:
+    header = ("measurement", "bncli", "baseline", "ratio", "target", "result")
+    lines = [
+        (
+            r.name,
+            r.bncli,
+            r.baseline,
+            "" if r.ratio is None else f"{r.ratio:.3g}",
+            r.target,
+            r.result,
+        )
+        for r in table
+    ]
+    widths = [
+        max(len(str(line[i])) for line in [header, *lines]) for i in range(len(header))
+    ]
+    size = rows * data.CHANNELS * 4 / 2**20
+    print(
+        f"\nbncli benchmarks: {rows:,} samples x {data.CHANNELS} float32 channels "
+        f"({size:,.0f} MiB){' [quick]' if quick else ''}, "
+        f"{len(os.sched_getaffinity(0))} cores; throughput in samples/s (M/s = 10^6/s)\n"
+    )
+
+    def fmt(line: tuple[str, ...]) -> str:
+        return (
+            "| "
+            + " | ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True))
+            + " |"
+        )
+
+    print(fmt(header))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for line in lines:
+        print(fmt(line))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

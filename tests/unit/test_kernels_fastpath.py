@@ -1,0 +1,224 @@
+"""The kernels' fast paths against the straightforward formulas, written here.
+
+The blocked moments, the folded moving averages and the blocked
+normalization must give what the plain NumPy formula gives, for every
+layout (contiguous, channel-major, strided), every dtype, and every size
+around the block boundaries; the block size is shrunk so that small data
+crosses many of them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bncli import kernels
+from bncli.engines.local import _all_finite
+from tests.conftest import FAST
+
+
+def _plain_moments(x):
+    """Two-pass float64 moments of each batch of ``x`` ``(K, R, C)``."""
+    x64 = np.asarray(x, dtype=np.float64)
+    mean = x64.mean(axis=1)
+    variance = ((x64 - mean[:, None, :]) ** 2).mean(axis=1)
+    return mean, variance
+
+
+def _plain_fold(means, variances, valid, momentum, m0, v0):
+    """The moving averages after each batch in turn, as Keras updates them."""
+    m, v = m0.copy(), v0.copy()
+    for k in range(len(means)):
+        keep = valid[k]
+        m = np.where(keep, m * momentum + means[k] * (1 - momentum), m)
+        v = np.where(keep, v * momentum + variances[k] * (1 - momentum), v)
+    return m, v
+
+
+@pytest.fixture(params=[1 << 15, 64, 7])
+def block(request, monkeypatch):
+    """The kernels' block size: the real one, and small ones crossing many blocks."""
+    monkeypatch.setattr(kernels, "BLOCK_ELEMENTS", request.param)
+    return request.param
+
+
+# ---------------------------------------------------------------- moments
+
+
+@pytest.mark.parametrize(
+    "shape", [(1, 1, 1), (5, 1, 3), (3, 7, 2), (9, 8, 16), (2, 300, 5), (1, 5000, 16)]
+)
+@pytest.mark.parametrize(
+    "dtype", [np.float32, np.float64, np.float16, np.int32, np.bool_]
+)
+def test_blocked_moments_equal_the_formula(block, shape, dtype):
+    rng = np.random.default_rng(0)
+    x = (rng.normal(3.0, 2.0, shape) * (10 if dtype == np.int32 else 1)).astype(dtype)
+    got = kernels.batched_moments(x)
+    mean, variance = _plain_moments(x)
+    np.testing.assert_array_equal(got.count, np.full(shape[::2], float(shape[1])))
+    np.testing.assert_allclose(got.mean, mean, **FAST)
+    np.testing.assert_allclose(got.variance, variance, **FAST)
+
+
+@pytest.mark.parametrize("rows", [1, 8, 32, 4096])
+def test_blocked_moments_of_channel_major_and_strided_data(block, rows):
+    """Tables arrive channel-major ((C, n) transposed); slices are strided."""
+    rng = np.random.default_rng(1)
+    by_column = rng.normal(-4.0, 3.0, (6, rows * 5)).astype(np.float32)
+    x = by_column.T.reshape(5, rows, 6)
+    assert not x.flags.c_contiguous
+    for view in (x, x[::2], x[:, ::-1], x[:, :, 1::2]):
+        got = kernels.batched_moments(view)
+        mean, variance = _plain_moments(view)
+        np.testing.assert_allclose(got.mean, mean, **FAST)
+        np.testing.assert_allclose(got.variance, variance, **FAST)
+
+
+@pytest.mark.parametrize("offset", [1e4, 1e8])
+def test_blocked_moments_keep_precision_far_from_zero(block, offset):
+    """Two passes in float64: a large mean does not swamp a small variance."""
+    rng = np.random.default_rng(2)
+    x = offset + rng.normal(0.0, 1.0, (3, 2000, 2))
+    got = kernels.batched_moments(x)
+    for k in range(3):
+        for c in range(2):
+            values = x[k, :, c].tolist()
+            mean = math.fsum(values) / len(values)
+            variance = math.fsum((v - mean) ** 2 for v in values) / len(values)
+            assert got.mean[k, c] == pytest.approx(mean, rel=1e-13)
+            assert got.variance[k, c] == pytest.approx(variance, rel=1e-9)
+
+
+def test_blocked_moments_of_nothing():
+    for shape in [(0, 4, 3), (2, 0, 3), (2, 4, 0)]:
+        got = kernels.batched_moments(np.zeros(shape, np.float32))
+        assert got.mean.shape == got.variance.shape == (shape[0], shape[2])
+        assert not got.mean.any() and not got.variance.any()
+
+
+def test_blocked_moments_carry_nonfinite_values():
+    x = np.ones((4, 3, 2), np.float32)
+    x[2, 1, 0] = np.nan
+    x[3, 0, 1] = np.inf
+    with np.errstate(invalid="ignore"):
+        got = kernels.batched_moments(x)
+    finite = np.isfinite(got.mean) & np.isfinite(got.variance)
+    assert finite.tolist() == [[True, True], [True, True], [False, True], [True, False]]
+
+
+@given(
+    k=st.integers(1, 6),
+    r=st.integers(1, 40),
+    c=st.integers(1, 5),
+    size=st.integers(1, 300),
+    seed=st.integers(0, 2**16),
+)
+def test_blocked_moments_any_block_size(k, r, c, size, seed):
+    x = np.random.default_rng(seed).normal(1.0, 5.0, (k, r, c)).astype(np.float32)
+    saved = kernels.BLOCK_ELEMENTS
+    kernels.BLOCK_ELEMENTS = size
+    try:
+        got = kernels.batched_moments(x)
+    finally:
+        kernels.BLOCK_ELEMENTS = saved
+    mean, variance = _plain_moments(x)
+    np.testing.assert_allclose(got.mean, mean, **FAST)
+    np.testing.assert_allclose(got.variance, variance, **FAST)
+
+
+# ------------------------------------------------------------------- fold
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.5, 0.99, 1.0])
+@pytest.mark.parametrize("masked", [False, True])
+def test_fold_equals_the_update_loop(momentum, masked):
+    rng = np.random.default_rng(3)
+    means = rng.normal(0, 3, (50, 4))
+    variances = rng.random((50, 4)) * 4
+    valid = rng.random((50, 4)) < 0.7 if masked else np.ones((50, 4), bool)
+    m0, v0 = rng.normal(0, 1, 4), rng.random(4) + 0.5
+    fold = kernels.fold_batches(means, variances, valid, momentum)
+    m, v = fold.apply(m0, v0)
+    want_m, want_v = _plain_fold(means, variances, valid, momentum, m0, v0)
+    np.testing.assert_allclose(m, want_m, **FAST)
+    np.testing.assert_allclose(v, want_v, **FAST)
+    np.testing.assert_array_equal(fold.batches, valid.sum(axis=0))
+
+
+def test_fold_of_no_batch_is_the_identity():
+    fold = kernels.fold_batches(
+        np.zeros((0, 3)), np.zeros((0, 3)), np.ones((0, 3), bool), 0.9
+    )
+    m, v = fold.apply(np.arange(3.0), np.ones(3))
+    np.testing.assert_array_equal(m, np.arange(3.0))
+    np.testing.assert_array_equal(v, np.ones(3))
+
+
+# -------------------------------------------------------------- normalize
+
+
+def _plain_normalize(x, mean, variance, gamma, beta, epsilon):
+    g = 1.0 if gamma is None else gamma
+    b = 0.0 if beta is None else beta
+    return g * (np.asarray(x, np.float64) - mean) / np.sqrt(variance + epsilon) + b
+
+
+@pytest.mark.parametrize("per_batch", [False, True])
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("shape", [(4, 3, 5), (2, 700, 3), (1, 1, 1)])
+@pytest.mark.parametrize("out_dtype", [np.float32, np.float64])
+def test_blocked_normalize_rounds_the_float64_result_once(
+    block, per_batch, affine, shape, out_dtype
+):
+    rng = np.random.default_rng(4)
+    k, _, c = shape
+    x = rng.normal(50.0, 3.0, shape).astype(np.float32)
+    stats_shape = (k, 1, c) if per_batch else (c,)
+    mean = rng.normal(50.0, 1.0, stats_shape)
+    variance = rng.random(stats_shape) * 9 + 0.1
+    gamma = rng.normal(1, 0.2, c).astype(np.float32) if affine else None
+    beta = rng.normal(0, 0.2, c).astype(np.float32) if affine else None
+    out = np.empty(shape, out_dtype)
+    got = kernels.normalize(x, mean, variance, gamma, beta, 1e-3, out=out)
+    assert got is out
+    plain = kernels.normalize(x, mean, variance, gamma, beta, 1e-3)
+    np.testing.assert_array_equal(out, plain.astype(out_dtype))
+    np.testing.assert_allclose(
+        plain,
+        _plain_normalize(x, mean, variance, gamma, beta, 1e-3),
+        **FAST,
+    )
+
+
+def test_blocked_normalize_into_strided_and_channel_major_arrays(block):
+    rng = np.random.default_rng(5)
+    x = rng.normal(0, 1, (7, 40)).astype(np.float32).T.reshape(40, 1, 7)
+    out = np.empty((7, 40), np.float32).T.reshape(40, 1, 7)
+    mean, variance = rng.normal(0, 1, 7), rng.random(7) + 0.5
+    kernels.normalize(x, mean, variance, None, None, 1e-3, out=out)
+    np.testing.assert_array_equal(
+        out, kernels.normalize(x, mean, variance, None, None, 1e-3).astype(np.float32)
+    )
+
+
+def test_blocked_normalize_keeps_data_far_from_zero_exact():
+    """(x - mean) in float64 first: no cancellation for a large mean."""
+    x = np.array([[[1e8 + 1.0, 1e8 - 3.0]]], dtype=np.float64).reshape(1, 2, 1)
+    out = np.empty_like(x, dtype=np.float32)
+    kernels.normalize(x, np.array([1e8]), np.array([4.0]), None, None, 0.0, out=out)
+    np.testing.assert_array_equal(out.ravel(), [0.5, -1.5])
+
+
+def test_all_finite():
+    assert _all_finite(np.ones((3, 4), np.float32))
+    big = np.full(4, 3e38, np.float32)  # the sum overflows, the values are finite
+    assert _all_finite(big)
+    for bad in (np.nan, np.inf, -np.inf):
+        a = np.ones(10)
+        a[7] = bad
+        assert not _all_finite(a)
