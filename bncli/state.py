@@ -104,7 +104,9 @@ def read_state(path: str | os.PathLike[str]) -> State:
         raise
     except PermissionError as e:
         raise StateError("cannot read the state (permission denied)", path=path) from e
-    except (OSError, KeyError, ValueError, TypeError) as e:
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError) as e:
+        # h5py reports damaged structures as RuntimeError too, and a damaged
+        # link may name a group where a dataset belongs (AttributeError).
         raise StateError(f"corrupt state ({_short(e)})", path=path) from e
 
 
@@ -158,6 +160,16 @@ def _read(f: Any, path: Path) -> State:
     moving_variance64 = _read_vector(
         acc["moving_variance"], channels, path, "moving_variance"
     )
+    # Values are checked before use: no NaN, and finite float64 accumulators
+    # (a float16 variable may overflow to infinity; a negative initializer may
+    # make a moving variance negative, as in Keras).
+    checked = [*variables.items(), ("moving_mean", moving_mean64)]
+    checked.append(("moving_variance", moving_variance64))
+    for index, (name, value) in enumerate(checked):
+        value = np.asarray(value, dtype=np.float64)
+        accumulator = index >= len(variables)
+        if np.isnan(value).any() or (accumulator and not np.isfinite(value).all()):
+            raise StateError(f"corrupt state ({name} has invalid values)", path=path)
     channel_batches = np.asarray(acc["channel_batches"][()], dtype=np.int64)
     if channel_batches.shape != (channels,) or (channel_batches < 0).any():
         raise StateError("corrupt state (channel_batches)", path=path)
@@ -176,11 +188,41 @@ def _read(f: Any, path: Path) -> State:
         batches_seen=int(progress["batches_seen"]),
         samples_seen=int(progress["samples_seen"]),
         epochs=int(progress["epochs"]),
-        resume=None if resume is None else json.loads(_attr_str(resume)),
+        resume=None if resume is None else _check_resume(_attr_str(resume), path),
     )
     if min(state.batches_seen, state.samples_seen, state.epochs) < 0:
         raise StateError("corrupt state (negative progress counters)", path=path)
     return state
+
+
+def _check_resume(text: str, path: Path) -> dict[str, Any]:
+    """The record of an interrupted fit, checked before ``fit --resume`` uses it."""
+    record = json.loads(text)
+
+    def count(value: Any, least: int) -> bool:
+        return type(value) is int and value >= least
+
+    def names(value: Any) -> bool:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+    checks = {
+        "inputs": lambda v: names(v) and len(v) > 0,
+        "batch_size": lambda v: count(v, 1),
+        "epochs": lambda v: count(v, 1),
+        "drop_remainder": lambda v: isinstance(v, bool),
+        "replicas": lambda v: count(v, 1),
+        "mask_column": lambda v: v is None or isinstance(v, str),
+        "mask": lambda v: v is None or names(v),
+        "nan_policy": lambda v: v in ("error", "mask"),
+        "epoch": lambda v: count(v, 0),
+        "sample": lambda v: count(v, 0),
+    }
+    if not isinstance(record, dict):
+        raise StateError("corrupt state (resume record is not an object)", path=path)
+    for key, check in checks.items():
+        if key not in record or not check(record[key]):
+            raise StateError(f"corrupt state (resume record: bad {key!r})", path=path)
+    return record
 
 
 def _attr_str(value: Any) -> str:

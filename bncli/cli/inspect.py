@@ -110,8 +110,8 @@ def _kind(path: Path, state_format: str) -> str:
             try:
                 with h5py.File(path, "r") as f:
                     fmt = f.attrs.get("format")
-            except OSError:
-                return "other"
+            except (OSError, RuntimeError, KeyError, ValueError):
+                return "other"  # damaged HDF5: read_state() would say why
             if isinstance(fmt, bytes):
                 fmt = fmt.decode()
             if fmt == state_format:

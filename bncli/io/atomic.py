@@ -70,6 +70,9 @@ def atomic_path(
         os.close(fd)
         tmp = Path(name)
     try:
+        # mkstemp and mkdtemp create 0600/0700; give the result the mode a
+        # plain open() would (or the replaced file's own), not a private one.
+        os.chmod(tmp, _mode_for(target, directory))
         yield tmp
         fsync_path(tmp)
         if directory and target.exists():
@@ -91,6 +94,17 @@ def atomic_path(
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         raise
+
+
+def _mode_for(target: Path, directory: bool) -> int:
+    """The permissions of the replaced target, else the umask's default."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        pass
+    umask = os.umask(0o022)  # reading the umask means setting it: restore it
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
 
 
 def remove_stale_temporaries(target: str | os.PathLike[str]) -> list[Path]:
