@@ -21,6 +21,25 @@ from bncli.cli.lazy import LazyGroup
 
 EXIT_INTERRUPTED = 130
 
+
+class Interrupted(BaseException):
+    """Ctrl-C inside a command, carried past click's own handler.
+
+    click answers a KeyboardInterrupt with a blank line on stderr before
+    :func:`main` sees it; the one line we print is ``error: interrupted``.
+    """
+
+
+class Group(LazyGroup):
+    """The bncli group: lazy commands, Ctrl-C passed on as :class:`Interrupted`."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as e:
+            raise Interrupted from e
+
+
 COMMANDS = {
     "fit": "bncli.cli.fit:fit",
     "transform": "bncli.cli.transform:transform",
@@ -45,7 +64,7 @@ SUMMARIES = {
 
 
 @click.group(
-    cls=LazyGroup,
+    cls=Group,
     lazy_commands=COMMANDS,
     lazy_summaries=SUMMARIES,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
@@ -86,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         code = result if isinstance(result, int) else 0
     except click.exceptions.Exit as e:
         code = e.exit_code
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (Interrupted, KeyboardInterrupt, click.exceptions.Abort):
         _error("interrupted")
         code = EXIT_INTERRUPTED
     except click.UsageError as e:

@@ -1,0 +1,130 @@
+"""Ctrl-C: exit 130 within seconds, ``error: interrupted``, a whole state; then resume.
+
+A real ``bncli fit --checkpoint-every 1`` subprocess gets SIGINT once it has
+saved a checkpoint. ``fit STATE --resume``, with no input (they come from the
+state), must then end equal to one uninterrupted fit, computed here with the
+Python API.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+import bncli
+from tests.reliability import helpers
+from tests.reliability.helpers import LONG_EPOCHS, LONG_ROWS, assert_same_state
+
+pytestmark = pytest.mark.slow
+
+#: Ctrl-C must stop a fit within seconds: a bound on correctness, not a speed
+#: measurement (a fit that ignored SIGINT would run to its end).
+STOP_WITHIN = 5.0
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory):
+    d = tmp_path_factory.mktemp("interrupt")
+    helpers.write_table(d / "long.parquet", LONG_ROWS, seed=31)
+    helpers.write_table(d / "small.parquet", 100, seed=32)
+    uninterrupted = bncli.BatchNormalization(momentum=0.9, epsilon=0.01)
+    uninterrupted.fit(
+        d / "long.parquet", epochs=LONG_EPOCHS, batch_size=50, exclude=["id"]
+    )
+    return d, uninterrupted
+
+
+@pytest.fixture
+def workdir(tmp_path, setting):
+    d, _ = setting
+    for name in ("long.parquet", "small.parquet"):
+        os.link(d / name, tmp_path / name)
+    return tmp_path
+
+
+def _interrupt(process, after=None):
+    """SIGINT ``process`` (once ``after()`` holds); return (seconds to stop, stderr)."""
+    if after is not None:
+        helpers.wait_for(after)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    return time.monotonic() - sent, err
+
+
+def test_interrupt_then_resume_equals_an_uninterrupted_fit(workdir, setting, run_cli):
+    _, uninterrupted = setting
+    state = workdir / "state.h5"
+    process = helpers.start(
+        "fit", "state.h5", "long.parquet", "--exclude", "id", "--momentum", "0.9",
+        "--epsilon", "0.01", "--batch-size", "50", "--epochs", LONG_EPOCHS,
+        "--checkpoint-every", "1", cwd=workdir,
+    )  # fmt: skip
+
+    def checkpointed() -> bool:
+        return state.exists() and bncli.load(state).resume is not None
+
+    seconds, err = _interrupt(process, after=checkpointed)
+    assert process.returncode == 130, err
+    assert err == "error: interrupted\n"
+    assert seconds < STOP_WITHIN
+    assert helpers.temporaries(workdir) == []
+    assert not (workdir / "state.h5.lock").exists()
+
+    partial = bncli.load(state)  # whole, with the position of the last checkpoint
+    record = partial.resume
+    assert record["inputs"] == [str((workdir / "long.parquet").resolve())]
+    assert (record["batch_size"], record["epochs"]) == (50, LONG_EPOCHS)
+    done = LONG_ROWS * record["epoch"] + record["sample"]
+    assert partial.samples_seen == done
+    assert 0 < done < LONG_ROWS * LONG_EPOCHS
+
+    result = run_cli("fit", "state.h5", "--resume", "--json")
+    assert result.exit_code == 0, result.stderr
+    got = bncli.load(state)
+    assert_same_state(got, uninterrupted)
+    assert got.resume is None
+
+    result = run_cli("fit", "state.h5", "--resume")
+    assert result.exit_code == 4
+    assert "nothing to resume" in result.stderr
+
+
+def test_interrupt_without_checkpoints_leaves_the_state_as_it_was(workdir):
+    state = workdir / "state.h5"
+    done = helpers.run(
+        "fit", "state.h5", "small.parquet", "--exclude", "id", "-q", cwd=workdir
+    )
+    assert done.returncode == 0, done.stderr
+    before = helpers.snapshot(workdir)
+    process = helpers.start(
+        "fit", "state.h5", "long.parquet", "--epochs", LONG_EPOCHS, cwd=workdir
+    )
+    seconds, err = _interrupt(process, after=(workdir / "state.h5.lock").exists)
+    assert process.returncode == 130, err
+    assert err == "error: interrupted\n"
+    assert seconds < STOP_WITHIN
+    assert helpers.snapshot(workdir) == before
+    assert bncli.load(state).resume is None
+
+
+def test_ctrl_c_while_the_state_is_written(workdir, run_cli, monkeypatch):
+    """KeyboardInterrupt inside h5py's writing: the old state, no temporary."""
+    import bncli.state
+
+    assert run_cli("fit", "state.h5", "small.parquet", "--exclude", "id").exit_code == 0
+    before = helpers.snapshot(workdir)
+    write_vector = bncli.state._write_vector
+
+    def interrupted(group, name, value):
+        write_vector(group, name, value)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bncli.state, "_write_vector", interrupted)
+    result = run_cli("fit", "state.h5", "small.parquet")
+    assert result.exit_code == 130
+    assert result.stderr == "error: interrupted\n"
+    assert helpers.snapshot(workdir) == before
