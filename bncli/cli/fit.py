@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +72,10 @@ def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
     if "-" in inputs and (options["epochs"] > 1 or options["resume"] or options["engine"] == "dask"):
         raise UsageError("'-' (stdin) cannot be replayed: not with --epochs above 1, --resume or --engine dask")
     path = Path(state)
-    with lock(path, wait=options["wait"]):
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"{state}: the state's folder {folder} does not exist")
+    with _naming_state(path), lock(path, wait=options["wait"]):
         if path.exists():
             layer = load(path)
             _check_against_state(layer, given, path)
@@ -134,6 +139,23 @@ def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
             f"fitted {path}: {summary.batches} batches, {summary.samples} samples "
             f"in {summary.seconds:.2f}s ({layer.batches_seen} batches seen in all)"
         )
+
+
+@contextlib.contextmanager
+def _naming_state(path: Path) -> Iterator[None]:
+    """Name the state in the errors the library raises without a path.
+
+    The library's fit knows no state file: a frozen state, nothing to resume,
+    or --columns that contradict the state's channels.
+    """
+    from bncli.errors import StateError
+
+    try:
+        yield
+    except StateError as e:
+        if e.path is None:
+            e.path = str(path)
+        raise
 
 
 def _check_against_state(layer: Any, given: dict[str, Any], path: Path) -> None:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +43,24 @@ __all__ = [
 
 T = TypeVar("T")
 R = TypeVar("R")
+P = ParamSpec("P")
+
+
+def quiet_nonfinite(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run ``fn`` without NumPy's warnings about NaN, infinity or overflow.
+
+    Such values are found and reported as one error naming the column and
+    row (:meth:`bncli.io.sources.Chunk.raise_nonfinite`), or masked out; a
+    RuntimeWarning on stderr would only add noise to that one line. The
+    setting is per thread, so it is made in the worker that computes.
+    """
+
+    @functools.wraps(fn)
+    def quiet(*args: P.args, **kwargs: P.kwargs) -> R:
+        with np.errstate(invalid="ignore", over="ignore"):
+            return fn(*args, **kwargs)
+
+    return quiet
 
 
 def default_workers() -> int:
@@ -142,6 +161,7 @@ class FitParams:
     channels: int
 
 
+@quiet_nonfinite
 def fold_block(chunk: Chunk, params: FitParams) -> tuple[kernels.Fold, int, int]:
     """The fold of a block's batches, with its batch and sample counts."""
     rows = kernels.to_rows(chunk.data, chunk.axis)
@@ -364,6 +384,7 @@ class TransformSummary:
     seconds: float
 
 
+@quiet_nonfinite
 def normalize_chunk(
     chunk: Chunk,
     layer: Any,
@@ -492,6 +513,8 @@ def open_transform_dataset(
         masks=mask,
         nan_policy=nan_policy,
     )
+    if dataset.kind == "table":
+        dataset.check_same_columns()
     check_output(output, [s.path for s in dataset.sources], overwrite)
     if dataset.num_samples == 0:
         raise DataError("empty input: nothing to transform", path=dataset.sources[0].path)
@@ -547,6 +570,7 @@ def transform_layer(
     if training:
         chunks = (b.chunk for b in batch_blocks(chunks, batch_size))
 
+    @quiet_nonfinite
     def compute(chunk: Chunk) -> npt.NDArray[Any]:
         return transform_chunk(
             chunk,

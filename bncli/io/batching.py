@@ -35,10 +35,14 @@ class Block:
         return self.first_sample + len(self.chunk)
 
 
+_MAX_CHUNK_ROWS = 2**31 - 1
+
+
 def block_rows(batch_size: int, sample_bytes: int, target_bytes: int = 8 << 20) -> int:
     """Samples per chunk to read: about ``target_bytes``, a multiple of the batch."""
     samples = max(target_bytes // max(sample_bytes, 1), 1)
-    return max(samples // batch_size, 1) * batch_size
+    # Readers take a C integer; a larger batch is joined from several chunks.
+    return min(max(samples // batch_size, 1) * batch_size, _MAX_CHUNK_ROWS)
 
 
 def batch_blocks(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import tokenize
 import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -45,6 +46,9 @@ _EXTENSIONS = {
     ".csv": "csv",
     ".npy": "npy",
 }
+#: What NumPy raises on a damaged NPY header: besides ValueError, its header
+#: parser lets the tokenizer's and the literal parser's errors through.
+_BAD_NPY = (ValueError, SyntaxError, tokenize.TokenError)
 #: Rows per record batch asked of table readers.
 TABLE_BATCH_ROWS = 65_536
 
@@ -170,8 +174,11 @@ def concat_chunks(chunks: Sequence[Chunk]) -> Chunk:
     if chunks[0].table is not None:
         import pyarrow as pa
 
-        table = pa.Table.from_batches(
-            [b for c in chunks for b in _as_batches(c.table)]
+        # Files may store a channel as float32 in one and float64 in another:
+        # promote, as the channels' data are (the other columns are the same).
+        table = pa.concat_tables(
+            [pa.Table.from_batches(_as_batches(c.table), c.table.schema) for c in chunks],
+            promote_options="permissive",
         ).combine_chunks()
         table = table.to_batches()[0] if table.num_rows else table
     return Chunk(
@@ -292,7 +299,7 @@ class ArraySource(Source):
         if stream is None:
             try:
                 self.array: Any = np.load(path, mmap_mode="r", allow_pickle=False)
-            except ValueError as e:
+            except _BAD_NPY as e:
                 if "object" in str(e).lower():
                     raise DataError(
                         "NPY array of Python objects (would need pickle, which bncli "
@@ -389,7 +396,7 @@ def _read_npy_header(stream: BinaryIO, path: str) -> tuple[tuple[int, ...], np.d
             shape, fortran, dtype = npy.read_array_header_1_0(stream)  # type: ignore[no-untyped-call]
         else:
             shape, fortran, dtype = npy.read_array_header_2_0(stream)  # type: ignore[no-untyped-call]
-    except ValueError as e:
+    except _BAD_NPY as e:
         raise DataError(f"corrupt NPY header ({_first_line(e)})", path=path) from e
     if fortran:
         raise DataError("Fortran-ordered NPY cannot be streamed", path=path)
@@ -449,6 +456,9 @@ class TableSource(Source):
                 self.schema = self._open_csv().schema
             else:  # pragma: no cover - guarded by sniff_format
                 raise DataError(f"unknown table format {fmt}", path=path)
+            # Column names are decoded lazily: bytes that are not UTF-8 (a
+            # binary file named .csv) fail here, as a UnicodeDecodeError.
+            self.schema.names  # noqa: B018
         except DataError:
             raise
         except (pa.ArrowException, OSError, ValueError) as e:
@@ -553,6 +563,29 @@ class Dataset:
         itemsize = first.dtype.itemsize if isinstance(first, ArraySource) else 8
         return int(np.prod(self.sample_shape)) * itemsize
 
+    def check_same_columns(self) -> None:
+        """Refuse tables whose other columns differ from the first input's.
+
+        Outputs keep every column, so each input must have the same ones, of
+        the same types (the channels may differ in numeric type).
+
+        Raises:
+            DataError: naming the first input that differs.
+        """
+        first = self.sources[0].schema  # type: ignore[attr-defined]
+        for source in self.sources[1:]:
+            schema = source.schema  # type: ignore[attr-defined]
+            if set(schema.names) != set(first.names) or any(
+                schema.field(name).type != first.field(name).type
+                for name in first.names
+                if name not in self.features
+            ):
+                raise DataError(
+                    f"columns differ from the first input's ({', '.join(first.names)});"
+                    " the output keeps every column, so give inputs with the same ones",
+                    path=source.path,
+                )
+
     @property
     def replayable(self) -> bool:
         """Whether the stream can be read again (not stdin)."""
@@ -579,7 +612,7 @@ class Dataset:
             else:
                 assert isinstance(source, TableSource)
                 for batch in source.chunks(local, rows, self._columns(all_columns)):
-                    yield self._table_chunk(source, batch, row)
+                    yield self._table_chunk(source, batch, row, all_columns)
                     row += batch.num_rows
             skipped += row if size is None else size
             mask_offset += row if size is None else size
@@ -613,7 +646,9 @@ class Dataset:
             _mask_nonfinite(chunk)
         return chunk
 
-    def _table_chunk(self, source: TableSource, batch: Any, row: int) -> Chunk:
+    def _table_chunk(
+        self, source: TableSource, batch: Any, row: int, keep_table: bool = True
+    ) -> Chunk:
         import pyarrow as pa
         import pyarrow.compute as pc
 
@@ -651,7 +686,9 @@ class Dataset:
             data=data,
             mask=None if mask is None else mask.reshape(n, 1, -1),
             nulls=nulls,
-            table=batch,
+            # Only outputs need the other columns; without them, a batch that
+            # spans files whose channel types differ (float32, float64) joins.
+            table=batch if keep_table else None,
             segments=(Segment(source.path, row, n),),
             features=self.features,
             axis=1,
@@ -852,10 +889,14 @@ def _open_arrays(
     normalized = axis + ndim if axis < 0 else axis
     if not 0 <= normalized < ndim:
         raise UsageError(
-            f"axis {axis} is out of bounds for arrays of shape {first.shape}"
+            f"axis {axis} is out of bounds for arrays of shape {first.shape}",
+            path=first.path,
         )
     if normalized == 0:
-        raise UsageError("axis 0 is the sample axis and cannot be the channel axis")
+        raise UsageError(
+            "axis 0 is the sample axis and cannot be the channel axis",
+            path=first.path,
+        )
     if sample_shape is not None and (
         len(sample_shape) != len(shape)
         or any(d not in (-1, e) for d, e in zip(sample_shape, shape, strict=True))
@@ -901,7 +942,7 @@ def _open_masks(
             raise DataError("a mask must be an NPY file", path=mask_path)
         try:
             arrays.append(np.load(mask_path, mmap_mode="r", allow_pickle=False))
-        except ValueError as e:
+        except (*_BAD_NPY, OSError) as e:
             raise DataError(f"cannot read the mask ({_first_line(e)})", path=mask_path) from e
     total = sum(s.shape[0] for s in sources)
     for i, (mask_path, array) in enumerate(zip(masks, arrays, strict=True)):
