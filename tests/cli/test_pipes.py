@@ -1,0 +1,133 @@
+"""Pipes and formats end to end: stdin/stdout streams, every output format, NO_COLOR."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.feather as feather
+import pyarrow.parquet as pq
+import pytest
+
+import bncli
+
+
+def bncli_run(*args, stdin=None, cwd=None):
+    return subprocess.run([sys.executable, "-m", "bncli", *map(str, args)], input=stdin, capture_output=True, cwd=cwd, timeout=120)
+
+
+@pytest.fixture
+def fitted(tmp_path):
+    rng = np.random.default_rng(4)
+    n = 300
+    nulls = np.zeros(n, bool)
+    nulls[[7, 200]] = True
+    table = pa.table({"id": np.arange(n), "x": pa.array(rng.normal(5, 2, n), mask=nulls), "y": rng.normal(-1, 0.1, n), "tag": ["t"] * n})
+    pq.write_table(table, tmp_path / "t.parquet", row_group_size=64)
+    assert bncli_run("fit", "s.h5", "t.parquet", "--exclude", "id", cwd=tmp_path).returncode == 0
+    return tmp_path, table
+
+
+def expected(tmp_path, table, column):
+    state = bncli.load(tmp_path / "s.h5")
+    j = state.features.index(column)
+    values = table[column].to_numpy(zero_copy_only=False)
+    return (values - state.moving_mean64[j]) / np.sqrt(state.moving_variance64[j] + state.epsilon)
+
+
+def test_arrow_stream_through_a_pipe(fitted):
+    tmp_path, table = fitted
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=50)
+    done = bncli_run("transform", "s.h5", "-", "-o", "-", stdin=sink.getvalue(), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = pa.ipc.open_stream(done.stdout).read_all()
+    assert out.column_names == table.column_names and out.num_rows == 300
+    assert out["x"].is_null().equals(table["x"].is_null())
+    np.testing.assert_allclose(out["y"].to_numpy(), expected(tmp_path, table, "y"), rtol=1e-5, atol=1e-6)
+    # And fit from a pipe: the same state as fitting the file.
+    done = bncli_run("fit", "p.h5", "-", "--exclude", "id", stdin=sink.getvalue(), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_array_equal(bncli.load(tmp_path / "p.h5").moving_mean64, bncli.load(tmp_path / "s.h5").moving_mean64)
+
+
+def test_npy_through_a_pipe(tmp_path):
+    x = np.random.default_rng(0).normal(2, 3, size=(50, 4, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    assert bncli_run("fit", "s.h5", "x.npy", cwd=tmp_path).returncode == 0
+    buf = io.BytesIO()
+    np.save(buf, x)
+    done = bncli_run("transform", "s.h5", "-", "-o", "-", stdin=buf.getvalue(), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    y = np.load(io.BytesIO(done.stdout))
+    assert bncli_run("transform", "s.h5", "x.npy", "-o", "y.npy", cwd=tmp_path).returncode == 0
+    np.testing.assert_array_equal(y, np.load(tmp_path / "y.npy"))
+
+
+def test_stdin_cannot_be_replayed(tmp_path):
+    done = bncli_run("fit", "s.h5", "-", "--epochs", "2", stdin=b"", cwd=tmp_path)
+    assert done.returncode == 2 and b"cannot be replayed" in done.stderr
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".arrow", ".feather", ".ipc", ".csv"])
+def test_every_table_output_format(fitted, suffix, run_cli):
+    tmp_path, table = fitted
+    done = run_cli("transform", "s.h5", "t.parquet", "-o", f"out{suffix}")
+    assert done.exit_code == 0, done.stderr
+    path = tmp_path / f"out{suffix}"
+    if suffix == ".parquet":
+        out = pq.read_table(path)
+    elif suffix == ".csv":
+        out = pacsv.read_csv(path)
+    else:
+        out = feather.read_table(path)
+    assert out.num_rows == table.num_rows and out.column_names == table.column_names
+    assert out["x"].null_count == 2
+    np.testing.assert_allclose(out["y"].to_numpy(), expected(tmp_path, table, "y"), rtol=1e-5, atol=1e-6)
+    # The output reads back as an input too.
+    again = run_cli("transform", "s.h5", path.name, "-o", f"again{suffix}.npy")
+    assert again.exit_code == 0, again.stderr
+
+
+def test_table_to_npy_and_2d_array_to_table(fitted, run_cli):
+    tmp_path, table = fitted
+    assert run_cli("transform", "s.h5", "t.parquet", "-o", "out.npy").exit_code == 0
+    y = np.load(tmp_path / "out.npy")
+    assert y.shape == (300, 2)
+    np.testing.assert_allclose(y[:, 1], expected(tmp_path, table, "y"), rtol=1e-5, atol=1e-6)
+    np.save(tmp_path / "a.npy", np.ones((5, 2)))
+    assert run_cli("fit", "a.h5", "a.npy").exit_code == 0
+    assert run_cli("transform", "a.h5", "a.npy", "-o", "a.parquet").exit_code == 0
+    assert pq.read_table(tmp_path / "a.parquet").column_names == ["0", "1"]
+    np.save(tmp_path / "img.npy", np.ones((5, 2, 2)))
+    assert run_cli("fit", "img.h5", "img.npy").exit_code == 0
+    done = run_cli("transform", "img.h5", "img.npy", "-o", "img.parquet")
+    assert done.exit_code == 2 and "can only be written as .npy" in done.stderr
+    assert not (tmp_path / "img.parquet").exists()
+
+
+def test_no_color_on_a_terminal(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((200_000, 4), dtype=np.float32))
+    master, slave = os.openpty()
+    env = {**os.environ, "NO_COLOR": "1", "TERM": "xterm", "COLUMNS": "160"}
+    done = subprocess.run([sys.executable, "-m", "bncli", "fit", "s.h5", "x.npy"], stdout=subprocess.PIPE, stderr=slave, cwd=tmp_path, env=env, timeout=120)
+    os.close(slave)
+    err = b""
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        err += data
+    os.close(master)
+    assert done.returncode == 0
+    assert b"samples/s" in err
+    assert b"\x1b[3" not in err and b"\x1b[9" not in err  # no colour codes
