@@ -317,34 +317,61 @@ def lock(path: str | os.PathLike[str], *, wait: bool = False) -> Iterator[None]:
     import fcntl
 
     sidecar = lock_path(path)
-    while True:
-        try:
-            fd = os.open(sidecar, os.O_RDWR | os.O_CREAT, 0o644)
-        except FileNotFoundError as e:
-            raise StateError("folder does not exist", path=sidecar.parent) from e
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except OSError as e:
+    fd = -1
+    try:
+        while True:
+            try:
+                fd = os.open(sidecar, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError as e:
+                raise StateError("folder does not exist", path=sidecar.parent) from e
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except OSError as e:
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise StateLockedError(
+                        "state is in use by another process",
+                        path=path,
+                        hint="wait for it to finish, or pass --wait",
+                    ) from e
+                raise
+            try:
+                same = os.fstat(fd).st_ino == os.stat(sidecar).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise StateLockedError(
-                    "state is in use by another process",
-                    path=path,
-                    hint="wait for it to finish, or pass --wait",
-                ) from e
-            raise
-        try:
-            same = os.fstat(fd).st_ino == os.stat(sidecar).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-        time.sleep(0.001)
+            fd = -1
+            time.sleep(0.001)
+    except BaseException:
+        # Ctrl-C (or any error) while taking the lock: let go of it, and
+        # remove a sidecar this process may have created and no one holds.
+        if fd >= 0:
+            os.close(fd)
+        _remove_unheld_sidecar(sidecar)
+        raise
     try:
         remove_stale_temporaries(path)
         yield
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(sidecar)
+        os.close(fd)
+
+
+def _remove_unheld_sidecar(sidecar: Path) -> None:
+    """Remove ``sidecar`` if no process holds its lock (the release protocol)."""
+    import fcntl
+
+    try:
+        fd = os.open(sidecar, os.O_RDWR)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_ino == os.stat(sidecar).st_ino:
+            os.unlink(sidecar)
+    except OSError:
+        pass  # held by another process, or already gone
+    finally:
         os.close(fd)

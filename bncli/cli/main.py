@@ -106,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except click.exceptions.Exit as e:
         code = e.exit_code
     except (Interrupted, KeyboardInterrupt, click.exceptions.Abort):
+        if debug:
+            traceback.print_exc()
         _error("interrupted")
         code = EXIT_INTERRUPTED
     except click.UsageError as e:
