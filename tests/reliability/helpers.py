@@ -63,12 +63,16 @@ def _default_sigint() -> None:  # pragma: no cover - runs in the child
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start(*args: object, cwd: Path) -> subprocess.Popen[str]:
-    """Start ``bncli ARGS`` in ``cwd``; stdout and stderr are captured as text."""
+def start(*args: object, cwd: Path, stdin: int | None = None) -> subprocess.Popen[str]:
+    """Start ``bncli ARGS`` in ``cwd``; stdout and stderr are captured as text.
+
+    With ``stdin=subprocess.PIPE``, write bytes to ``process.stdin.buffer``.
+    """
     return subprocess.Popen(
         bncli_argv(*args),
         cwd=cwd,
         env=_child_env(),
+        stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

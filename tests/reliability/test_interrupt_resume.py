@@ -101,7 +101,7 @@ def test_interrupt_without_checkpoints_leaves_the_state_as_it_was(workdir):
     assert done.returncode == 0, done.stderr
     before = helpers.snapshot(workdir)
     process = helpers.start(
-        "fit", "state.h5", "long.parquet", "--epochs", LONG_EPOCHS, cwd=workdir
+        "fit", "state.h5", "long.parquet", "--epochs", 10 * LONG_EPOCHS, cwd=workdir
     )
     # Once the fit is under way: a Ctrl-C inside an import that runs eval()
     # (namedtuple) makes CPython die by SIGINT even though it was handled
