@@ -58,9 +58,12 @@ def _values(text: str, channels: int, flag: str) -> Any:
     from bncli.errors import UsageError
 
     if text.endswith(".npy") and Path(text).exists():
+        import tokenize
+
         try:
             values = np.load(text, allow_pickle=False)
-        except ValueError as e:
+        except (ValueError, SyntaxError, tokenize.TokenError, OSError) as e:
+            # What NumPy raises on a damaged header is not always a ValueError.
             raise UsageError(f"{flag}: cannot read {text} ({e})") from e
         values = np.asarray(values, dtype=np.float64).ravel()
     else:

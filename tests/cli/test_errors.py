@@ -75,6 +75,8 @@ def template(tmp_path_factory):
     np.save(d / "mask_bad.npy", np.ones(49, dtype=bool))
     whole = (d / "arr.npy").read_bytes()
     (d / "trunc.npy").write_bytes(whole[:-100])
+    # '{' of the header dict made 'z': NumPy's header parser raises TokenError.
+    (d / "header.npy").write_bytes(whole[:10] + b"z" + whole[11:])
 
     st = bncli.BatchNormalization()
     st.fit(d / "good.parquet")
@@ -134,6 +136,8 @@ CASES = [
     P(["fit", "n.h5", "trunc.npy"], 3, ["trunc.npy", "cannot read the NPY"], id="truncated-npy"),
     P(["fit", "n.h5", "rand.parquet"], 3, ["rand.parquet", "not a valid parquet file"], id="random-parquet"),
     P(["fit", "n.h5", "rand.npy"], 3, ["rand.npy", "not a valid npy file"], id="random-npy"),
+    P(["fit", "n.h5", "header.npy"], 3, ["header.npy", "cannot read the NPY"], id="damaged-npy-header"),
+    P(["fit", "n.h5", "arr.npy", "--mask", "header.npy"], 3, ["header.npy", "cannot read the mask"], id="damaged-mask-header"),
     P(["fit", "n.h5", "rand.csv"], 3, ["rand.csv", "cannot read as csv"], id="random-csv"),
     P(["fit", "n.h5", "notes.txt"], 3, ["notes.txt", "unrecognized format", ".parquet"], id="wrong-extension"),
     P(["fit", "n.h5", "csv_as.parquet"], 3, ["csv_as.parquet", "not a valid parquet file"], id="extension-contradicts-content"),
@@ -197,6 +201,8 @@ CASES = [
     P(["transform", "st.h5", "good.parquet", "-o", "o.parquet", "--columns", "a"], 2, ["--columns"], id="transform-columns"),
     P(["export", "st.h5", "out.parquet"], 2, ["out.parquet"], id="export-extension"),
     P(["set", "st.h5", "--gamma", "1,2,3"], 2, ["--gamma", "3 values", "2 channels"], id="set-wrong-count"),
+    P(["set", "st.h5", "--gamma", "header.npy"], 2, ["--gamma", "cannot read header.npy"], id="set-damaged-npy"),
+    P(["set", "st.h5", "--gamma", "obj.npy"], 2, ["--gamma", "cannot read obj.npy"], id="set-object-npy"),
     # ------------------------------------------------------------ state: 4
     P(["transform", "none.h5", "good.parquet", "-o", "o.parquet"], 4, ["none.h5", "not found"], id="missing-state"),
     P(["inspect", "none.h5"], 4, ["none.h5"], id="missing-state-inspect"),

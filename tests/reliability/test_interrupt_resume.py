@@ -168,3 +168,21 @@ def test_ctrl_c_while_taking_the_lock_leaves_no_lock_file(tmp_path, monkeypatch)
             pass
         assert lock_path(path).exists()
     assert not lock_path(path).exists()
+
+
+def test_ctrl_c_during_transform_leaves_no_output(workdir, run_cli, monkeypatch):
+    import bncli.io.sinks
+
+    assert run_cli("fit", "state.h5", "small.parquet", "--exclude", "id").exit_code == 0
+    before = helpers.snapshot(workdir)
+    write = bncli.io.sinks.TableSink.write
+
+    def interrupted(self, chunk, y):
+        write(self, chunk, y)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bncli.io.sinks.TableSink, "write", interrupted)
+    result = run_cli("transform", "state.h5", "small.parquet", "-o", "out.parquet")
+    assert result.exit_code == 130
+    assert result.stderr == "error: interrupted\n"
+    assert helpers.snapshot(workdir) == before  # no output, no temporary
