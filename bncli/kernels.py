@@ -17,6 +17,7 @@ associatively (:func:`compose`), so any run of batches can be reduced to one
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -104,7 +105,7 @@ def compose(first: Fold, second: Fold) -> Fold:
 def fold_batches(
     means: Float64Array,
     variances: Float64Array,
-    valid: BoolArray,
+    valid: BoolArray | None,
     momentum: float,
 ) -> Fold:
     """Fold the moving-average updates of ``K`` batches into one affine map.
@@ -118,15 +119,17 @@ def fold_batches(
     Args:
         means: ``(K, C)`` batch means.
         variances: ``(K, C)`` biased batch variances.
-        valid: ``(K, C)`` whether each batch updates each channel.
+        valid: ``(K, C)`` whether each batch updates each channel; ``None``
+            when every batch updates every channel (no mask).
         momentum: Keras's ``momentum``, in ``[0, 1]``.
 
     Returns:
         The :class:`Fold` of the ``K`` updates.
     """
-    valid = np.asarray(valid, dtype=bool)
-    num_batches, channels = valid.shape
-    if valid.all():
+    num_batches, channels = np.shape(means)
+    if valid is not None:
+        valid = np.asarray(valid, dtype=bool)
+    if valid is None or valid.all():
         # Every batch updates every channel (no mask): the weights are the
         # same for all channels, (1 - momentum) * momentum**(K - 1 - k).
         after = np.arange(num_batches - 1, -1, -1, dtype=np.float64)
@@ -155,13 +158,34 @@ def fold_batches(
 
 
 #: Float64 elements of the working buffer the blocked kernels compute in:
-#: 256 KiB, so that a block's float64 copy and its deviations stay in the
-#: core's L2 cache and the data is read from memory once.
-BLOCK_ELEMENTS = 1 << 15
+#: 1 MiB, so that a block's float64 copy and its deviations stay in a core's
+#: L2 cache and the data is read from memory once, while each NumPy call
+#: (which releases the GIL) has enough work that worker threads rarely wait
+#: on the GIL for the Python in between.
+BLOCK_ELEMENTS = 1 << 17
+
+_scratch = threading.local()
+
+
+def _block_buffer(size: int) -> Float64Array:
+    """A float64 working buffer of ``size`` elements, reused within a thread.
+
+    Not state: its contents never outlive a kernel call. Reusing it spares
+    a fresh allocation per call, whose first touch of each page costs a
+    page fault (the dearest part of a call on small batches).
+    """
+    buffer: Float64Array | None = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.size < size:
+        buffer = np.empty(max(size, BLOCK_ELEMENTS))
+        _scratch.buffer = buffer
+    return buffer[:size]
 
 
 def batched_moments(
-    x: npt.NDArray[np.floating], mask: BoolArray | None = None
+    x: npt.NDArray[np.floating],
+    mask: BoolArray | None = None,
+    *,
+    out: tuple[Float64Array, Float64Array] | None = None,
 ) -> Moments:
     """Per-batch counts, means and biased variances, in float64, two-pass.
 
@@ -173,14 +197,21 @@ def batched_moments(
     Args:
         x: ``(K, R, C)`` data, any real dtype.
         mask: ``None`` or a boolean array broadcasting to ``x``.
+        out: without a mask, ``(mean, variance)`` float64 arrays of shape
+            ``(K, C)`` to write the moments into (the count is then a
+            read-only view); a caller folding many blocks reuses them.
 
     Returns:
         :class:`Moments` with arrays of shape ``(K, C)``.
     """
     num_batches, rows, channels = x.shape
     if mask is None:
-        count = np.full((num_batches, channels), float(rows))
-        mean, variance = _unmasked_moments(x)
+        if out is None:
+            count = np.full((num_batches, channels), float(rows))
+            mean, variance = _unmasked_moments(x)
+        else:
+            count = np.broadcast_to(float(rows), (num_batches, channels))
+            mean, variance = _unmasked_moments(x, *out)
         return Moments(count, mean, variance)
     mask = np.broadcast_to(mask, (*x.shape[:2], mask.shape[-1]))
     count = np.broadcast_to(
@@ -197,6 +228,8 @@ def batched_moments(
 
 def _unmasked_moments(
     x: npt.NDArray[np.floating],
+    mean: Float64Array | None = None,
+    m2: Float64Array | None = None,
 ) -> tuple[Float64Array, Float64Array]:
     """``(mean, variance)``, each ``(K, C)``, of ``x`` ``(K, R, C)`` with no mask.
 
@@ -207,17 +240,20 @@ def _unmasked_moments(
     Batches larger than the buffer are read twice, a piece at a time.
     """
     num_batches, rows, channels = x.shape
-    mean = np.zeros((num_batches, channels))
-    m2 = np.zeros((num_batches, channels))
+    mean = np.empty((num_batches, channels)) if mean is None else mean
+    m2 = np.empty((num_batches, channels)) if m2 is None else m2
     if not (num_batches and rows and channels):
+        mean.fill(0.0)
+        m2.fill(0.0)
         return mean, m2
     if rows == 1:  # a batch of one element: its mean is itself, its variance 0
         np.copyto(mean, x[:, 0], casting="unsafe")
+        m2.fill(0.0)
         return mean, m2
     per_batch = rows * channels
     if per_batch <= BLOCK_ELEMENTS:
         group = min(BLOCK_ELEMENTS // per_batch, num_batches)
-        buffer = np.empty(group * per_batch)
+        buffer = _block_buffer(group * per_batch)
         for lo in range(0, num_batches, group):
             hi = min(lo + group, num_batches)
             block = buffer[: (hi - lo) * per_batch].reshape(hi - lo, rows, channels)
@@ -229,7 +265,9 @@ def _unmasked_moments(
             np.einsum("krc,krc->kc", block, block, out=m2[lo:hi])
     else:
         step = max(BLOCK_ELEMENTS // channels, 1)
-        buffer = np.empty(min(step, rows) * channels)
+        buffer = _block_buffer(min(step, rows) * channels)
+        mean.fill(0.0)
+        m2.fill(0.0)
         for k in range(num_batches):
             batch = x[k]
             for lo in range(0, rows, step):
@@ -437,7 +475,9 @@ def _normalize_blocks(
             for k in range(num_batches)
             for lo in range(0, rows, step)
         ]
-    buffer = np.empty(max((hi - lo) * (r1 - r0) for lo, hi, r0, r1 in spans) * channels)
+    buffer = _block_buffer(
+        max((hi - lo) * (r1 - r0) for lo, hi, r0, r1 in spans) * channels
+    )
     for lo, hi, r0, r1 in spans:
         block = buffer[: (hi - lo) * (r1 - r0) * channels].reshape(
             hi - lo, r1 - r0, channels
@@ -456,6 +496,9 @@ def to_rows(data: npt.NDArray[np.generic], axis: int) -> npt.NDArray[np.generic]
     A free reshape when the channel axis is already last; a copy otherwise.
     ``axis`` is normalized (non-negative, not 0).
     """
+    # A plain ndarray view: views of an np.memmap run Python code
+    # (__array_finalize__) under the GIL each time one is sliced.
+    data = np.asarray(data)
     moved = data if axis == data.ndim - 1 else np.moveaxis(data, axis, -1)
     return moved.reshape(data.shape[0], -1, moved.shape[-1])
 

@@ -14,6 +14,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -161,6 +162,27 @@ class FitParams:
     channels: int
 
 
+_scratch = threading.local()
+
+
+def _moments_scratch(batches: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two ``(batches, channels)`` float64 arrays, reused within a thread.
+
+    :func:`fold_block` folds a block's moments at once and keeps none of
+    them; reusing their memory spares fresh pages (and their page faults)
+    on every block, which at small batch sizes cost as much as the moments.
+    """
+    size = batches * channels
+    buffer: np.ndarray | None = getattr(_scratch, "moments", None)
+    if buffer is None or buffer.shape[1] < size:
+        buffer = np.empty((2, size))
+        _scratch.moments = buffer
+    return (
+        buffer[0, :size].reshape(batches, channels),
+        buffer[1, :size].reshape(batches, channels),
+    )
+
+
 @quiet_nonfinite
 def fold_block(chunk: Chunk, params: FitParams) -> tuple[kernels.Fold, int, int]:
     """The fold of a block's batches, with its batch and sample counts."""
@@ -169,10 +191,23 @@ def fold_block(chunk: Chunk, params: FitParams) -> tuple[kernels.Fold, int, int]
     batches = 0
     for start, stop, per_batch in _runs(chunk, params.batch_size):
         x, m = _batched(rows, chunk.mask, start, stop, per_batch)
-        stats, _ = batch_statistics(x, m, per_batch, params.replicas, params.synchronized)
-        valid = stats.count > 0
-        finite = np.isfinite(stats.mean) & np.isfinite(stats.variance)
-        if not (finite | ~valid).all():
+        if m is None and (params.replicas == 1 or params.synchronized):
+            scratch = _moments_scratch(x.shape[0], x.shape[2])
+            stats = kernels.batched_moments(x, out=scratch)
+        else:
+            stats, _ = batch_statistics(
+                x, m, per_batch, params.replicas, params.synchronized
+            )
+        # Without a mask every batch counts every channel (shards are never
+        # empty): no (K, C) test of validity, and a cheap test of finiteness.
+        valid = None if m is None and x.shape[1] else stats.count > 0
+        if valid is None:
+            finite = _all_finite(stats.mean) and _all_finite(stats.variance)
+        else:
+            finite = bool(
+                ((np.isfinite(stats.mean) & np.isfinite(stats.variance)) | ~valid).all()
+            )
+        if not finite:
             chunk.raise_nonfinite()
         fold = kernels.compose(
             fold,
@@ -183,6 +218,19 @@ def fold_block(chunk: Chunk, params: FitParams) -> tuple[kernels.Fold, int, int]
 
 
 # ----------------------------------------------------------------------- fit
+
+
+def _chunk_bytes(dataset: Dataset) -> tuple[int, int]:
+    """``(sample_bytes, target_bytes)`` for :func:`block_rows`: how much to read at once.
+
+    Sized in float64 samples. NPY chunks are memory-mapped windows, unmapped
+    once computed, so they can be large (fewer, longer NumPy calls). Table
+    chunks are decoded copies: the record batch, its channel-major array and
+    the outputs are all in memory while a few chunks are in flight, so they
+    are kept smaller (their throughput is the same, their peak memory lower).
+    """
+    sample_bytes = int(np.prod(dataset.sample_shape)) * 8
+    return sample_bytes, (2 << 20 if dataset.kind == "table" else 8 << 20)
 
 
 def _resolve_dataset(layer: Any, paths: Sequence[Any], **options: Any) -> Dataset:
@@ -328,8 +376,7 @@ def fit_layer(
         replay=epochs > 1 or resume,
     )
     params = FitParams(batch_size, layer.momentum, replicas, layer.synchronized, layer.channels)
-    sample_bytes = int(np.prod(dataset.sample_shape)) * 8
-    rows = block_rows(batch_size, sample_bytes)
+    rows = block_rows(batch_size, *_chunk_bytes(dataset))
     record = {
         "inputs": [p if p == "-" else str(Path(p).resolve()) for p in map(os.fspath, paths)],
         "batch_size": batch_size,
@@ -461,8 +508,19 @@ def transform_chunk(
     batch_size: int,
     replicas: int,
     nan_policy: str,
+    out: npt.NDArray[Any] | None = None,
 ) -> npt.NDArray[Any]:
     """The layer's outputs for a chunk, in the chunk's shape, cast to ``dtype``.
+
+    Args:
+        chunk: the samples.
+        layer: the layer (its statistics, gamma, beta, epsilon).
+        dtype: the outputs' dtype.
+        training, batch_size, replicas, nan_policy: as for ``transform``.
+        out: where to write the outputs, of the rows layout ``(n, P, C)`` and
+            ``dtype`` (see :func:`output_rows`); new memory by default. Used
+            for float32 and float64 outputs; narrower ones are cast from a
+            float64 result, refusing an overflow.
 
     Raises:
         DataError: a NaN or infinity in the outputs, with ``nan_policy="error"``.
@@ -475,12 +533,61 @@ def transform_chunk(
             chunk.raise_nonfinite()
         return layer.cast_output(kernels.from_rows(y, chunk.data.shape, chunk.axis), dtype)
     rows = kernels.to_rows(chunk.data, chunk.axis)
-    out = np.empty(rows.shape, dtype=dtype)
+    if out is None:
+        out = output_rows(chunk, dtype)
     _normalize_rows(chunk, rows, layer, training, batch_size, replicas, out)
     if nan_policy == "error" and not _all_finite(out):
         chunk.raise_nonfinite()
     result: npt.NDArray[Any] = kernels.from_rows(out, chunk.data.shape, chunk.axis)
     return result
+
+
+def output_rows(chunk: Chunk, dtype: npt.DTypeLike) -> npt.NDArray[Any]:
+    """New memory for the outputs of ``chunk`` in rows layout ``(n, P, C)``.
+
+    Channel-major inputs (table columns) get channel-major outputs, so that
+    each output column is contiguous and passes to Arrow without a copy.
+    """
+    data = chunk.data
+    n, channels = len(chunk), data.shape[chunk.axis]
+    positions = int(np.prod(data.shape[1:])) // max(channels, 1)
+    if data.ndim == 2 and n > 1 and data.strides[1] > data.strides[0]:
+        return np.empty((channels, positions, n), dtype=dtype).T
+    return np.empty((n, positions, channels), dtype=dtype)
+
+
+class _OutputPool:
+    """Output arrays the sink has written, handed out again for later chunks.
+
+    Every sink writes (encodes or copies) a chunk's outputs before
+    ``write`` returns, so their memory can be reused at once: the transform
+    then runs on the same few arrays instead of fresh memory (and fresh
+    page faults) for every chunk.
+    """
+
+    def __init__(self) -> None:
+        self._free: dict[tuple[Any, ...], list[npt.NDArray[Any]]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(array: npt.NDArray[Any]) -> tuple[Any, ...]:
+        return (array.shape, array.strides, array.dtype.str)
+
+    def take(self, chunk: Chunk, dtype: npt.DTypeLike) -> npt.NDArray[Any]:
+        """An output array for ``chunk`` (see :func:`output_rows`)."""
+        fresh = output_rows(chunk, dtype)
+        with self._lock:
+            free = self._free.get(self._key(fresh))
+            if free:
+                return free.pop()
+        return fresh
+
+    def give(self, array: npt.NDArray[Any]) -> None:
+        """Hand back an array whose outputs are written."""
+        with self._lock:
+            free = self._free.setdefault(self._key(array), [])
+            if len(free) < 4:
+                free.append(array)
 
 
 def open_transform_dataset(
@@ -564,15 +671,17 @@ def transform_layer(
         nan_policy=nan_policy,
     )
     dtype = output_dtype_for(layer, output_dtype)
-    sample_bytes = int(np.prod(dataset.sample_shape)) * 8
-    rows = block_rows(batch_size if training else 1, sample_bytes)
+    rows = block_rows(batch_size if training else 1, *_chunk_bytes(dataset))
     chunks: Iterable[Chunk] = dataset.chunks(0, rows, all_columns=True)
     if training:
         chunks = (b.chunk for b in batch_blocks(chunks, batch_size))
 
+    pool = _OutputPool() if dtype.kind == "f" and dtype.itemsize >= 4 else None
+
     @quiet_nonfinite
-    def compute(chunk: Chunk) -> npt.NDArray[Any]:
-        return transform_chunk(
+    def compute(chunk: Chunk) -> tuple[npt.NDArray[Any], npt.NDArray[Any] | None]:
+        out = None if pool is None else pool.take(chunk, dtype)
+        y = transform_chunk(
             chunk,
             layer,
             dtype,
@@ -580,13 +689,17 @@ def transform_layer(
             batch_size=batch_size,
             replicas=replicas,
             nan_policy=nan_policy,
+            out=out,
         )
+        return y, out
 
     progress.start(dataset.num_samples, dataset.sample_bytes)
     samples = 0
     with open_sink(output, dataset, dtype) as sink:
-        for chunk, y in ordered_map(compute, chunks, workers):
+        for chunk, (y, out) in ordered_map(compute, chunks, workers):
             sink.write(chunk, y)
+            if pool is not None and out is not None:
+                pool.give(out)
             samples += len(chunk)
             progress.advance(len(chunk))
         if samples == 0:  # a stream of unknown length that held nothing

@@ -159,7 +159,8 @@ class NpySink(Sink):
     def write(self, chunk: Chunk, y: npt.NDArray[Any]) -> None:
         if y.ndim == 3:  # a table's rows layout (n, 1, C)
             y = y.reshape(len(y), -1)
-        self.file.write(np.ascontiguousarray(y, dtype=self.dtype).tobytes())
+        # The array's own buffer, not a bytes copy of it.
+        self.file.write(np.ascontiguousarray(y, dtype=self.dtype).data)
         self.samples += len(y)
 
     def close(self) -> None:

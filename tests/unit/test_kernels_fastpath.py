@@ -222,3 +222,67 @@ def test_all_finite():
         a = np.ones(10)
         a[7] = bad
         assert not _all_finite(a)
+
+
+# ------------------------------------------------- reused memory, layouts
+
+
+def test_moments_into_given_arrays_equal_new_ones(block):
+    rng = np.random.default_rng(6)
+    x = rng.normal(2.0, 3.0, (40, 8, 5)).astype(np.float32)
+    mean, variance = np.full((40, 5), np.nan), np.full((40, 5), np.nan)
+    got = kernels.batched_moments(x, out=(mean, variance))
+    assert got.mean is mean and got.variance is variance
+    want = kernels.batched_moments(x)
+    np.testing.assert_array_equal(got.mean, want.mean)
+    np.testing.assert_array_equal(got.variance, want.variance)
+    np.testing.assert_array_equal(got.count, want.count)
+    assert not got.count.flags.writeable
+
+
+def test_block_buffer_reuse_across_shapes_and_threads():
+    """One thread's buffer, reused by calls of other shapes, and by no other thread."""
+    import concurrent.futures
+
+    rng = np.random.default_rng(7)
+    arrays = [
+        rng.normal(0, 1, shape) for shape in [(3, 900, 2), (50, 4, 7), (1, 3, 1)] * 4
+    ]
+
+    def both(x):
+        return kernels.batched_moments(x), _plain_moments(x)
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        for got, (mean, variance) in pool.map(both, arrays):
+            np.testing.assert_allclose(got.mean, mean, **FAST)
+            np.testing.assert_allclose(got.variance, variance, **FAST)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9, 1.0])
+def test_fold_without_validity_equals_all_valid(momentum):
+    rng = np.random.default_rng(8)
+    means, variances = rng.normal(0, 1, (30, 3)), rng.random((30, 3))
+    a = kernels.fold_batches(means, variances, None, momentum)
+    b = kernels.fold_batches(means, variances, np.ones((30, 3), bool), momentum)
+    for field in ("decay", "mean_offset", "variance_offset", "batches"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+
+
+def test_outputs_follow_the_input_layout():
+    from bncli.engines.local import _OutputPool, output_rows
+    from bncli.io.sources import Chunk, Segment
+
+    def chunk(data, axis):
+        return Chunk(data, None, None, None, (Segment("x", 0, len(data)),), ["a"], axis)
+
+    by_column = np.zeros((3, 10), np.float32)
+    table = output_rows(chunk(by_column.T, 1), np.float32)
+    assert table.shape == (10, 1, 3) and table[:, 0, 1].flags.c_contiguous
+    array = output_rows(chunk(np.zeros((4, 5, 6)), 1), np.float64)
+    assert array.shape == (4, 6, 5) and array.flags.c_contiguous
+
+    pool = _OutputPool()
+    first = pool.take(chunk(by_column.T, 1), np.float32)
+    pool.give(first)
+    assert pool.take(chunk(by_column.T, 1), np.float32) is first
+    assert pool.take(chunk(by_column.T, 1), np.float32) is not first
