@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import bncli
+from bncli.cli.main import main
 from bncli.state import lock
 from tests.conftest import FAST, PRECISE
 from tests.reliability.helpers import snapshot
@@ -101,6 +102,11 @@ def template(tmp_path_factory):
     whole = (d / "st.h5").read_bytes()
     (d / "corrupt.h5").write_bytes(whole[: len(whole) // 3])
     (d / "randstate.h5").write_bytes(rng.bytes(4000))
+    (d / "rand.keras").write_bytes(rng.bytes(700))
+    with pytest.raises(SystemExit):  # a real model, by bncli's own export
+        main(["export", str(d / "st.h5"), str(d / "model.keras")])
+    whole = (d / "model.keras").read_bytes()
+    (d / "trunc.keras").write_bytes(whole[: len(whole) // 2])
     pq.write_table(pa.table({"a": [1.0]}), d / "out.parquet")
     (d / "sub").mkdir()
     return d
@@ -227,6 +233,12 @@ CASES = [
     P(["fit", "frozen.h5", "good.parquet"], 4, ["frozen.h5", "frozen", "bncli unfreeze"], id="frozen-state"),
     P(["fit", "st.h5", "good.parquet"], 4, ["st.h5", "in use by another process", "--wait"], id="state-in-use"),
     P(["freeze", "st.h5"], 4, ["st.h5", "in use"], id="state-in-use-freeze"),
+    P(["inspect", "rand.keras"], 4, ["rand.keras", "neither a bncli state nor a Keras model"], id="random-model"),
+    P(["import", "rand.keras", "-o", "i.h5"], 4, ["rand.keras", "not a Keras model"], id="import-random-model"),
+    P(["import", "trunc.keras", "-o", "i.h5"], 4, ["trunc.keras", "corrupt Keras archive"], id="import-truncated-model"),
+    P(["import", "model.keras", "-o", "st.h5"], 2, ["st.h5", "output exists"], id="import-output-exists"),
+    P(["export", "st.h5", "model.keras"], 2, ["model.keras", "output exists"], id="export-output-exists"),
+    P(["export", "st.h5", "nodir/m.keras"], 2, ["nodir/m.keras", "does not exist"], id="export-folder-missing"),
 ]
 # fmt: on
 SETUP = {
