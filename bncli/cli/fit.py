@@ -9,7 +9,14 @@ from typing import Any
 
 import click
 
-from bncli.cli.options import POSITIVE, data_options, engine_options, layer_options, report_options
+from bncli.cli.options import (
+    POSITIVE,
+    check_engine,
+    data_options,
+    engine_options,
+    layer_options,
+    report_options,
+)
 
 #: CLI option -> constructor argument, for the options a state remembers.
 LAYER_OPTIONS = (
@@ -69,6 +76,7 @@ def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
     seed = options.pop("seed")
     if not inputs and not options["resume"]:
         raise UsageError("fit: give at least one INPUT (a file, a folder or -)")
+    check_engine(options)
     if "-" in inputs and (options["epochs"] > 1 or options["resume"] or options["engine"] == "dask"):
         raise UsageError("'-' (stdin) cannot be replayed: not with --epochs above 1, --resume or --engine dask")
     path = Path(state)
