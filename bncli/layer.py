@@ -313,7 +313,10 @@ class BatchNormalization:
         self.built = True
 
     def _cast(self, value: npt.NDArray[Any]) -> npt.NDArray[Any]:
-        return np.asarray(value).astype(self.dtype_policy.variable_dtype)
+        # Values beyond the variable dtype's range become inf, as in Keras;
+        # the float64 accumulators keep them, and inspect flags the channel.
+        with np.errstate(over="ignore"):
+            return np.asarray(value).astype(self.dtype_policy.variable_dtype)
 
     @property
     def gamma(self) -> npt.NDArray[Any] | None:

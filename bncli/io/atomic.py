@@ -9,16 +9,19 @@ fsynced so that the rename itself is durable.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["TEMP_MARKER", "atomic_path", "fsync_path", "remove_stale_temporaries"]
 
-#: Temporaries are named ``.NAME.bncli-tmp-XXXX`` beside their target.
+#: Temporaries are named ``.NAME.bncli-tmp-HOST-PID-XXXX`` beside their target.
 TEMP_MARKER = ".bncli-tmp-"
+_HOST = socket.gethostname().replace("-", "_") or "host"
 
 
 def fsync_path(path: str | os.PathLike[str]) -> None:
@@ -62,7 +65,8 @@ def atomic_path(
     """
     target = Path(target)
     folder = target.parent if str(target.parent) else Path(".")
-    prefix = f".{target.name}{TEMP_MARKER}"
+    remove_stale_temporaries(target)
+    prefix = f".{target.name}{TEMP_MARKER}{_HOST}-{os.getpid()}-"
     if directory:
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=folder))
     else:
@@ -107,16 +111,43 @@ def _mode_for(target: Path, directory: bool) -> int:
     return (0o777 if directory else 0o666) & ~umask
 
 
-def remove_stale_temporaries(target: str | os.PathLike[str]) -> list[Path]:
-    """Remove temporaries of ``target`` left by a killed process; return them.
+def _is_stale(name: str, marker: str) -> bool:
+    """Whether a temporary's writer is gone: same host, and its PID is not alive.
 
-    Only call this while holding the target's lock, so that a live writer's
-    temporary is never taken for a stale one.
+    Temporaries are named ``.NAME.bncli-tmp-HOST-PID-XXXX``; one written on
+    another host (a shared file system) or of another form is left alone.
+    """
+    try:
+        host, pid_text, _ = name[len(marker) :].rsplit("-", 2)
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if host != _HOST:
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def remove_stale_temporaries(target: str | os.PathLike[str]) -> list[Path]:
+    """Remove temporaries of ``target`` whose writer died; return them.
+
+    A temporary names its writer's host and PID, so a live writer's is never
+    taken for a stale one and no lock is needed.
     """
     target = Path(target)
     folder = target.parent if str(target.parent) else Path(".")
+    marker = f".{target.name}{TEMP_MARKER}"
     removed = []
-    for tmp in folder.glob(f".{target.name}{TEMP_MARKER}*"):
+    for tmp in folder.glob(f"{glob.escape(marker)}*"):
+        if not _is_stale(tmp.name, marker):
+            continue
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:

@@ -142,3 +142,17 @@ def assert_same_state(
     np.testing.assert_allclose(got.moving_variance64, want.moving_variance64, **FAST)
     np.testing.assert_array_equal(got.gamma, want.gamma)
     np.testing.assert_array_equal(got.beta, want.beta)
+
+
+def dead_pid() -> int:
+    """The PID of a process that has exited."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def temporary_owner(pid: int) -> str:
+    """The ``HOST-PID`` part of a temporary's name, as bncli writes it."""
+    from bncli.io import atomic
+
+    return f"{atomic._HOST}-{pid}"

@@ -84,11 +84,14 @@ def test_sigkill_leaves_the_old_or_the_new_state(tmp_path, setting):
         )
     assert "old" in outcomes  # the kills did land before the end
 
-    leftover = tmp_path / ".state.h5.bncli-tmp-killed"
+    leftover = tmp_path / f".state.h5.bncli-tmp-{helpers.temporary_owner(helpers.dead_pid())}-x"
     leftover.write_bytes(b"half a state")
+    live = tmp_path / f".state.h5.bncli-tmp-{helpers.temporary_owner(os.getpid())}-y"
+    live.write_bytes(b"a live writer's")
     done = helpers.run("fit", "state.h5", "small.parquet", "-q", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert helpers.temporaries(tmp_path) == []
+    assert helpers.temporaries(tmp_path) == [live.name]  # the live writer's stays
+    live.unlink()
     assert not (tmp_path / "state.h5.lock").exists()
 
 

@@ -130,10 +130,36 @@ def test_lock_is_exclusive_and_removed(tmp_path):
     assert not lock_path(path).exists()
 
 
-def test_stale_temporaries_removed_under_lock(tmp_path):
+def test_only_dead_writers_temporaries_are_removed(tmp_path):
+    import subprocess
+
+    from bncli.io import atomic
+
+    finished = subprocess.Popen(["true"])
+    finished.wait()
     path = tmp_path / "s.h5"
-    stale = tmp_path / ".s.h5.bncli-tmp-abc"
-    stale.write_bytes(b"half")
+    stale = tmp_path / f".s.h5.bncli-tmp-{atomic._HOST}-{finished.pid}-abc"
+    live = tmp_path / f".s.h5.bncli-tmp-{atomic._HOST}-{os.getppid()}-def"
+    foreign = tmp_path / f".s.h5.bncli-tmp-otherhost-{finished.pid}-ghi"
+    odd = tmp_path / ".s.h5.bncli-tmp-abc"
+    for p in (stale, live, foreign, odd):
+        p.write_bytes(b"half")
     with lock(path):
         pass
     assert not stale.exists()
+    assert live.exists() and foreign.exists() and odd.exists()
+
+
+def test_a_transform_removes_a_killed_transforms_temporary(tmp_path, run_cli):
+    import subprocess
+
+    from bncli.io import atomic
+
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    np.save(tmp_path / "x.npy", np.ones((4, 2)))
+    run_cli("fit", "s.h5", "x.npy")
+    stale = tmp_path / f".y.npy.bncli-tmp-{atomic._HOST}-{finished.pid}-abc"
+    stale.write_bytes(b"half an output")
+    assert run_cli("transform", "s.h5", "x.npy", "-o", "y.npy").exit_code == 0
+    assert not stale.exists() and (tmp_path / "y.npy").exists()
