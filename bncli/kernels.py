@@ -428,7 +428,7 @@ def normalize(
     if out is not None and _blockable(x, mean64, inv, beta64):
         _normalize_blocks(x, mean64, inv, beta64, out)
         return out
-    y = np.subtract(x, mean64, dtype=np.float64)
+    y: Float64Array = np.subtract(x, mean64, dtype=np.float64)
     y *= inv
     if beta64 is not None:
         y += beta64
@@ -452,16 +452,23 @@ def _normalize_blocks(
     beta: Float64Array | None,
     out: npt.NDArray[np.floating],
 ) -> None:
-    """``out = (x - mean) * scale + beta`` over cache-sized float64 blocks."""
+    """``out = (x - mean) * scale + beta`` over cache-sized float64 blocks.
+
+    Each block is copied to the float64 buffer, computed there in cache and
+    rounded once into ``out``: the result is exactly the float64 one, cast.
+    Computing in float32 instead would round ``x - mean`` itself, so outputs
+    near zero (where ``x`` is close to the mean) would keep only an absolute
+    precision of ``ulp(x) * scale``, and data far from zero (``|mean| / std``
+    large) would lose its digits; in cache the float64 passes cost little
+    next to reading and writing the data.
+    """
     num_batches, rows, channels = x.shape
     if not x.size:
         return
     step = max(BLOCK_ELEMENTS // max(channels, 1), 1)
 
-    def per_batch(s: Float64Array | None, lo: int, hi: int) -> Float64Array | None:
-        if s is None or s.ndim < 3 or s.shape[0] == 1:
-            return s
-        return s[lo:hi]
+    def per_batch(s: Float64Array, lo: int, hi: int) -> Float64Array:
+        return s if s.ndim < 3 or s.shape[0] == 1 else s[lo:hi]
 
     if rows * channels <= BLOCK_ELEMENTS:
         group = max(BLOCK_ELEMENTS // (rows * channels), 1)

@@ -366,13 +366,14 @@ class ArraySource(Source):
             self._file = open(self.path, "rb", buffering=0)
             weakref.finalize(self, self._file.close)
         row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-        return np.memmap(
+        window: npt.NDArray[Any] = np.memmap(
             self._file,
             dtype=self.dtype,
             mode="r",
             offset=offset + lo * row_bytes,
             shape=(hi - lo, *self.shape[1:]),
         )
+        return window
 
 
 def _read_exactly(stream: BinaryIO, size: int, path: str) -> bytes:
