@@ -10,6 +10,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from bncli.layer import BatchNormalization, FitSummary, load  # noqa: E402
+from bncli.layer import BatchNormalization, FitSummary, load
 
 __all__ = ["BatchNormalization", "FitSummary", "__version__", "load"]

@@ -24,7 +24,9 @@ DEFAULT_SHIFT_THRESHOLD = 0.5
 DEFAULT_RATIO_THRESHOLD = 2.0
 
 
-def data_moments(layer: Any, paths: Sequence[str | os.PathLike[str]], **options: Any) -> tuple[kernels.Moments, int]:
+def data_moments(
+    layer: Any, paths: Sequence[str | os.PathLike[str]], **options: Any
+) -> tuple[kernels.Moments, int]:
     """Whole-data moments per channel (Chan-merged over chunks), and the sample count."""
     from bncli.io.sources import open_dataset
 
@@ -42,7 +44,11 @@ def data_moments(layer: Any, paths: Sequence[str | os.PathLike[str]], **options:
     for chunk in dataset.chunks():
         rows = kernels.to_rows(chunk.data, chunk.axis)
         x = rows.reshape(1, -1, rows.shape[-1])
-        mask = None if chunk.mask is None else chunk.mask.reshape(1, -1, chunk.mask.shape[-1])
+        mask = (
+            None
+            if chunk.mask is None
+            else chunk.mask.reshape(1, -1, chunk.mask.shape[-1])
+        )
         part = kernels.batched_moments(x, mask)
         if not np.isfinite(part.mean[part.count > 0]).all():
             chunk.raise_nonfinite()
@@ -51,7 +57,9 @@ def data_moments(layer: Any, paths: Sequence[str | os.PathLike[str]], **options:
         )
         samples += len(chunk)
     if samples == 0:
-        raise DataError("empty input: no sample to compare", path=dataset.sources[0].path)
+        raise DataError(
+            "empty input: no sample to compare", path=dataset.sources[0].path
+        )
     return total, samples
 
 
@@ -97,6 +105,9 @@ def measure_drift(
     return {
         "samples": samples,
         "drift": any(ch["drift"] for ch in channels),
-        "thresholds": {"mean_shift": shift_threshold, "variance_ratio": ratio_threshold},
+        "thresholds": {
+            "mean_shift": shift_threshold,
+            "variance_ratio": ratio_threshold,
+        },
         "channels": channels,
     }

@@ -445,7 +445,9 @@ class BatchNormalization:
             variance = np.where(seen, stats.variance[0], self.moving_variance64)
         else:
             mean, variance = self.moving_mean64, self.moving_variance64
-        y = kernels.normalize(rows, mean, variance, self._gamma, self._beta, self.epsilon)
+        y = kernels.normalize(
+            rows, mean, variance, self._gamma, self._beta, self.epsilon
+        )
         return self.cast_output(kernels.from_rows(y, x.shape, axis))
 
     def _rows_mask(
@@ -607,9 +609,7 @@ class BatchNormalization:
             raise StateError(
                 "variables do not match the config's center/scale", path=path
             )
-        layer._gamma = (
-            layer._cast(state.variables["gamma"]) if layer.scale else None
-        )
+        layer._gamma = layer._cast(state.variables["gamma"]) if layer.scale else None
         layer._beta = layer._cast(state.variables["beta"]) if layer.center else None
         layer.moving_mean64 = np.asarray(state.moving_mean64, dtype=np.float64)
         layer.moving_variance64 = np.asarray(state.moving_variance64, dtype=np.float64)

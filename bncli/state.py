@@ -104,7 +104,14 @@ def read_state(path: str | os.PathLike[str]) -> State:
         raise
     except PermissionError as e:
         raise StateError("cannot read the state (permission denied)", path=path) from e
-    except (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError) as e:
+    except (
+        OSError,
+        KeyError,
+        ValueError,
+        TypeError,
+        RuntimeError,
+        AttributeError,
+    ) as e:
         # h5py reports damaged structures as RuntimeError too, and a damaged
         # link may name a group where a dataset belongs (AttributeError).
         raise StateError(f"corrupt state ({_short(e)})", path=path) from e

@@ -32,7 +32,11 @@ def main() -> None:
         "tiny": pa.array(rng.normal(0.002, 0.0005, n)),
         "big": pa.array(rng.normal(1.5e6, 2.0e4, n)),
     }
-    for name, rows in {"income": [3, 400, 1999], "age": [17], "ratio": [1000, 1001]}.items():
+    for name, rows in {
+        "income": [3, 400, 1999],
+        "age": [17],
+        "ratio": [1000, 1001],
+    }.items():
         values = columns[name].to_numpy(zero_copy_only=False)
         mask = np.zeros(n, dtype=bool)
         mask[rows] = True
@@ -42,7 +46,10 @@ def main() -> None:
 
     channel_means = np.array([0.48, 0.46, 0.41], dtype=np.float32)
     channel_stds = np.array([0.23, 0.22, 0.23], dtype=np.float32)
-    images = rng.normal(size=(256, 8, 8, 3)).astype(np.float32) * channel_stds + channel_means
+    images = (
+        rng.normal(size=(256, 8, 8, 3)).astype(np.float32) * channel_stds
+        + channel_means
+    )
     np.save(HERE / "images.npy", images)
 
 

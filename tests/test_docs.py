@@ -31,4 +31,7 @@ def test_command_and_options_documented(name, command):
 def test_quick_start_shows_exactly_two_commands():
     quick = README.split("## Quick start")[1].split("##")[0]
     block = quick.split("```sh")[1].split("```")[0]
-    assert [line.split()[0:2] for line in block.strip().splitlines()] == [["make", "run"], ["make", "test"]]
+    assert [line.split()[0:2] for line in block.strip().splitlines()] == [
+        ["make", "run"],
+        ["make", "test"],
+    ]

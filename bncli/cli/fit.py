@@ -43,14 +43,48 @@ LAYER_OPTIONS = (
 @click.argument("state", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, type=click.Path())
 @layer_options
-@click.option("--batch-size", type=POSITIVE, default=32, show_default=True, help="Samples per batch.")
-@click.option("--epochs", type=POSITIVE, default=1, show_default=True, help="Passes over the inputs; each epoch is batched on its own.")
-@click.option("--drop-remainder", is_flag=True, help="Leave out each epoch's last, partial batch.")
-@click.option("--replicas", type=POSITIVE, default=1, show_default=True, help="Split each batch into R shards, as R data-parallel devices.")
+@click.option(
+    "--batch-size",
+    type=POSITIVE,
+    default=32,
+    show_default=True,
+    help="Samples per batch.",
+)
+@click.option(
+    "--epochs",
+    type=POSITIVE,
+    default=1,
+    show_default=True,
+    help="Passes over the inputs; each epoch is batched on its own.",
+)
+@click.option(
+    "--drop-remainder", is_flag=True, help="Leave out each epoch's last, partial batch."
+)
+@click.option(
+    "--replicas",
+    type=POSITIVE,
+    default=1,
+    show_default=True,
+    help="Split each batch into R shards, as R data-parallel devices.",
+)
 @data_options
-@click.option("--checkpoint-every", type=POSITIVE, default=None, metavar="N", help="Save the state every N batches (resume with --resume).")
-@click.option("--resume", is_flag=True, help="Continue an interrupted fit from its last checkpoint.")
-@click.option("--wait", is_flag=True, help="Wait for another process's lock on the state instead of failing.")
+@click.option(
+    "--checkpoint-every",
+    type=POSITIVE,
+    default=None,
+    metavar="N",
+    help="Save the state every N batches (resume with --resume).",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an interrupted fit from its last checkpoint.",
+)
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Wait for another process's lock on the state instead of failing.",
+)
 @engine_options
 @report_options
 def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
@@ -77,8 +111,12 @@ def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
     if not inputs and not options["resume"]:
         raise UsageError("fit: give at least one INPUT (a file, a folder or -)")
     check_engine(options)
-    if "-" in inputs and (options["epochs"] > 1 or options["resume"] or options["engine"] == "dask"):
-        raise UsageError("'-' (stdin) cannot be replayed: not with --epochs above 1, --resume or --engine dask")
+    if "-" in inputs and (
+        options["epochs"] > 1 or options["resume"] or options["engine"] == "dask"
+    ):
+        raise UsageError(
+            "'-' (stdin) cannot be replayed: not with --epochs above 1, --resume or --engine dask"
+        )
     path = Path(state)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
@@ -91,7 +129,9 @@ def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
             if options["resume"]:
                 from bncli.errors import StateNotFoundError
 
-                raise StateNotFoundError("state not found, nothing to resume", path=path)
+                raise StateNotFoundError(
+                    "state not found, nothing to resume", path=path
+                )
             kwargs = {k: v for k, v in given.items() if v is not None}
             layer = BatchNormalization(**kwargs, seed=seed)
         fit_options = {

@@ -44,9 +44,13 @@ def _chart(mean: float, std: float, data: dict[str, Any] | None) -> str:
     ]
     if data:
         points = path(data["mean"], math.sqrt(max(data["variance"], 0.0)))
-        parts.append(f'<polyline fill="none" stroke="#c50" stroke-dasharray="4 2" stroke-width="2" points="{points}"/>')
+        parts.append(
+            f'<polyline fill="none" stroke="#c50" stroke-dasharray="4 2" stroke-width="2" points="{points}"/>'
+        )
     parts.append(f'<text x="2" y="{height - 1}" font-size="9">{lo:.3g}</text>')
-    parts.append(f'<text x="{width - 2}" y="{height - 1}" font-size="9" text-anchor="end">{hi:.3g}</text>')
+    parts.append(
+        f'<text x="{width - 2}" y="{height - 1}" font-size="9" text-anchor="end">{hi:.3g}</text>'
+    )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -74,9 +78,20 @@ def render_report(layer: Any, title: str, drift: dict[str, Any] | None) -> str:
         if drift:
             ch = drift["channels"][c]
             cls = ' class="flag"' if ch["drift"] else ""
-            cells += [f"<span{cls}>{ch['mean_shift']:+.3f}</span>", f"{ch['variance_ratio']:.3f}"]
+            cells += [
+                f"<span{cls}>{ch['mean_shift']:+.3f}</span>",
+                f"{ch['variance_ratio']:.3f}",
+            ]
         rows.append("<tr>" + "".join(f"<td>{v}</td>" for v in cells) + "</tr>")
-    header = ["channel", "moving mean", "moving std", "gamma", "beta", "init share", "flag"]
+    header = [
+        "channel",
+        "moving mean",
+        "moving std",
+        "gamma",
+        "beta",
+        "init share",
+        "flag",
+    ]
     if drift:
         header += ["mean shift", "var ratio"]
     charts = []
@@ -112,7 +127,9 @@ regularization penalties gamma {doc["regularization"]["gamma"]:.6g}, beta {doc["
 """
 
 
-def write_report(path: str, layer: Any, title: str, drift: dict[str, Any] | None) -> None:
+def write_report(
+    path: str, layer: Any, title: str, drift: dict[str, Any] | None
+) -> None:
     """Write the report atomically."""
     from bncli.io.atomic import atomic_path
 

@@ -12,17 +12,57 @@ from bncli.cli.options import debug_option
 EXIT_DRIFT = 5
 
 
-@click.command(short_help="Show a state, or the BatchNormalization layers of a Keras model.")
+@click.command(
+    short_help="Show a state, or the BatchNormalization layers of a Keras model."
+)
 @click.argument("target", metavar="STATE_OR_MODEL", type=click.Path(dir_okay=True))
 @click.argument("more_data", nargs=-1, type=click.Path(), metavar="")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document to stdout.")
-@click.option("--data", "data", multiple=True, type=click.Path(), help="Data to compare with the state (files, folders); drift per channel.")
-@click.option("--fail-on-drift", is_flag=True, help="Exit 5 when --data drifts from the state.")
-@click.option("--shift-threshold", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True, help="Drift: largest |mean shift| in moving standard deviations.")
-@click.option("--ratio-threshold", type=click.FloatRange(min=1), default=2.0, show_default=True, help="Drift: largest variance ratio (or its inverse).")
-@click.option("--html", "html", type=click.Path(dir_okay=False), default=None, help="Also write a self-contained HTML report.")
-@click.option("--mask-column", default=None, help="With --data: a boolean or 0/1 column; false rows are left out.")
-@click.option("--nan-policy", type=click.Choice(["error", "mask"]), default="error", show_default=True, help="With --data: NaN or infinity is an error, or masked out.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON document to stdout."
+)
+@click.option(
+    "--data",
+    "data",
+    multiple=True,
+    type=click.Path(),
+    help="Data to compare with the state (files, folders); drift per channel.",
+)
+@click.option(
+    "--fail-on-drift", is_flag=True, help="Exit 5 when --data drifts from the state."
+)
+@click.option(
+    "--shift-threshold",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.5,
+    show_default=True,
+    help="Drift: largest |mean shift| in moving standard deviations.",
+)
+@click.option(
+    "--ratio-threshold",
+    type=click.FloatRange(min=1),
+    default=2.0,
+    show_default=True,
+    help="Drift: largest variance ratio (or its inverse).",
+)
+@click.option(
+    "--html",
+    "html",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write a self-contained HTML report.",
+)
+@click.option(
+    "--mask-column",
+    default=None,
+    help="With --data: a boolean or 0/1 column; false rows are left out.",
+)
+@click.option(
+    "--nan-policy",
+    type=click.Choice(["error", "mask"]),
+    default="error",
+    show_default=True,
+    help="With --data: NaN or infinity is an error, or masked out.",
+)
 @debug_option
 def inspect(target: str, more_data: tuple[str, ...], **options: Any) -> int:
     """Show what STATE_OR_MODEL holds.
@@ -46,19 +86,28 @@ def inspect(target: str, more_data: tuple[str, ...], **options: Any) -> int:
 
     data = list(options["data"]) + list(more_data)
     if more_data and not options["data"]:
-        raise UsageError(f"inspect: unexpected argument {more_data[0]!r} (data to compare goes after --data)")
+        raise UsageError(
+            f"inspect: unexpected argument {more_data[0]!r} (data to compare goes after --data)"
+        )
     if options["fail_on_drift"] and not data:
         raise UsageError("inspect: --fail-on-drift needs --data")
     path = Path(target)
     kind = _kind(path, FORMAT)
     if kind == "model":
         if data or options["html"]:
-            raise UsageError("inspect: --data and --html are for states, not Keras models")
+            raise UsageError(
+                "inspect: --data and --html are for states, not Keras models"
+            )
         from bncli.keras_compat.files import read_batchnorm_layers
 
         layers = read_batchnorm_layers(path)
         if options["as_json"]:
-            render.emit_json({"model": str(path), "layers": [render.model_layer_document(layer) for layer in layers]})
+            render.emit_json(
+                {
+                    "model": str(path),
+                    "layers": [render.model_layer_document(layer) for layer in layers],
+                }
+            )
         else:
             render.print_model(str(path), layers)
         return 0
@@ -96,7 +145,7 @@ def inspect(target: str, more_data: tuple[str, ...], **options: Any) -> int:
 
 
 def _kind(path: Path, state_format: str) -> str:
-    """"state", "model" or "other", by content."""
+    """ "state", "model" or "other", by content."""
     from bncli.errors import StateNotFoundError
 
     if not path.exists():

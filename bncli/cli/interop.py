@@ -43,7 +43,9 @@ def export(state: str, output: str, overwrite: bool, debug: bool) -> None:
     if not (name.endswith(".keras") or name.endswith(".weights.h5")):
         raise UsageError(f"{output}: export writes OUT.keras or OUT.weights.h5")
     if not target.parent.is_dir():
-        raise UsageError(f"{output}: the output's folder {target.parent} does not exist")
+        raise UsageError(
+            f"{output}: the output's folder {target.parent} does not exist"
+        )
     if target.exists() and not overwrite:
         raise UsageError(f"{output}: output exists; pass --overwrite to replace it")
     if target.exists() and target.resolve() == Path(state).resolve():
@@ -64,16 +66,48 @@ def export(state: str, output: str, overwrite: bool, debug: bool) -> None:
         write_weights_h5(target, config, variables)
 
 
-@click.command(name="import", short_help="Read a Keras BatchNormalization layer into a state.")
+@click.command(
+    name="import", short_help="Read a Keras BatchNormalization layer into a state."
+)
 @click.argument("model", type=click.Path(exists=False))
-@click.option("--layer", "layer_name", default=None, help="The layer's name (needed when the model has several).")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The state file to write.")
-@click.option("--features", type=NameList(), default=None, help="Names of the channels (a,b,c), so tables select them by name.")
-@click.option("--input-shape", type=NameList(), default=None, help="Per-sample input shape (8,8,3) where the file does not tell it.")
+@click.option(
+    "--layer",
+    "layer_name",
+    default=None,
+    help="The layer's name (needed when the model has several).",
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The state file to write.",
+)
+@click.option(
+    "--features",
+    type=NameList(),
+    default=None,
+    help="Names of the channels (a,b,c), so tables select them by name.",
+)
+@click.option(
+    "--input-shape",
+    type=NameList(),
+    default=None,
+    help="Per-sample input shape (8,8,3) where the file does not tell it.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @layer_options
 @debug_option
-def import_(model: str, layer_name: str | None, output: str, overwrite: bool, features: list[str] | None, input_shape: list[str] | None, debug: bool, **options: Any) -> None:
+def import_(
+    model: str,
+    layer_name: str | None,
+    output: str,
+    overwrite: bool,
+    features: list[str] | None,
+    input_shape: list[str] | None,
+    debug: bool,
+    **options: Any,
+) -> None:
     """Read a BatchNormalization layer of MODEL into a new state.
 
     MODEL is a Keras 3 .keras archive, a .weights.h5 file, or a Keras 2 /
@@ -96,11 +130,15 @@ def import_(model: str, layer_name: str | None, output: str, overwrite: bool, fe
 
     target = Path(output)
     if not target.parent.is_dir():
-        raise UsageError(f"{output}: the output's folder {target.parent} does not exist")
+        raise UsageError(
+            f"{output}: the output's folder {target.parent} does not exist"
+        )
     if target.exists() and not overwrite:
         raise UsageError(f"{output}: output exists; pass --overwrite to replace it")
     given = {k: v for k, v in options.items() if v is not None and k != "seed"}
-    layers = read_batchnorm_layers(model, center=given.get("center"), scale=given.get("scale"))
+    layers = read_batchnorm_layers(
+        model, center=given.get("center"), scale=given.get("scale")
+    )
     found = select_layer(layers, layer_name, path=model)
     if found.config is not None:
         clash = sorted(set(given) - {"axis"} if found.config else given)
@@ -111,8 +149,12 @@ def import_(model: str, layer_name: str | None, output: str, overwrite: bool, fe
             )
         config = dict(found.config)
         if config.get("renorm"):
-            raise StateError("renorm=True (batch renormalization) is not supported", path=model)
-        layer = BatchNormalization.from_config({k: v for k, v in config.items() if k in _KERAS_KEYS})
+            raise StateError(
+                "renorm=True (batch renormalization) is not supported", path=model
+            )
+        layer = BatchNormalization.from_config(
+            {k: v for k, v in config.items() if k in _KERAS_KEYS}
+        )
     else:
         layer = BatchNormalization(**given)
     channels = len(found.variables["moving_mean"])
@@ -126,17 +168,34 @@ def import_(model: str, layer_name: str | None, output: str, overwrite: bool, fe
     if layer.center:
         layer.beta = np.asarray(found.variables["beta"], dtype=np.float64)
     layer.moving_mean = np.asarray(found.variables["moving_mean"], dtype=np.float64)
-    layer.moving_variance = np.asarray(found.variables["moving_variance"], dtype=np.float64)
+    layer.moving_variance = np.asarray(
+        found.variables["moving_variance"], dtype=np.float64
+    )
     with lock(target):
         layer.save(target)
 
 
 _KERAS_KEYS = {
-    "name", "trainable", "dtype", "axis", "momentum", "epsilon", "center", "scale",
-    "beta_initializer", "gamma_initializer", "moving_mean_initializer",
-    "moving_variance_initializer", "beta_regularizer", "gamma_regularizer",
-    "beta_constraint", "gamma_constraint", "synchronized", "renorm",
-    "renorm_clipping", "renorm_momentum",
+    "name",
+    "trainable",
+    "dtype",
+    "axis",
+    "momentum",
+    "epsilon",
+    "center",
+    "scale",
+    "beta_initializer",
+    "gamma_initializer",
+    "moving_mean_initializer",
+    "moving_variance_initializer",
+    "beta_regularizer",
+    "gamma_regularizer",
+    "beta_constraint",
+    "gamma_constraint",
+    "synchronized",
+    "renorm",
+    "renorm_clipping",
+    "renorm_momentum",
 }
 
 
@@ -154,7 +213,9 @@ def _sample_shape(
         try:
             shape = tuple(int(d) for d in given)
         except ValueError as e:
-            raise UsageError(f"--input-shape: expected integers, got {','.join(given)}") from e
+            raise UsageError(
+                f"--input-shape: expected integers, got {','.join(given)}"
+            ) from e
     elif from_file is not None:
         shape = tuple(-1 if d is None else int(d) for d in from_file[1:])
     else:
@@ -166,4 +227,4 @@ def _sample_shape(
             f"{model}: input shape {shape} does not have the layer's {channels} channels "
             f"on axis {layer.axis}; give --input-shape"
         )
-    return shape[: axis - 1] + (channels,) + shape[axis:]
+    return (*shape[:axis - 1], channels, *shape[axis:])

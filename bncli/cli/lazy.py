@@ -38,8 +38,12 @@ class LazyGroup(click.Group):
         assert isinstance(command, click.Command)
         return command
 
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    def format_commands(
+        self, ctx: click.Context, formatter: click.HelpFormatter
+    ) -> None:
         # Summaries come from the table so that --help imports no command.
-        rows = [(name, self.lazy_summaries.get(name, "")) for name in self.lazy_commands]
+        rows = [
+            (name, self.lazy_summaries.get(name, "")) for name in self.lazy_commands
+        ]
         with formatter.section("Commands"):
             formatter.write_dl(rows)

@@ -89,23 +89,99 @@ POSITIVE = click.IntRange(min=1)
 def layer_options(f: F) -> F:
     """The layer's constructor arguments; None means 'not given'."""
     options = [
-        click.option("--axis", type=int, default=None, help="Channel axis of array inputs (default -1; not 0)."),
-        click.option("--momentum", type=click.FloatRange(0, 1), default=None, help="Momentum of the moving averages, in [0, 1] (default 0.99)."),
-        click.option("--epsilon", type=click.FloatRange(min=0, min_open=True), default=None, help="Added to the variance (default 0.001)."),
-        click.option("--center/--no-center", default=None, help="With a beta offset (default on)."),
-        click.option("--scale/--no-scale", default=None, help="With a gamma factor (default on)."),
-        click.option("--beta-initializer", type=SpecType("initializer"), default=None, help="Initializer of beta (default zeros)."),
-        click.option("--gamma-initializer", type=SpecType("initializer"), default=None, help="Initializer of gamma (default ones)."),
-        click.option("--moving-mean-initializer", type=SpecType("initializer"), default=None, help="Initializer of the moving mean (default zeros)."),
-        click.option("--moving-variance-initializer", type=SpecType("initializer"), default=None, help="Initializer of the moving variance (default ones)."),
-        click.option("--beta-regularizer", type=SpecType("regularizer"), default=None, help="Regularizer of beta: l1, l2, l1_l2 (e.g. l2:0.01)."),
-        click.option("--gamma-regularizer", type=SpecType("regularizer"), default=None, help="Regularizer of gamma."),
-        click.option("--beta-constraint", type=SpecType("constraint"), default=None, help="Constraint on beta: non_neg, max_norm, min_max_norm, unit_norm."),
-        click.option("--gamma-constraint", type=SpecType("constraint"), default=None, help="Constraint on gamma."),
-        click.option("--synchronized/--no-synchronized", default=None, help="Statistics over all --replicas (default off)."),
-        click.option("--dtype", type=PolicyType(), default=None, help="Dtype policy: float32 (default), float64, float16, bfloat16, mixed_float16, mixed_bfloat16."),
-        click.option("--name", default=None, help="The layer's name (default batch_normalization)."),
-        click.option("--seed", type=int, default=None, help="Seed of random initializers."),
+        click.option(
+            "--axis",
+            type=int,
+            default=None,
+            help="Channel axis of array inputs (default -1; not 0).",
+        ),
+        click.option(
+            "--momentum",
+            type=click.FloatRange(0, 1),
+            default=None,
+            help="Momentum of the moving averages, in [0, 1] (default 0.99).",
+        ),
+        click.option(
+            "--epsilon",
+            type=click.FloatRange(min=0, min_open=True),
+            default=None,
+            help="Added to the variance (default 0.001).",
+        ),
+        click.option(
+            "--center/--no-center",
+            default=None,
+            help="With a beta offset (default on).",
+        ),
+        click.option(
+            "--scale/--no-scale", default=None, help="With a gamma factor (default on)."
+        ),
+        click.option(
+            "--beta-initializer",
+            type=SpecType("initializer"),
+            default=None,
+            help="Initializer of beta (default zeros).",
+        ),
+        click.option(
+            "--gamma-initializer",
+            type=SpecType("initializer"),
+            default=None,
+            help="Initializer of gamma (default ones).",
+        ),
+        click.option(
+            "--moving-mean-initializer",
+            type=SpecType("initializer"),
+            default=None,
+            help="Initializer of the moving mean (default zeros).",
+        ),
+        click.option(
+            "--moving-variance-initializer",
+            type=SpecType("initializer"),
+            default=None,
+            help="Initializer of the moving variance (default ones).",
+        ),
+        click.option(
+            "--beta-regularizer",
+            type=SpecType("regularizer"),
+            default=None,
+            help="Regularizer of beta: l1, l2, l1_l2 (e.g. l2:0.01).",
+        ),
+        click.option(
+            "--gamma-regularizer",
+            type=SpecType("regularizer"),
+            default=None,
+            help="Regularizer of gamma.",
+        ),
+        click.option(
+            "--beta-constraint",
+            type=SpecType("constraint"),
+            default=None,
+            help="Constraint on beta: non_neg, max_norm, min_max_norm, unit_norm.",
+        ),
+        click.option(
+            "--gamma-constraint",
+            type=SpecType("constraint"),
+            default=None,
+            help="Constraint on gamma.",
+        ),
+        click.option(
+            "--synchronized/--no-synchronized",
+            default=None,
+            help="Statistics over all --replicas (default off).",
+        ),
+        click.option(
+            "--dtype",
+            type=PolicyType(),
+            default=None,
+            help="Dtype policy: float32 (default), float64, float16, bfloat16, mixed_float16, mixed_bfloat16.",
+        ),
+        click.option(
+            "--name",
+            default=None,
+            help="The layer's name (default batch_normalization).",
+        ),
+        click.option(
+            "--seed", type=int, default=None, help="Seed of random initializers."
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -115,11 +191,37 @@ def layer_options(f: F) -> F:
 def data_options(f: F) -> F:
     """Channel selection, masks and NaN handling."""
     options = [
-        click.option("--columns", type=NameList(), default=None, help="Channel columns of tables, in this order (a,b,c)."),
-        click.option("--exclude", type=NameList(), default=None, help="Columns that are not channels (default: every numeric column is one)."),
-        click.option("--mask-column", default=None, help="A boolean or 0/1 column; false rows count in no statistic."),
-        click.option("--mask", "masks", multiple=True, type=click.Path(dir_okay=False), help="NPY mask shaped like the data without the channel axis; once per NPY input or once in all."),
-        click.option("--nan-policy", type=click.Choice(["error", "mask"]), default="error", show_default=True, help="NaN or infinity in a channel: an error, or masked out."),
+        click.option(
+            "--columns",
+            type=NameList(),
+            default=None,
+            help="Channel columns of tables, in this order (a,b,c).",
+        ),
+        click.option(
+            "--exclude",
+            type=NameList(),
+            default=None,
+            help="Columns that are not channels (default: every numeric column is one).",
+        ),
+        click.option(
+            "--mask-column",
+            default=None,
+            help="A boolean or 0/1 column; false rows count in no statistic.",
+        ),
+        click.option(
+            "--mask",
+            "masks",
+            multiple=True,
+            type=click.Path(dir_okay=False),
+            help="NPY mask shaped like the data without the channel axis; once per NPY input or once in all.",
+        ),
+        click.option(
+            "--nan-policy",
+            type=click.Choice(["error", "mask"]),
+            default="error",
+            show_default=True,
+            help="NaN or infinity in a channel: an error, or masked out.",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -129,9 +231,25 @@ def data_options(f: F) -> F:
 def engine_options(f: F) -> F:
     """Where the work runs."""
     options = [
-        click.option("--engine", type=click.Choice(["local", "dask"]), default="local", show_default=True, help="Run on this machine's cores, or on a Dask cluster."),
-        click.option("--scheduler", default=None, metavar="ADDRESS", help="Dask scheduler (tcp://HOST:PORT); default: a local cluster."),
-        click.option("--workers", type=POSITIVE, default=None, help="Cores (local) or worker processes (local Dask cluster); default: all cores."),
+        click.option(
+            "--engine",
+            type=click.Choice(["local", "dask"]),
+            default="local",
+            show_default=True,
+            help="Run on this machine's cores, or on a Dask cluster.",
+        ),
+        click.option(
+            "--scheduler",
+            default=None,
+            metavar="ADDRESS",
+            help="Dask scheduler (tcp://HOST:PORT); default: a local cluster.",
+        ),
+        click.option(
+            "--workers",
+            type=POSITIVE,
+            default=None,
+            help="Cores (local) or worker processes (local Dask cluster); default: all cores.",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -152,8 +270,12 @@ def check_engine(options: dict[str, Any]) -> None:
 def report_options(f: F) -> F:
     """--json, --quiet, --debug."""
     options = [
-        click.option("--json", "as_json", is_flag=True, help="Print one JSON document to stdout."),
-        click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary on stderr."),
+        click.option(
+            "--json", "as_json", is_flag=True, help="Print one JSON document to stdout."
+        ),
+        click.option(
+            "--quiet", "-q", is_flag=True, help="No progress bar or summary on stderr."
+        ),
         click.option("--debug", is_flag=True, help="Show the traceback of an error."),
     ]
     for option in reversed(options):
@@ -163,4 +285,6 @@ def report_options(f: F) -> F:
 
 def debug_option(f: F) -> F:
     """--debug alone."""
-    return click.option("--debug", is_flag=True, help="Show the traceback of an error.")(f)
+    return click.option(
+        "--debug", is_flag=True, help="Show the traceback of an error."
+    )(f)

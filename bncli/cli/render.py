@@ -73,7 +73,9 @@ class RichProgress(Progress):
     def start(self, total: int | None, sample_bytes: int = 0) -> None:
         self._sample_bytes = sample_bytes
         self._bar.start()
-        self._task = self._bar.add_task(self._description, total=total, rate="-", size="")
+        self._task = self._bar.add_task(
+            self._description, total=total, rate="-", size=""
+        )
 
     def advance(self, samples: int) -> None:
         self._bar.advance(self._task, samples)
@@ -143,7 +145,9 @@ def share_warning(layer: Any) -> str | None:
     high = [f for f, s in zip(layer.features, share, strict=True) if s > SHARE_WARNING]
     if not high:
         return None
-    listed = ", ".join(high[:8]) + (f" and {len(high) - 8} more" if len(high) > 8 else "")
+    listed = ", ".join(high[:8]) + (
+        f" and {len(high) - 8} more" if len(high) > 8 else ""
+    )
     return (
         f"the initializers still weigh {share.max():.1%} in the moving statistics of "
         f"{listed}; fit on more batches (momentum {layer.momentum} needs about "
@@ -172,7 +176,7 @@ def _console() -> Any:
 def _bar(value: float, top: float, width: int = 10) -> str:
     if not math.isfinite(value) or top <= 0:
         return ""
-    filled = int(round(width * min(abs(value) / top, 1.0)))
+    filled = round(width * min(abs(value) / top, 1.0))
     return "█" * filled + "·" * (width - filled)
 
 
@@ -187,15 +191,26 @@ def print_state(layer: Any, path: str, drift: dict[str, Any] | None = None) -> N
     head = Table(title=f"{path}", show_header=False, box=None, title_justify="left")
     head.add_column(style="bold")
     head.add_column()
-    head.add_row("layer", f"{config['name']} ({'frozen' if not layer.trainable else 'trainable'})")
-    head.add_row("input", f"{layer.kind}, sample shape {tuple(layer.sample_shape)}, channel axis {layer.axis}")
+    head.add_row(
+        "layer",
+        f"{config['name']} ({'frozen' if not layer.trainable else 'trainable'})",
+    )
+    head.add_row(
+        "input",
+        f"{layer.kind}, sample shape {tuple(layer.sample_shape)}, channel axis {layer.axis}",
+    )
     head.add_row("momentum / epsilon", f"{layer.momentum:g} / {layer.epsilon:g}")
     head.add_row("center / scale", f"{layer.center} / {layer.scale}")
     head.add_row("dtype policy", layer.dtype_policy.name)
     head.add_row("synchronized", str(layer.synchronized))
     inits = ", ".join(
         f"{k.removesuffix('_initializer')}={describe(config[k])}"
-        for k in ("gamma_initializer", "beta_initializer", "moving_mean_initializer", "moving_variance_initializer")
+        for k in (
+            "gamma_initializer",
+            "beta_initializer",
+            "moving_mean_initializer",
+            "moving_variance_initializer",
+        )
     )
     head.add_row("initializers", inits)
     penalties = layer.regularization_penalties()
@@ -216,8 +231,19 @@ def print_state(layer: Any, path: str, drift: dict[str, Any] | None = None) -> N
     console.print(head)
 
     table = Table(title="channels", title_justify="left")
-    for column in ("channel", "moving mean", "moving std", "", "gamma", "beta", "init share", "flag"):
-        table.add_column(column, justify="left" if column in ("channel", "", "flag") else "right")
+    for column in (
+        "channel",
+        "moving mean",
+        "moving std",
+        "",
+        "gamma",
+        "beta",
+        "init share",
+        "flag",
+    ):
+        table.add_column(
+            column, justify="left" if column in ("channel", "", "flag") else "right"
+        )
     if drift is not None:
         table.add_column("mean shift", justify="right")
         table.add_column("var ratio", justify="right")
@@ -241,13 +267,18 @@ def print_state(layer: Any, path: str, drift: dict[str, Any] | None = None) -> N
         if drift is not None:
             channel = drift["channels"][c]
             mark = " !" if channel["drift"] else ""
-            row += [f"{channel['mean_shift']:+.3f}{mark}", f"{channel['variance_ratio']:.3f}"]
+            row += [
+                f"{channel['mean_shift']:+.3f}{mark}",
+                f"{channel['variance_ratio']:.3f}",
+            ]
         table.add_row(*row)
     console.print(table)
     message = share_warning(layer)
     if message:
         warn(message)
-    bad = [f"{f} ({flag})" for f, flag in zip(layer.features, flags, strict=True) if flag]
+    bad = [
+        f"{f} ({flag})" for f, flag in zip(layer.features, flags, strict=True) if flag
+    ]
     if bad:
         warn("channels with a degenerate moving variance: " + ", ".join(bad))
     if drift is not None:
@@ -263,8 +294,18 @@ def print_model(path: str, layers: list[Any]) -> None:
     from rich.table import Table
 
     console = _console()
-    table = Table(title=f"{path}: {len(layers)} BatchNormalization layer(s)", title_justify="left")
-    for column in ("layer", "path", "channels", "momentum", "epsilon", "center/scale", "health"):
+    table = Table(
+        title=f"{path}: {len(layers)} BatchNormalization layer(s)", title_justify="left"
+    )
+    for column in (
+        "layer",
+        "path",
+        "channels",
+        "momentum",
+        "epsilon",
+        "center/scale",
+        "health",
+    ):
         table.add_column(column)
     for layer in layers:
         doc = model_layer_document(layer)
@@ -274,7 +315,9 @@ def print_model(path: str, layers: list[Any]) -> None:
             str(doc["channels"]),
             "?" if doc["momentum"] is None else f"{doc['momentum']:g}",
             "?" if doc["epsilon"] is None else f"{doc['epsilon']:g}",
-            "?" if layer.config is None else f"{layer.config['center']}/{layer.config['scale']}",
+            "?"
+            if layer.config is None
+            else f"{layer.config['center']}/{layer.config['scale']}",
             doc["health"],
         )
     console.print(table)

@@ -70,9 +70,13 @@ def _values(text: str, channels: int, flag: str) -> Any:
         try:
             values = np.array([float(v) for v in text.split(",")], dtype=np.float64)
         except ValueError as e:
-            raise UsageError(f"{flag}: expected numbers separated by commas or an .npy file, got {text!r}") from e
+            raise UsageError(
+                f"{flag}: expected numbers separated by commas or an .npy file, got {text!r}"
+            ) from e
     if values.shape != (channels,):
-        raise UsageError(f"{flag}: {len(values)} values given, the state has {channels} channels")
+        raise UsageError(
+            f"{flag}: {len(values)} values given, the state has {channels} channels"
+        )
     if not np.isfinite(values).all():
         raise UsageError(f"{flag}: values must be finite")
     return values
@@ -80,10 +84,27 @@ def _values(text: str, channels: int, flag: str) -> Any:
 
 @click.command(name="set", short_help="Set gamma, beta or the moving statistics.")
 @click.argument("state", type=click.Path(dir_okay=False))
-@click.option("--gamma", default=None, metavar="V,...|FILE.npy", help="New gamma (constraint applied).")
-@click.option("--beta", default=None, metavar="V,...|FILE.npy", help="New beta (constraint applied).")
-@click.option("--moving-mean", default=None, metavar="V,...|FILE.npy", help="New moving mean.")
-@click.option("--moving-variance", default=None, metavar="V,...|FILE.npy", help="New moving variance (non-negative).")
+@click.option(
+    "--gamma",
+    default=None,
+    metavar="V,...|FILE.npy",
+    help="New gamma (constraint applied).",
+)
+@click.option(
+    "--beta",
+    default=None,
+    metavar="V,...|FILE.npy",
+    help="New beta (constraint applied).",
+)
+@click.option(
+    "--moving-mean", default=None, metavar="V,...|FILE.npy", help="New moving mean."
+)
+@click.option(
+    "--moving-variance",
+    default=None,
+    metavar="V,...|FILE.npy",
+    help="New moving variance (non-negative).",
+)
 @click.option("--wait", is_flag=True, help="Wait for another process's lock.")
 @debug_option
 def set_values(state: str, wait: bool, debug: bool, **values: str | None) -> None:
@@ -102,7 +123,9 @@ def set_values(state: str, wait: bool, debug: bool, **values: str | None) -> Non
 
     given = {k: v for k, v in values.items() if v is not None}
     if not given:
-        raise UsageError("set: give at least one of --gamma, --beta, --moving-mean, --moving-variance")
+        raise UsageError(
+            "set: give at least one of --gamma, --beta, --moving-mean, --moving-variance"
+        )
 
     def change(layer: Any) -> None:
         for key, text in given.items():

@@ -19,13 +19,43 @@ from bncli.cli.options import (
 @click.command(short_help="Normalize data with a state.")
 @click.argument("state", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--output", required=True, help="Output file (.parquet, .arrow, .feather, .csv, .npy) or - for stdout.")
-@click.option("--training", is_flag=True, help="Use each batch's statistics, as Keras training mode (the state is not changed).")
-@click.option("--batch-size", type=POSITIVE, default=32, show_default=True, help="Samples per batch with --training.")
-@click.option("--replicas", type=POSITIVE, default=1, show_default=True, help="With --training, shards per batch (unsynchronized: each its own statistics).")
-@click.option("--output-dtype", type=DTypeName(), default=None, help="Dtype of the outputs (default: the policy's compute dtype).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    help="Output file (.parquet, .arrow, .feather, .csv, .npy) or - for stdout.",
+)
+@click.option(
+    "--training",
+    is_flag=True,
+    help="Use each batch's statistics, as Keras training mode (the state is not changed).",
+)
+@click.option(
+    "--batch-size",
+    type=POSITIVE,
+    default=32,
+    show_default=True,
+    help="Samples per batch with --training.",
+)
+@click.option(
+    "--replicas",
+    type=POSITIVE,
+    default=1,
+    show_default=True,
+    help="With --training, shards per batch (unsynchronized: each its own statistics).",
+)
+@click.option(
+    "--output-dtype",
+    type=DTypeName(),
+    default=None,
+    help="Dtype of the outputs (default: the policy's compute dtype).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-@click.option("--single-file", is_flag=True, help="With --engine dask, join the Parquet parts into one file.")
+@click.option(
+    "--single-file",
+    is_flag=True,
+    help="With --engine dask, join the Parquet parts into one file.",
+)
 @data_options
 @engine_options
 @report_options
@@ -49,7 +79,9 @@ def transform(state: str, inputs: tuple[str, ...], **options: Any) -> None:
 
     check_engine(options)
     if options["exclude"] or options["columns"]:
-        raise UsageError("transform: the state's channels are used; --columns and --exclude are for fit")
+        raise UsageError(
+            "transform: the state's channels are used; --columns and --exclude are for fit"
+        )
     layer = load(state)
     progress = make_progress(options["quiet"], "transform")
     kwargs = {
@@ -69,15 +101,28 @@ def transform(state: str, inputs: tuple[str, ...], **options: Any) -> None:
             raise UsageError("'-' (stdin) cannot be used with --engine dask")
         from bncli.engines.dask_engine import transform_layer as dask_transform
 
-        summary = dask_transform(layer, list(inputs), options["output"], scheduler=options["scheduler"], single_file=options["single_file"], **kwargs)
+        summary = dask_transform(
+            layer,
+            list(inputs),
+            options["output"],
+            scheduler=options["scheduler"],
+            single_file=options["single_file"],
+            **kwargs,
+        )
     else:
         from bncli.engines.local import transform_layer
 
         summary = transform_layer(layer, list(inputs), options["output"], **kwargs)
-    result = {"output": summary.output, "samples": summary.samples, "seconds": round(summary.seconds, 6)}
+    result = {
+        "output": summary.output,
+        "samples": summary.samples,
+        "seconds": round(summary.seconds, 6),
+    }
     if options["as_json"]:
         if summary.output == "-":
             raise UsageError("--json cannot share stdout with -o -")
         emit_json(result)
     elif not options["quiet"]:
-        say(f"wrote {summary.output}: {summary.samples} samples in {summary.seconds:.2f}s")
+        say(
+            f"wrote {summary.output}: {summary.samples} samples in {summary.seconds:.2f}s"
+        )

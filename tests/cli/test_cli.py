@@ -19,7 +19,14 @@ from tests.conftest import PRECISE
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "sample_data"
-SPEC_KEYS = ["config", "variables", "features", "progress", "initializer_share", "regularization"]
+SPEC_KEYS = [
+    "config",
+    "variables",
+    "features",
+    "progress",
+    "initializer_share",
+    "regularization",
+]
 
 
 @pytest.fixture
@@ -42,7 +49,18 @@ def table(tmp_path):
 
 
 def test_fit_transform_inspect_on_a_table(run_cli, tmp_path, table):
-    r = run_cli("fit", "s.h5", "t.parquet", "--exclude", "id", "--momentum", "0.6", "--batch-size", "16", "--json")
+    r = run_cli(
+        "fit",
+        "s.h5",
+        "t.parquet",
+        "--exclude",
+        "id",
+        "--momentum",
+        "0.6",
+        "--batch-size",
+        "16",
+        "--json",
+    )
     assert r.exit_code == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["batches"] == 7 and summary["samples"] == 100
@@ -59,7 +77,9 @@ def test_fit_transform_inspect_on_a_table(run_cli, tmp_path, table):
     assert list(doc["variables"]) == ["gamma", "beta", "moving_mean", "moving_variance"]
     # Floats at full precision: they read back equal to the state.
     state = bncli.load(tmp_path / "s.h5")
-    assert np.array_equal(np.float32(doc["variables"]["moving_mean"]), state.moving_mean)
+    assert np.array_equal(
+        np.float32(doc["variables"]["moving_mean"]), state.moving_mean
+    )
 
     r = run_cli("transform", "s.h5", "t.parquet", "-o", "out.parquet")
     assert r.exit_code == 0, r.stderr
@@ -79,7 +99,12 @@ def test_fit_transform_inspect_on_a_table(run_cli, tmp_path, table):
 
 
 def test_continuing_fit_takes_options_from_the_state(run_cli, tmp_path, table):
-    assert run_cli("fit", "s.h5", "t.parquet", "--columns", "b,a", "--momentum", "0.9").exit_code == 0
+    assert (
+        run_cli(
+            "fit", "s.h5", "t.parquet", "--columns", "b,a", "--momentum", "0.9"
+        ).exit_code
+        == 0
+    )
     r = run_cli("fit", "s.h5", "t.parquet", "--json")
     assert r.exit_code == 0, r.stderr
     state = bncli.load(tmp_path / "s.h5")
@@ -95,22 +120,30 @@ def test_transform_training_leaves_the_state_alone(run_cli, tmp_path):
     np.save(tmp_path / "x.npy", x)
     assert run_cli("fit", "s.h5", "x.npy").exit_code == 0
     before = (tmp_path / "s.h5").read_bytes()
-    r = run_cli("transform", "s.h5", "x.npy", "-o", "y.npy", "--training", "--batch-size", "8")
+    r = run_cli(
+        "transform", "s.h5", "x.npy", "-o", "y.npy", "--training", "--batch-size", "8"
+    )
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "s.h5").read_bytes() == before
     y = np.load(tmp_path / "y.npy")
     assert y.dtype == np.float32 and y.shape == x.shape
     batches = x.astype(np.float64).reshape(5, 8, 3)
-    expected = (batches - batches.mean(1, keepdims=True)) / np.sqrt(batches.var(1, keepdims=True) + 1e-3)
+    expected = (batches - batches.mean(1, keepdims=True)) / np.sqrt(
+        batches.var(1, keepdims=True) + 1e-3
+    )
     np.testing.assert_allclose(y, expected.reshape(40, 3), rtol=1e-5, atol=1e-5)
 
 
 def test_image_tensor_channel_axis(run_cli, tmp_path):
     x = np.load(SAMPLE / "images.npy")
-    r = run_cli("fit", "s.h5", SAMPLE / "images.npy", "--momentum", "0", "--batch-size", "256")
+    r = run_cli(
+        "fit", "s.h5", SAMPLE / "images.npy", "--momentum", "0", "--batch-size", "256"
+    )
     assert r.exit_code == 0, r.stderr
     state = bncli.load(tmp_path / "s.h5")
-    np.testing.assert_allclose(state.moving_mean64, x.astype(np.float64).mean((0, 1, 2)), **PRECISE)
+    np.testing.assert_allclose(
+        state.moving_mean64, x.astype(np.float64).mean((0, 1, 2)), **PRECISE
+    )
     assert state.sample_shape == (8, 8, 3)
     r = run_cli("transform", "s.h5", SAMPLE / "images.npy", "-o", "y.npy")
     assert r.exit_code == 0 and np.load(tmp_path / "y.npy").shape == (256, 8, 8, 3)
@@ -143,7 +176,12 @@ def test_set_values_and_constraints(run_cli, tmp_path):
 
 
 def test_usage_errors_are_one_line(run_cli):
-    for args in (["fit"], ["fit", "s.h5", "x.npy", "--bogus"], ["nosuchcommand"], ["fit", "s.h5", "x", "--batch-size", "0"]):
+    for args in (
+        ["fit"],
+        ["fit", "s.h5", "x.npy", "--bogus"],
+        ["nosuchcommand"],
+        ["fit", "s.h5", "x", "--batch-size", "0"],
+    ):
         r = run_cli(*args)
         assert r.exit_code == 2, (args, r.stderr)
         lines = r.stderr.strip().splitlines()
@@ -159,7 +197,9 @@ def test_drift_and_html(run_cli, tmp_path):
     r = run_cli("inspect", "s.h5", "--data", "a.npy", "--fail-on-drift", "--json")
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["drift"]["drift"] is False
-    r = run_cli("inspect", "s.h5", "--data", "b.npy", "--fail-on-drift", "--html", "r.html")
+    r = run_cli(
+        "inspect", "s.h5", "--data", "b.npy", "--fail-on-drift", "--html", "r.html"
+    )
     assert r.exit_code == 5
     assert "drift in 1 channel(s): 1" in r.stderr
     page = (tmp_path / "r.html").read_text()
@@ -182,19 +222,48 @@ def test_subprocess_readme_flow(tmp_path):
     state = tmp_path / "s.h5"
     out = tmp_path / "n.parquet"
     cmds = [
-        ["fit", str(state), str(SAMPLE / "features.parquet"), "--exclude", "id", "--momentum", "0.9"],
+        [
+            "fit",
+            str(state),
+            str(SAMPLE / "features.parquet"),
+            "--exclude",
+            "id",
+            "--momentum",
+            "0.9",
+        ],
         ["transform", str(state), str(SAMPLE / "features.parquet"), "-o", str(out)],
         ["inspect", str(state)],
     ]
     for args in cmds:
-        done = subprocess.run([sys.executable, "-m", "bncli", *args], capture_output=True, text=True, env=env, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "bncli", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stderr
     assert "tiny" in done.stdout and "\x1b[" not in done.stdout
     assert pq.read_table(out).num_rows == 2000
     with h5py.File(state) as f:
         assert f.attrs["format"] == "bncli-state"
-    bad = subprocess.run([sys.executable, "-m", "bncli", "fit", str(state), str(tmp_path / "nope.parquet")], capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 3 and bad.stderr == f"error: {tmp_path / 'nope.parquet'}: no such file\n"
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bncli",
+            "fit",
+            str(state),
+            str(tmp_path / "nope.parquet"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (
+        bad.returncode == 3
+        and bad.stderr == f"error: {tmp_path / 'nope.parquet'}: no such file\n"
+    )
 
 
 def test_help_imports_no_heavy_module():
@@ -204,7 +273,9 @@ def test_help_imports_no_heavy_module():
         "try:\n    cli.main(args=['--help'], standalone_mode=False)\nexcept SystemExit: pass\n"
         "sys.stderr.write(','.join(m for m in ('pyarrow', 'h5py', 'rich', 'dask', 'keras') if m in sys.modules))"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
     assert "Commands:" in done.stdout
     assert done.stderr == "", done.stderr
 

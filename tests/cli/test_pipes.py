@@ -18,7 +18,13 @@ import bncli
 
 
 def bncli_run(*args, stdin=None, cwd=None):
-    return subprocess.run([sys.executable, "-m", "bncli", *map(str, args)], input=stdin, capture_output=True, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "bncli", *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        cwd=cwd,
+        timeout=120,
+    )
 
 
 @pytest.fixture
@@ -27,9 +33,21 @@ def fitted(tmp_path):
     n = 300
     nulls = np.zeros(n, bool)
     nulls[[7, 200]] = True
-    table = pa.table({"id": np.arange(n), "x": pa.array(rng.normal(5, 2, n), mask=nulls), "y": rng.normal(-1, 0.1, n), "tag": ["t"] * n})
+    table = pa.table(
+        {
+            "id": np.arange(n),
+            "x": pa.array(rng.normal(5, 2, n), mask=nulls),
+            "y": rng.normal(-1, 0.1, n),
+            "tag": ["t"] * n,
+        }
+    )
     pq.write_table(table, tmp_path / "t.parquet", row_group_size=64)
-    assert bncli_run("fit", "s.h5", "t.parquet", "--exclude", "id", cwd=tmp_path).returncode == 0
+    assert (
+        bncli_run(
+            "fit", "s.h5", "t.parquet", "--exclude", "id", cwd=tmp_path
+        ).returncode
+        == 0
+    )
     return tmp_path, table
 
 
@@ -37,7 +55,9 @@ def expected(tmp_path, table, column):
     state = bncli.load(tmp_path / "s.h5")
     j = state.features.index(column)
     values = table[column].to_numpy(zero_copy_only=False)
-    return (values - state.moving_mean64[j]) / np.sqrt(state.moving_variance64[j] + state.epsilon)
+    return (values - state.moving_mean64[j]) / np.sqrt(
+        state.moving_variance64[j] + state.epsilon
+    )
 
 
 def test_arrow_stream_through_a_pipe(fitted):
@@ -45,16 +65,25 @@ def test_arrow_stream_through_a_pipe(fitted):
     sink = io.BytesIO()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table, max_chunksize=50)
-    done = bncli_run("transform", "s.h5", "-", "-o", "-", stdin=sink.getvalue(), cwd=tmp_path)
+    done = bncli_run(
+        "transform", "s.h5", "-", "-o", "-", stdin=sink.getvalue(), cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     out = pa.ipc.open_stream(done.stdout).read_all()
     assert out.column_names == table.column_names and out.num_rows == 300
     assert out["x"].is_null().equals(table["x"].is_null())
-    np.testing.assert_allclose(out["y"].to_numpy(), expected(tmp_path, table, "y"), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        out["y"].to_numpy(), expected(tmp_path, table, "y"), rtol=1e-5, atol=1e-6
+    )
     # And fit from a pipe: the same state as fitting the file.
-    done = bncli_run("fit", "p.h5", "-", "--exclude", "id", stdin=sink.getvalue(), cwd=tmp_path)
+    done = bncli_run(
+        "fit", "p.h5", "-", "--exclude", "id", stdin=sink.getvalue(), cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
-    np.testing.assert_array_equal(bncli.load(tmp_path / "p.h5").moving_mean64, bncli.load(tmp_path / "s.h5").moving_mean64)
+    np.testing.assert_array_equal(
+        bncli.load(tmp_path / "p.h5").moving_mean64,
+        bncli.load(tmp_path / "s.h5").moving_mean64,
+    )
 
 
 def test_npy_through_a_pipe(tmp_path):
@@ -63,10 +92,15 @@ def test_npy_through_a_pipe(tmp_path):
     assert bncli_run("fit", "s.h5", "x.npy", cwd=tmp_path).returncode == 0
     buf = io.BytesIO()
     np.save(buf, x)
-    done = bncli_run("transform", "s.h5", "-", "-o", "-", stdin=buf.getvalue(), cwd=tmp_path)
+    done = bncli_run(
+        "transform", "s.h5", "-", "-o", "-", stdin=buf.getvalue(), cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     y = np.load(io.BytesIO(done.stdout))
-    assert bncli_run("transform", "s.h5", "x.npy", "-o", "y.npy", cwd=tmp_path).returncode == 0
+    assert (
+        bncli_run("transform", "s.h5", "x.npy", "-o", "y.npy", cwd=tmp_path).returncode
+        == 0
+    )
     np.testing.assert_array_equal(y, np.load(tmp_path / "y.npy"))
 
 
@@ -89,7 +123,9 @@ def test_every_table_output_format(fitted, suffix, run_cli):
         out = feather.read_table(path)
     assert out.num_rows == table.num_rows and out.column_names == table.column_names
     assert out["x"].null_count == 2
-    np.testing.assert_allclose(out["y"].to_numpy(), expected(tmp_path, table, "y"), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        out["y"].to_numpy(), expected(tmp_path, table, "y"), rtol=1e-5, atol=1e-6
+    )
     # The output reads back as an input too.
     again = run_cli("transform", "s.h5", path.name, "-o", f"again{suffix}.npy")
     assert again.exit_code == 0, again.stderr
@@ -100,7 +136,9 @@ def test_table_to_npy_and_2d_array_to_table(fitted, run_cli):
     assert run_cli("transform", "s.h5", "t.parquet", "-o", "out.npy").exit_code == 0
     y = np.load(tmp_path / "out.npy")
     assert y.shape == (300, 2)
-    np.testing.assert_allclose(y[:, 1], expected(tmp_path, table, "y"), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        y[:, 1], expected(tmp_path, table, "y"), rtol=1e-5, atol=1e-6
+    )
     np.save(tmp_path / "a.npy", np.ones((5, 2)))
     assert run_cli("fit", "a.h5", "a.npy").exit_code == 0
     assert run_cli("transform", "a.h5", "a.npy", "-o", "a.parquet").exit_code == 0
@@ -116,7 +154,14 @@ def test_no_color_on_a_terminal(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((200_000, 4), dtype=np.float32))
     master, slave = os.openpty()
     env = {**os.environ, "NO_COLOR": "1", "TERM": "xterm", "COLUMNS": "160"}
-    done = subprocess.run([sys.executable, "-m", "bncli", "fit", "s.h5", "x.npy"], stdout=subprocess.PIPE, stderr=slave, cwd=tmp_path, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "bncli", "fit", "s.h5", "x.npy"],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
     os.close(slave)
     err = b""
     while True:

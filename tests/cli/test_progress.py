@@ -13,8 +13,12 @@ def _run_with_terminal_stderr(args, cwd):
     master, slave = os.openpty()
     env = {**os.environ, "COLUMNS": "160", "TERM": "xterm"}
     done = subprocess.run(
-        [sys.executable, "-m", "bncli", *args], stdout=subprocess.PIPE, stderr=slave,
-        cwd=cwd, env=env, timeout=120,
+        [sys.executable, "-m", "bncli", *args],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        cwd=cwd,
+        env=env,
+        timeout=120,
     )
     os.close(slave)
     chunks = []
@@ -41,6 +45,12 @@ def test_bar_on_a_terminal_and_quiet_silences_it(tmp_path):
 
 def test_no_bar_in_a_pipe(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((1000, 4), dtype=np.float32))
-    done = subprocess.run([sys.executable, "-m", "bncli", "fit", "s.h5", "x.npy"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "bncli", "fit", "s.h5", "x.npy"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert done.returncode == 0
     assert "samples/s" not in done.stderr and done.stderr.startswith("fitted s.h5")

@@ -117,7 +117,9 @@ class TableContract:
             open_dataset([path], features=["q"])
 
     def test_mask_column(self, tmp_path):
-        table = make_table().append_column("keep", pa.array([i % 3 != 0 for i in range(N)]))
+        table = make_table().append_column(
+            "keep", pa.array([i % 3 != 0 for i in range(N)])
+        )
         path = tmp_path / f"masked{self.suffix}"
         self.write(table, path)
         dataset = open_dataset([path], columns=["b"], mask_column="keep")
@@ -194,7 +196,9 @@ class TestArrowStdin(TableContract):
     @pytest.fixture
     def stdin_path(self, path, monkeypatch):
         data = path.read_bytes()
-        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(io.BytesIO(data))))
+        monkeypatch.setattr(
+            sys, "stdin", io.TextIOWrapper(io.BufferedReader(io.BytesIO(data)))
+        )
         return "-"
 
     def test_stdin_stream(self, stdin_path):
@@ -228,7 +232,9 @@ def test_npy_masks_per_input_and_whole_stream(tmp_path):
     np.save(tmp_path / "mb.npy", m_b)
     np.save(tmp_path / "mall.npy", np.concatenate([m_a, m_b]))
     inputs = [tmp_path / "a.npy", tmp_path / "b.npy"]
-    per = read_all(open_dataset(inputs, masks=[tmp_path / "ma.npy", tmp_path / "mb.npy"]), rows=4)[2]
+    per = read_all(
+        open_dataset(inputs, masks=[tmp_path / "ma.npy", tmp_path / "mb.npy"]), rows=4
+    )[2]
     whole = read_all(open_dataset(inputs, masks=[tmp_path / "mall.npy"]), rows=4)[2]
     np.testing.assert_array_equal(per, whole)
     np.testing.assert_array_equal(per[:6, :, 0], m_a)
@@ -240,7 +246,9 @@ def test_npy_stdin(tmp_path, monkeypatch):
     x = np.arange(24, dtype=np.float64).reshape(8, 3)
     buf = io.BytesIO()
     np.save(buf, x)
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(io.BytesIO(buf.getvalue()))))
+    monkeypatch.setattr(
+        sys, "stdin", io.TextIOWrapper(io.BufferedReader(io.BytesIO(buf.getvalue())))
+    )
     _, data, _ = read_all(open_dataset(["-"]), rows=3, start=3)
     np.testing.assert_array_equal(data, x[3:])
 
@@ -280,7 +288,9 @@ def test_missing_input_and_usage_errors(tmp_path):
 
 
 def test_object_and_one_dimensional_arrays_refused(tmp_path):
-    np.save(tmp_path / "obj.npy", np.array([[{"a": 1}]], dtype=object), allow_pickle=True)
+    np.save(
+        tmp_path / "obj.npy", np.array([[{"a": 1}]], dtype=object), allow_pickle=True
+    )
     with pytest.raises(DataError, match="pickle"):
         open_dataset([tmp_path / "obj.npy"])
     np.save(tmp_path / "flat.npy", np.zeros(5))

@@ -84,7 +84,10 @@ def test_sigkill_leaves_the_old_or_the_new_state(tmp_path, setting):
         )
     assert "old" in outcomes  # the kills did land before the end
 
-    leftover = tmp_path / f".state.h5.bncli-tmp-{helpers.temporary_owner(helpers.dead_pid())}-x"
+    leftover = (
+        tmp_path
+        / f".state.h5.bncli-tmp-{helpers.temporary_owner(helpers.dead_pid())}-x"
+    )
     leftover.write_bytes(b"half a state")
     live = tmp_path / f".state.h5.bncli-tmp-{helpers.temporary_owner(os.getpid())}-y"
     live.write_bytes(b"a live writer's")

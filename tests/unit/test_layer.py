@@ -24,8 +24,16 @@ def test_signature_and_defaults_are_keras():
     "kwargs",
     [
         {"axis": 1, "momentum": 0.5, "epsilon": 1e-5, "center": False},
-        {"scale": False, "gamma_initializer": "constant", "beta_initializer": "random_normal"},
-        {"gamma_regularizer": "l2", "beta_constraint": "non_neg", "gamma_constraint": "max_norm"},
+        {
+            "scale": False,
+            "gamma_initializer": "constant",
+            "beta_initializer": "random_normal",
+        },
+        {
+            "gamma_regularizer": "l2",
+            "beta_constraint": "non_neg",
+            "gamma_constraint": "max_norm",
+        },
         {"dtype": "mixed_float16", "name": "bn7", "trainable": False},
         {"dtype": "float64", "moving_variance_initializer": "ones"},
     ],
@@ -33,7 +41,8 @@ def test_signature_and_defaults_are_keras():
 def test_config_matches_keras_and_round_trips(kwargs):
     kwargs = {"name": "bn", **kwargs}  # Keras numbers unnamed layers
     keras_kwargs = {
-        k: (keras.initializers.Constant() if v == "constant" else v) for k, v in kwargs.items()
+        k: (keras.initializers.Constant() if v == "constant" else v)
+        for k, v in kwargs.items()
     }
     theirs = keras.layers.BatchNormalization(**keras_kwargs).get_config()
     ours = bncli.BatchNormalization(**kwargs).get_config()
@@ -133,7 +142,11 @@ def test_mask_shapes():
     np.testing.assert_allclose(bn.moving_mean64, kept.mean(0), **PRECISE)
     np.testing.assert_allclose(bn.moving_variance64, kept.var(0), **PRECISE)
     other = bncli.BatchNormalization(momentum=0.0)
-    other(x, training=True, mask=np.array([[[True], [False], [True]]]).reshape(1, 3)[..., :])
+    other(
+        x,
+        training=True,
+        mask=np.array([[[True], [False], [True]]]).reshape(1, 3)[..., :],
+    )
     with pytest.raises(DataError, match="one dimension less"):
         bn(x, training=True, mask=np.ones((2, 3, 4), bool))
 
@@ -149,25 +162,34 @@ def test_channel_with_no_unmasked_value_keeps_its_statistics():
 
 
 def test_setters_apply_constraints_and_check_length():
-    bn = bncli.BatchNormalization(gamma_constraint="non_neg", beta_constraint="max_norm:1")
+    bn = bncli.BatchNormalization(
+        gamma_constraint="non_neg", beta_constraint="max_norm:1"
+    )
     bn(np.ones((2, 3)))
     bn.gamma = [-1.0, 2.0, 3.0]
     np.testing.assert_array_equal(bn.gamma, [0.0, 2.0, 3.0])
     bn.beta = [3.0, 4.0, 0.0]
-    np.testing.assert_allclose(bn.beta, np.array([3.0, 4.0, 0.0]) / (5.0 + 1e-7), rtol=1e-6)
+    np.testing.assert_allclose(
+        bn.beta, np.array([3.0, 4.0, 0.0]) / (5.0 + 1e-7), rtol=1e-6
+    )
     with pytest.raises(ValueError, match="needs 3 values"):
         bn.moving_mean = [1.0, 2.0]
 
 
 def test_regularization_penalties():
-    bn = bncli.BatchNormalization(gamma_regularizer="l2:0.5", beta_regularizer="l1:0.25")
+    bn = bncli.BatchNormalization(
+        gamma_regularizer="l2:0.5", beta_regularizer="l1:0.25"
+    )
     bn(np.ones((2, 2)))
     bn.gamma = [1.0, 2.0]
     bn.beta = [-1.0, 3.0]
     penalties = bn.regularization_penalties()
     assert penalties["gamma"] == pytest.approx(0.5 * 5.0)
     assert penalties["beta"] == pytest.approx(0.25 * 4.0)
-    assert bncli.BatchNormalization().regularization_penalties() == {"gamma": 0.0, "beta": 0.0}
+    assert bncli.BatchNormalization().regularization_penalties() == {
+        "gamma": 0.0,
+        "beta": 0.0,
+    }
 
 
 def test_seed_makes_random_initializers_reproducible():
@@ -189,5 +211,10 @@ def test_float16_output_overflow_is_an_error():
 
 def test_output_dtypes_follow_the_policy():
     x = np.ones((2, 2))
-    for policy, dtype in [("float32", "float32"), ("float64", "float64"), ("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")]:
+    for policy, dtype in [
+        ("float32", "float32"),
+        ("float64", "float64"),
+        ("mixed_float16", "float16"),
+        ("mixed_bfloat16", "bfloat16"),
+    ]:
         assert bncli.BatchNormalization(dtype=policy)(x).dtype.name == dtype

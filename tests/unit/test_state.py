@@ -16,7 +16,9 @@ from bncli.state import FORMAT_VERSION, lock, lock_path, read_state
 
 @pytest.fixture
 def fitted(tmp_path):
-    bn = bncli.BatchNormalization(momentum=0.8, epsilon=0.01, gamma_initializer="constant:2")
+    bn = bncli.BatchNormalization(
+        momentum=0.8, epsilon=0.01, gamma_initializer="constant:2"
+    )
     rng = np.random.default_rng(3)
     for _ in range(3):
         bn(rng.normal(5, 2, size=(16, 3, 4)), training=True)
@@ -47,7 +49,12 @@ def test_layout_is_the_documented_one(fitted):
         assert f.attrs["bncli_version"] == bncli.__version__
         config = json.loads(f.attrs["config"])
         assert config["momentum"] == 0.8
-        assert sorted(f["variables"]) == ["beta", "gamma", "moving_mean", "moving_variance"]
+        assert sorted(f["variables"]) == [
+            "beta",
+            "gamma",
+            "moving_mean",
+            "moving_variance",
+        ]
         assert f["variables/gamma"].dtype == np.float32
         assert f["accumulators/moving_mean"].dtype == np.float64
         assert [x.decode() for x in f["features"][()]] == ["0", "1", "2", "3"]
@@ -60,7 +67,9 @@ def test_bfloat16_variables_round_trip(tmp_path):
     bn.save(tmp_path / "b.h5")
     back = bncli.load(tmp_path / "b.h5")
     assert back.moving_mean.dtype.name == "bfloat16"
-    np.testing.assert_array_equal(back.moving_mean.astype(np.float32), bn.moving_mean.astype(np.float32))
+    np.testing.assert_array_equal(
+        back.moving_mean.astype(np.float32), bn.moving_mean.astype(np.float32)
+    )
 
 
 def _mutate(path, fn):
@@ -72,11 +81,23 @@ def _mutate(path, fn):
     ("mutation", "message"),
     [
         (lambda f: f.attrs.__setitem__("format", "other"), "not a bncli state"),
-        (lambda f: f.attrs.__setitem__("format_version", FORMAT_VERSION + 1), "newer than this bncli"),
+        (
+            lambda f: f.attrs.__setitem__("format_version", FORMAT_VERSION + 1),
+            "newer than this bncli",
+        ),
         (lambda f: f.attrs.__setitem__("config", "{not json"), "corrupt state"),
-        (lambda f: f.attrs.__setitem__("axis", 7), "sample shape, axis and channels disagree"),
+        (
+            lambda f: f.attrs.__setitem__("axis", 7),
+            "sample shape, axis and channels disagree",
+        ),
         (lambda f: f["accumulators"].__delitem__("moving_mean"), "corrupt state"),
-        (lambda f: (f["variables"].__delitem__("gamma"), f["variables"].create_dataset("gamma", data=np.ones(9))), "shape"),
+        (
+            lambda f: (
+                f["variables"].__delitem__("gamma"),
+                f["variables"].create_dataset("gamma", data=np.ones(9)),
+            ),
+            "shape",
+        ),
         (lambda f: f["progress"].attrs.__setitem__("batches_seen", -1), "negative"),
         (lambda f: f["variables"].__delitem__("beta"), "center/scale"),
     ],
