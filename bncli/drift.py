@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from bncli import kernels
 from bncli.errors import DataError
@@ -43,7 +44,7 @@ def data_moments(
     samples = 0
     for chunk in dataset.chunks():
         rows = kernels.to_rows(chunk.data, chunk.axis)
-        x = rows.reshape(1, -1, rows.shape[-1])
+        x = cast("npt.NDArray[np.floating[Any]]", rows.reshape(1, -1, rows.shape[-1]))
         mask = (
             None
             if chunk.mask is None

@@ -14,7 +14,7 @@ import dataclasses
 import math
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -172,12 +172,19 @@ class BatchNormalization:
             "moving_mean_initializer": moving_mean_initializer,
             "moving_variance_initializer": moving_variance_initializer,
         }
+        parsed = {}
         for offset, key in enumerate(_INITIALIZER_NAMES):
             config = specs.parse_initializer(initializers[key])
             inner = config.get("config", {})
             if self.seed is not None and "seed" in inner and inner["seed"] is None:
                 config = {**config, "config": {**inner, "seed": self.seed + offset}}
-            setattr(self, key, config)
+            parsed[key] = config
+        self.gamma_initializer: dict[str, Any] = parsed["gamma_initializer"]
+        self.beta_initializer: dict[str, Any] = parsed["beta_initializer"]
+        self.moving_mean_initializer: dict[str, Any] = parsed["moving_mean_initializer"]
+        self.moving_variance_initializer: dict[str, Any] = parsed[
+            "moving_variance_initializer"
+        ]
         self.beta_regularizer = specs.parse_regularizer(beta_regularizer)
         self.gamma_regularizer = specs.parse_regularizer(gamma_regularizer)
         self.beta_constraint = specs.parse_constraint(beta_constraint)
@@ -427,7 +434,10 @@ class BatchNormalization:
                 f"inputs of shape {x.shape} do not match the layer's "
                 f"{self.channels} channels on axis {self.axis}"
             )
-        rows = kernels.to_rows(x, axis)[None].reshape(1, -1, self.channels)
+        rows = cast(
+            "npt.NDArray[np.floating[Any]]",
+            kernels.to_rows(x, axis).reshape(1, -1, self.channels),
+        )
         row_mask = None if mask is None else self._rows_mask(mask, x.shape, axis)
         if training and self.trainable:
             stats = kernels.batched_moments(rows, row_mask)
@@ -448,7 +458,8 @@ class BatchNormalization:
         y = kernels.normalize(
             rows, mean, variance, self._gamma, self._beta, self.epsilon
         )
-        return self.cast_output(kernels.from_rows(y, x.shape, axis))
+        shaped = cast("npt.NDArray[np.float64]", kernels.from_rows(y, x.shape, axis))
+        return self.cast_output(shaped)
 
     def _rows_mask(
         self, mask: npt.ArrayLike, shape: tuple[int, ...], axis: int
@@ -532,7 +543,7 @@ class BatchNormalization:
         from bncli.engines.local import fit_layer
 
         paths = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
-        return fit_layer(
+        summary: FitSummary = fit_layer(
             self,
             paths,
             batch_size=batch_size,
@@ -550,6 +561,7 @@ class BatchNormalization:
             progress=progress,
             resume=resume,
         )
+        return summary
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the layer to a state file, atomically."""

@@ -29,7 +29,7 @@ import errno
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +212,7 @@ def _check_resume(text: str, path: Path) -> dict[str, Any]:
     def names(value: Any) -> bool:
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
-    checks = {
+    checks: dict[str, Callable[[Any], bool]] = {
         "inputs": lambda v: names(v) and len(v) > 0,
         "batch_size": lambda v: count(v, 1),
         "epochs": lambda v: count(v, 1),

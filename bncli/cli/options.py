@@ -14,7 +14,7 @@ import click
 F = Callable[..., Any]
 
 
-class SpecType(click.ParamType):
+class SpecType(click.ParamType):  # type: ignore[type-arg]
     """An initializer, regularizer or constraint spec string (SPEC §1)."""
 
     def __init__(self, kind: str) -> None:
@@ -38,7 +38,7 @@ class SpecType(click.ParamType):
             self.fail(e.message, param, ctx)
 
 
-class PolicyType(click.ParamType):
+class PolicyType(click.ParamType):  # type: ignore[type-arg]
     """A dtype policy name (float32, mixed_float16, ...)."""
 
     name = "policy"
@@ -53,7 +53,7 @@ class PolicyType(click.ParamType):
             self.fail(e.message, param, ctx)
 
 
-class DTypeName(click.ParamType):
+class DTypeName(click.ParamType):  # type: ignore[type-arg]
     """An output dtype name (float16, bfloat16, float32, float64)."""
 
     name = "dtype"
@@ -69,7 +69,7 @@ class DTypeName(click.ParamType):
         return value
 
 
-class NameList(click.ParamType):
+class NameList(click.ParamType):  # type: ignore[type-arg]
     """A comma-separated list of names."""
 
     name = "names"
