@@ -164,6 +164,11 @@ def fold_batches(
 #: on the GIL for the Python in between.
 BLOCK_ELEMENTS = 1 << 17
 
+#: Rows per batch from which channel-major data is taken a channel at a
+#: time: below it, the per-batch passes are too short to beat gathering the
+#: channels into row-major blocks.
+_CHANNEL_MAJOR_ROWS = 32
+
 _scratch = threading.local()
 
 
@@ -251,7 +256,34 @@ def _unmasked_moments(
         m2.fill(0.0)
         return mean, m2
     per_batch = rows * channels
-    if per_batch <= BLOCK_ELEMENTS:
+    itemsize = x.dtype.itemsize
+    if (
+        channels > 1
+        and _CHANNEL_MAJOR_ROWS <= rows <= BLOCK_ELEMENTS
+        and x.strides[1] == itemsize
+        and x.strides[0] == rows * itemsize
+    ):
+        # Channel-major (table columns): each channel's (K, R) is contiguous,
+        # so take the channels one at a time, with long contiguous passes,
+        # rather than gather them into row-major blocks.
+        group = min(BLOCK_ELEMENTS // rows, num_batches)
+        buffer = _block_buffer(group * rows)
+        sums = np.empty(group)
+        squares = np.empty(group)
+        for c in range(channels):
+            column = x[:, :, c]
+            for lo in range(0, num_batches, group):
+                hi = min(lo + group, num_batches)
+                block = buffer[: (hi - lo) * rows].reshape(hi - lo, rows)
+                np.copyto(block, column[lo:hi], casting="unsafe")
+                block_mean = sums[: hi - lo]
+                np.einsum("kr->k", block, out=block_mean)
+                block_mean /= rows
+                block -= block_mean[:, None]
+                np.einsum("kr,kr->k", block, block, out=squares[: hi - lo])
+                mean[lo:hi, c] = block_mean
+                m2[lo:hi, c] = squares[: hi - lo]
+    elif per_batch <= BLOCK_ELEMENTS:
         group = min(BLOCK_ELEMENTS // per_batch, num_batches)
         buffer = _block_buffer(group * per_batch)
         for lo in range(0, num_batches, group):

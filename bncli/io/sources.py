@@ -498,8 +498,15 @@ class TableSource(Source):
             skip = start - offset
             if not groups:
                 return
+            # Decoded in batches of at least TABLE_BATCH_ROWS, cut into chunks
+            # of ``rows`` below: pyarrow decodes the columns of a batch in
+            # parallel, which pays only on batches that large (about 1.6x
+            # the throughput of 16Ki-row batches on 16 float32 columns).
             batches = self._file.iter_batches(
-                batch_size=rows, row_groups=groups, columns=columns, use_threads=True
+                batch_size=max(rows, TABLE_BATCH_ROWS),
+                row_groups=groups,
+                columns=columns,
+                use_threads=True,
             )
         elif self.format == "arrow":
             batches = (
@@ -655,9 +662,10 @@ class Dataset:
 
         n = batch.num_rows
         names = batch.schema.names
+        data = _channel_major(batch, self.features)
         columns = []
         nulls = None
-        for j, name in enumerate(self.features):
+        for j, name in enumerate([] if data is not None else self.features):
             column = batch.column(names.index(name))
             if column.null_count:
                 if nulls is None:
@@ -665,17 +673,15 @@ class Dataset:
                 nulls[:, j] = column.is_null().to_numpy(zero_copy_only=False)
                 column = pc.fill_null(column, 0)
             columns.append(column.to_numpy(zero_copy_only=False))
-        dtype = np.result_type(*[c.dtype for c in columns])
-        if dtype.kind != "f":
-            dtype = np.dtype(np.float64)
-        # Channel-major: each column is one contiguous copy (filling an
-        # (n, C) array column by column is a strided write, several times
-        # slower), and data is its (n, C) transposed view, so that the
-        # output columns come out contiguous too.
-        by_column = np.empty((len(columns), n), dtype=dtype)
-        for j, column in enumerate(columns):
-            by_column[j] = column
-        data = by_column.T
+        if data is None:
+            dtype = np.result_type(*[c.dtype for c in columns])
+            if dtype.kind != "f":
+                dtype = np.dtype(np.float64)
+            # Channel-major, as _channel_major makes it.
+            by_column = np.empty((len(columns), n), dtype=dtype)
+            for j, column in enumerate(columns):
+                by_column[j] = column
+            data = by_column.T
         mask = None if nulls is None else ~nulls
         if self.mask_column is not None:
             keep = batch.column(names.index(self.mask_column))
@@ -697,6 +703,38 @@ class Dataset:
         if self.nan_policy == "mask":
             _mask_nonfinite(chunk)
         return chunk
+
+
+def _channel_major(batch: Any, features: Sequence[str]) -> npt.NDArray[Any] | None:
+    """The channel columns as an ``(n, C)`` channel-major array, in one copy.
+
+    Channel-major (each column contiguous, the array the transpose of a
+    ``(C, n)`` one): a column is one contiguous copy, where filling an
+    ``(n, C)`` row-major array column by column is a strided write several
+    times slower, and the outputs, laid out alike, go back to Arrow without a
+    copy. Arrow makes it (``to_tensor``) in memory from its own pool, which
+    reuses freed memory instead of touching fresh pages for every chunk.
+
+    Returns ``None`` where that does not apply, for the caller to build the
+    array column by column: a null in a channel, channels of different
+    types, or integer channels (they become float64).
+    """
+    import pyarrow as pa
+
+    if not isinstance(batch, pa.RecordBatch) or not batch.num_rows or not features:
+        return None
+    columns = [batch.column(batch.schema.get_field_index(name)) for name in features]
+    types = {column.type for column in columns}
+    if len(types) != 1 or any(column.null_count for column in columns):
+        return None
+    (kind,) = types
+    if not pa.types.is_floating(kind) or pa.types.is_float16(kind):
+        return None
+    selected = pa.RecordBatch.from_arrays(columns, names=list(features))
+    if not hasattr(selected, "to_tensor"):  # pyarrow before 16
+        return None
+    data: npt.NDArray[Any] = selected.to_tensor(row_major=False).to_numpy()
+    return data
 
 
 def _mask_nonfinite(chunk: Chunk) -> None:

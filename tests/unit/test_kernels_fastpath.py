@@ -286,3 +286,74 @@ def test_outputs_follow_the_input_layout():
     pool.give(first)
     assert pool.take(chunk(by_column.T, 1), np.float32) is first
     assert pool.take(chunk(by_column.T, 1), np.float32) is not first
+
+
+@pytest.mark.parametrize("rows", [32, 100, 4096])
+def test_channel_major_moments_any_block_size(block, rows):
+    """Taken a channel at a time when each channel's batches are contiguous."""
+    rng = np.random.default_rng(9)
+    by_column = rng.normal(5.0, 2.0, (3, rows * 7)).astype(np.float32)
+    x = by_column.T.reshape(7, rows, 3)
+    assert x.strides[1] == 4 and x.strides[0] == rows * 4
+    got = kernels.batched_moments(x)
+    mean, variance = _plain_moments(x)
+    np.testing.assert_allclose(got.mean, mean, **FAST)
+    np.testing.assert_allclose(got.variance, variance, **FAST)
+
+
+def test_table_channels_in_one_copy_equal_column_by_column():
+    import pyarrow as pa
+
+    from bncli.io.sources import _channel_major
+
+    rng = np.random.default_rng(10)
+    a, b = (
+        rng.normal(size=50).astype(np.float32),
+        rng.normal(size=50).astype(np.float32),
+    )
+    batch = pa.record_batch({"id": np.arange(50), "a": a, "b": b}).slice(5, 40)
+    data = _channel_major(batch, ["b", "a"])
+    np.testing.assert_array_equal(data, np.stack([b[5:45], a[5:45]], axis=1))
+    assert data.shape == (40, 2) and data[:, 0].flags.c_contiguous
+    # Where it does not apply, the caller builds the array column by column.
+    with_null = pa.record_batch({"a": pa.array([1.0, None]), "b": [1.0, 2.0]})
+    mixed = pa.record_batch({"a": np.ones(2, np.float32), "b": np.ones(2)})
+    integers = pa.record_batch({"a": [1, 2], "b": [3, 4]})
+    for other in (with_null, mixed, integers, batch.slice(0, 0)):
+        assert _channel_major(other, ["a", "b"]) is None
+
+
+def test_prefetched_keeps_order_raises_in_order_and_stops():
+    import threading
+
+    from bncli.engines.local import prefetched
+
+    assert list(prefetched(iter(range(100)), 3)) == list(range(100))
+
+    def failing():
+        yield 1
+        yield 2
+        raise ValueError("bad row")
+
+    seen = []
+    with pytest.raises(ValueError, match="bad row"):
+        for item in prefetched(failing(), 2):
+            seen.append(item)
+    assert seen == [1, 2]
+
+    produced = []
+    stopped = threading.Event()
+
+    def endless():
+        try:
+            for i in range(10**9):
+                produced.append(i)
+                yield i
+        finally:
+            stopped.set()
+
+    stream = prefetched(endless(), 2)
+    assert next(stream) == 0
+    stream.close()
+    assert stopped.wait(5)
+    assert len(produced) < 10
