@@ -288,7 +288,9 @@ def _resolve_dataset(layer: Any, paths: Sequence[Any], **options: Any) -> Datase
             paths,
             axis=layer.axis,
             features=layer.features if layer.built else None,
-            sample_shape=layer.sample_shape if layer.built and layer.kind == "array" else None,
+            sample_shape=layer.sample_shape
+            if layer.built and layer.kind == "array"
+            else None,
             **options,
         )
     except ChannelMismatchError as e:
@@ -411,7 +413,9 @@ def fit_layer(
     batch_size = _check_positive("batch size", batch_size)
     epochs = _check_positive("epochs", epochs)
     replicas = _check_positive("replicas", replicas)
-    workers = default_workers() if workers is None else _check_positive("workers", workers)
+    workers = (
+        default_workers() if workers is None else _check_positive("workers", workers)
+    )
     if checkpoint_every is not None:
         checkpoint_every = _check_positive("checkpoint interval", checkpoint_every)
     dataset = open_fit_dataset(
@@ -424,10 +428,14 @@ def fit_layer(
         nan_policy=nan_policy,
         replay=epochs > 1 or resume,
     )
-    params = FitParams(batch_size, layer.momentum, replicas, layer.synchronized, layer.channels)
+    params = FitParams(
+        batch_size, layer.momentum, replicas, layer.synchronized, layer.channels
+    )
     rows = block_rows(batch_size, *_chunk_bytes(dataset))
     record = {
-        "inputs": [p if p == "-" else str(Path(p).resolve()) for p in map(os.fspath, paths)],
+        "inputs": [
+            p if p == "-" else str(Path(p).resolve()) for p in map(os.fspath, paths)
+        ],
         "batch_size": batch_size,
         "epochs": epochs,
         "drop_remainder": drop_remainder,
@@ -445,7 +453,9 @@ def fit_layer(
     since_checkpoint = 0
     for epoch in range(start_epoch, epochs):
         first = start_sample if epoch == start_epoch else 0
-        blocks = batch_blocks(dataset.chunks(first, rows), batch_size, drop_remainder, first)
+        blocks = batch_blocks(
+            dataset.chunks(first, rows), batch_size, drop_remainder, first
+        )
         if workers > 1:
             blocks = prefetched(blocks, workers)
         for block, (fold, num_batches, num_samples) in ordered_map(
@@ -467,7 +477,9 @@ def fit_layer(
         raise DataError("empty input: no sample to fit", path=dataset.sources[0].path)
     layer.resume = None
     progress.finish()
-    return FitSummary(batches, samples, epochs - start_epoch, time.perf_counter() - started)
+    return FitSummary(
+        batches, samples, epochs - start_epoch, time.perf_counter() - started
+    )
 
 
 # ----------------------------------------------------------------- transform
@@ -520,7 +532,13 @@ def _normalize_rows(
     gamma, beta, eps = layer._gamma, layer._beta, layer.epsilon
     if not training:
         kernels.normalize(
-            rows, layer.moving_mean64, layer.moving_variance64, gamma, beta, eps, out=out
+            rows,
+            layer.moving_mean64,
+            layer.moving_variance64,
+            gamma,
+            beta,
+            eps,
+            out=out,
         )
         return
     for start, stop, per_batch in _runs(chunk, batch_size):
@@ -531,7 +549,9 @@ def _normalize_rows(
         for (lo, hi), stats in shards:
             seen = stats.count > 0
             mean = np.where(seen, stats.mean, layer.moving_mean64)[:, None, :]
-            variance = np.where(seen, stats.variance, layer.moving_variance64)[:, None, :]
+            variance = np.where(seen, stats.variance, layer.moving_variance64)[
+                :, None, :
+            ]
             part = slice(lo * per_sample, hi * per_sample)
             kernels.normalize(
                 x[:, part], mean, variance, gamma, beta, eps, out=y[:, part]
@@ -582,7 +602,9 @@ def transform_chunk(
         y = normalize_chunk(chunk, layer, training, batch_size, replicas)
         if nan_policy == "error" and not _all_finite(y):
             chunk.raise_nonfinite()
-        return layer.cast_output(kernels.from_rows(y, chunk.data.shape, chunk.axis), dtype)
+        return layer.cast_output(
+            kernels.from_rows(y, chunk.data.shape, chunk.axis), dtype
+        )
     rows = kernels.to_rows(chunk.data, chunk.axis)
     if out is None:
         out = output_rows(chunk, dtype)
@@ -675,7 +697,9 @@ def open_transform_dataset(
         dataset.check_same_columns()
     check_output(output, [s.path for s in dataset.sources], overwrite)
     if dataset.num_samples == 0:
-        raise DataError("empty input: nothing to transform", path=dataset.sources[0].path)
+        raise DataError(
+            "empty input: nothing to transform", path=dataset.sources[0].path
+        )
     return dataset
 
 
@@ -709,7 +733,9 @@ def transform_layer(
     layer._require_built()
     batch_size = _check_positive("batch size", batch_size)
     replicas = _check_positive("replicas", replicas)
-    workers = default_workers() if workers is None else _check_positive("workers", workers)
+    workers = (
+        default_workers() if workers is None else _check_positive("workers", workers)
+    )
     training = bool(training and layer.trainable)
     output = os.fspath(output)
     dataset = open_transform_dataset(
@@ -722,7 +748,9 @@ def transform_layer(
         nan_policy=nan_policy,
     )
     dtype = output_dtype_for(layer, output_dtype)
-    rows = block_rows(batch_size if training else 1, *_chunk_bytes(dataset, outputs=True))
+    rows = block_rows(
+        batch_size if training else 1, *_chunk_bytes(dataset, outputs=True)
+    )
     chunks: Iterable[Chunk] = dataset.chunks(0, rows, all_columns=True)
     if training:
         chunks = (b.chunk for b in batch_blocks(chunks, batch_size))
@@ -756,6 +784,8 @@ def transform_layer(
             samples += len(chunk)
             progress.advance(len(chunk))
         if samples == 0:  # a stream of unknown length that held nothing
-            raise DataError("empty input: nothing to transform", path=dataset.sources[0].path)
+            raise DataError(
+                "empty input: nothing to transform", path=dataset.sources[0].path
+            )
     progress.finish()
     return TransformSummary(samples, output, time.perf_counter() - started)

@@ -103,7 +103,11 @@ def open_sink(output: str, dataset: Dataset, dtype: np.dtype[Any]) -> Iterator[S
 
 
 def _make_sink(
-    fmt: str, target: Any, dataset: Dataset, dtype: np.dtype[Any], shape: tuple[int, ...]
+    fmt: str,
+    target: Any,
+    dataset: Dataset,
+    dtype: np.dtype[Any],
+    shape: tuple[int, ...],
 ) -> Sink:
     if fmt in ("npy", "npy-stream"):
         return NpySink(target, dtype, shape, dataset.num_samples)
@@ -154,7 +158,13 @@ class NpySink(Sink):
         body = text.encode("latin1")
         total = self._HEADER_BYTES
         pad = total - 10 - len(body) - 1
-        return b"\x93NUMPY\x01\x00" + (total - 10).to_bytes(2, "little") + body + b" " * pad + b"\n"
+        return (
+            b"\x93NUMPY\x01\x00"
+            + (total - 10).to_bytes(2, "little")
+            + body
+            + b" " * pad
+            + b"\n"
+        )
 
     def write(self, chunk: Chunk, y: npt.NDArray[Any]) -> None:
         if y.ndim == 3:  # a table's rows layout (n, 1, C)
@@ -174,7 +184,9 @@ class NpySink(Sink):
 class TableSink(Sink):
     """Parquet, Arrow IPC (file or stream) or CSV, keeping the other columns."""
 
-    def __init__(self, fmt: str, target: Any, dataset: Dataset, dtype: np.dtype[Any]) -> None:
+    def __init__(
+        self, fmt: str, target: Any, dataset: Dataset, dtype: np.dtype[Any]
+    ) -> None:
         import pyarrow as pa
 
         self.format = fmt
@@ -189,7 +201,9 @@ class TableSink(Sink):
         else:
             schema = pa.schema([(name, self.arrow_type) for name in self.features])
         fields = [
-            pa.field(f.name, self.arrow_type, nullable=True) if f.name in self.features else f
+            pa.field(f.name, self.arrow_type, nullable=True)
+            if f.name in self.features
+            else f
             for f in schema
         ]
         self.schema = pa.schema(fields, metadata=schema.metadata)
@@ -223,11 +237,15 @@ class TableSink(Sink):
         for field in self.schema:
             j = self.index.get(field.name)
             if j is None:
-                columns.append(chunk.table.column(chunk.table.schema.get_field_index(field.name)))
+                columns.append(
+                    chunk.table.column(chunk.table.schema.get_field_index(field.name))
+                )
                 continue
             nulls = None if chunk.nulls is None else chunk.nulls[:, j]
             columns.append(
-                pa.array(np.ascontiguousarray(y2[:, j]), type=self.arrow_type, mask=nulls)
+                pa.array(
+                    np.ascontiguousarray(y2[:, j]), type=self.arrow_type, mask=nulls
+                )
             )
         self.writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=self.schema))
 

@@ -168,7 +168,10 @@ def concat_chunks(chunks: Sequence[Chunk]) -> Chunk:
         # A chunk without null cells has no array: stand in all False for it.
         width = len(chunks[0].features)
         nulls = np.concatenate(
-            [np.zeros((len(c), width), bool) if c.nulls is None else c.nulls for c in chunks]
+            [
+                np.zeros((len(c), width), bool) if c.nulls is None else c.nulls
+                for c in chunks
+            ]
         )
     table = None
     if chunks[0].table is not None:
@@ -177,7 +180,10 @@ def concat_chunks(chunks: Sequence[Chunk]) -> Chunk:
         # Files may store a channel as float32 in one and float64 in another:
         # promote, as the channels' data are (the other columns are the same).
         table = pa.concat_tables(
-            [pa.Table.from_batches(_as_batches(c.table), c.table.schema) for c in chunks],
+            [
+                pa.Table.from_batches(_as_batches(c.table), c.table.schema)
+                for c in chunks
+            ],
             promote_options="permissive",
         ).combine_chunks()
         table = table.to_batches()[0] if table.num_rows else table
@@ -310,7 +316,9 @@ class ArraySource(Source):
                     f"cannot read the NPY array ({_first_line(e)})", path=path
                 ) from e
             except OSError as e:
-                raise DataError(f"corrupt NPY file ({_first_line(e)})", path=path) from e
+                raise DataError(
+                    f"corrupt NPY file ({_first_line(e)})", path=path
+                ) from e
             self.shape = tuple(self.array.shape)
             self.dtype = self.array.dtype
         else:
@@ -348,7 +356,6 @@ class ArraySource(Source):
             buf = _read_exactly(self._stream, take * row_bytes, self.path)
             yield np.frombuffer(buf, dtype=self.dtype).reshape((take, *self.shape[1:]))
             remaining -= take
-
 
     def _window(self, lo: int, hi: int) -> npt.NDArray[Any]:
         """Samples ``[lo, hi)``, memory-mapped on their own.
@@ -388,7 +395,9 @@ def _read_exactly(stream: BinaryIO, size: int, path: str) -> bytes:
     return b"".join(parts)
 
 
-def _read_npy_header(stream: BinaryIO, path: str) -> tuple[tuple[int, ...], np.dtype[Any]]:
+def _read_npy_header(
+    stream: BinaryIO, path: str
+) -> tuple[tuple[int, ...], np.dtype[Any]]:
     from numpy.lib import format as npy
 
     try:
@@ -463,16 +472,18 @@ class TableSource(Source):
         except DataError:
             raise
         except (pa.ArrowException, OSError, ValueError) as e:
-            raise DataError(f"cannot read as {fmt} ({_first_line(e)})", path=path) from e
+            raise DataError(
+                f"cannot read as {fmt} ({_first_line(e)})", path=path
+            ) from e
 
     def _open_csv(self) -> Any:
         import pyarrow.csv as csv
 
-        return csv.open_csv(
-            self.path, read_options=csv.ReadOptions(block_size=8 << 20)
-        )
+        return csv.open_csv(self.path, read_options=csv.ReadOptions(block_size=8 << 20))
 
-    def chunks(self, start: int, rows: int, columns: list[str] | None = None) -> Iterator[Any]:
+    def chunks(
+        self, start: int, rows: int, columns: list[str] | None = None
+    ) -> Iterator[Any]:
         import pyarrow as pa
 
         try:
@@ -484,7 +495,9 @@ class TableSource(Source):
                 f"cannot read as {self.format} ({_first_line(e)})", path=self.path
             ) from e
 
-    def _batches(self, start: int, rows: int, columns: list[str] | None) -> Iterator[Any]:
+    def _batches(
+        self, start: int, rows: int, columns: list[str] | None
+    ) -> Iterator[Any]:
         if self.format == "parquet":
             metadata = self._file.metadata
             groups = []
@@ -517,7 +530,11 @@ class TableSource(Source):
             import pyarrow as pa
 
             # A stream file can be opened again; stdin only read once.
-            reader = self._file if self._stream is not None else pa.ipc.open_stream(self.path)
+            reader = (
+                self._file
+                if self._stream is not None
+                else pa.ipc.open_stream(self.path)
+            )
             batches = iter(reader)
             skip = start
         else:
@@ -615,7 +632,9 @@ class Dataset:
             row = local
             if source.kind == "array":
                 for piece in source.chunks(local, rows):
-                    yield self._array_chunk(source, index, piece, row, mask_offset + row)
+                    yield self._array_chunk(
+                        source, index, piece, row, mask_offset + row
+                    )
                     row += len(piece)
             else:
                 assert isinstance(source, TableSource)
@@ -798,14 +817,17 @@ def open_dataset(
     sources = [_open_source(p) for p in paths]
     kinds = {s.kind for s in sources}
     if len(kinds) > 1:
-        raise DataError(
-            "inputs mix tables and NPY arrays", path=sources[-1].path
-        )
+        raise DataError("inputs mix tables and NPY arrays", path=sources[-1].path)
     if sources[0].kind == "table":
         if masks:
             raise UsageError("--mask is for NPY inputs; use --mask-column for tables")
         return _open_tables(
-            sources, columns, exclude, features, mask_column, nan_policy  # type: ignore[arg-type]
+            sources,
+            columns,
+            exclude,
+            features,
+            mask_column,
+            nan_policy,  # type: ignore[arg-type]
         )
     if mask_column is not None:
         raise UsageError("--mask-column is for tables; use --mask FILE.npy for arrays")
@@ -886,7 +908,9 @@ def _open_tables(
                 )
         if mask_column is not None:
             if mask_column not in schema.names:
-                raise DataError(f"mask column {mask_column!r} not found", path=source.path)
+                raise DataError(
+                    f"mask column {mask_column!r} not found", path=source.path
+                )
             mask_type = schema.field(mask_column).type
             import pyarrow as pa
 
@@ -982,7 +1006,9 @@ def _open_masks(
         try:
             arrays.append(np.load(mask_path, mmap_mode="r", allow_pickle=False))
         except (*_BAD_NPY, OSError) as e:
-            raise DataError(f"cannot read the mask ({_first_line(e)})", path=mask_path) from e
+            raise DataError(
+                f"cannot read the mask ({_first_line(e)})", path=mask_path
+            ) from e
     total = sum(s.shape[0] for s in sources)
     for i, (mask_path, array) in enumerate(zip(masks, arrays, strict=True)):
         data_shape = sources[0].shape if len(arrays) == 1 else sources[i].shape
