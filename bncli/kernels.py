@@ -288,13 +288,13 @@ def _unmasked_moments(
         buffer = _block_buffer(group * per_batch)
         for lo in range(0, num_batches, group):
             hi = min(lo + group, num_batches)
-            block = buffer[: (hi - lo) * per_batch].reshape(hi - lo, rows, channels)
-            np.copyto(block, x[lo:hi], casting="unsafe")
+            batches = buffer[: (hi - lo) * per_batch].reshape(hi - lo, rows, channels)
+            np.copyto(batches, x[lo:hi], casting="unsafe")
             block_mean = mean[lo:hi]
-            np.einsum("krc->kc", block, out=block_mean)
+            np.einsum("krc->kc", batches, out=block_mean)
             block_mean /= rows
-            block -= block_mean[:, None, :]
-            np.einsum("krc,krc->kc", block, block, out=m2[lo:hi])
+            batches -= block_mean[:, None, :]
+            np.einsum("krc,krc->kc", batches, batches, out=m2[lo:hi])
     else:
         step = max(BLOCK_ELEMENTS // channels, 1)
         buffer = _block_buffer(min(step, rows) * channels)

@@ -227,4 +227,4 @@ def _sample_shape(
             f"{model}: input shape {shape} does not have the layer's {channels} channels "
             f"on axis {layer.axis}; give --input-shape"
         )
-    return (*shape[:axis - 1], channels, *shape[axis:])
+    return (*shape[: axis - 1], channels, *shape[axis:])

@@ -434,7 +434,8 @@ def fit_layer(
     rows = block_rows(batch_size, *_chunk_bytes(dataset))
     record = {
         "inputs": [
-            p if p == "-" else str(Path(p).resolve()) for p in map(os.fspath, paths)
+            text if text == "-" else str(Path(text).resolve())
+            for text in (os.fspath(p) for p in paths)
         ],
         "batch_size": batch_size,
         "epochs": epochs,
@@ -602,9 +603,10 @@ def transform_chunk(
         y = normalize_chunk(chunk, layer, training, batch_size, replicas)
         if nan_policy == "error" and not _all_finite(y):
             chunk.raise_nonfinite()
-        return layer.cast_output(
+        narrow: npt.NDArray[Any] = layer.cast_output(
             kernels.from_rows(y, chunk.data.shape, chunk.axis), dtype
         )
+        return narrow
     rows = kernels.to_rows(chunk.data, chunk.axis)
     if out is None:
         out = output_rows(chunk, dtype)

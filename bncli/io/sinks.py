@@ -69,9 +69,10 @@ def output_dtype_for(layer: Any, name: str | None) -> np.dtype[Any]:
     """The output dtype: ``--output-dtype``, else the policy's compute dtype."""
     from bncli.keras_compat.dtypes import numpy_dtype
 
-    if name is None:
-        return np.dtype(layer.dtype_policy.compute_dtype)
-    return np.dtype(numpy_dtype(name))
+    chosen: np.dtype[Any] = np.dtype(
+        layer.dtype_policy.compute_dtype if name is None else numpy_dtype(name)
+    )
+    return chosen
 
 
 @contextlib.contextmanager
@@ -151,7 +152,7 @@ class NpySink(Sink):
     def _header(self, samples: int) -> bytes:
         from numpy.lib import format as npy
 
-        descr = npy.dtype_to_descr(self.dtype)  # type: ignore[no-untyped-call]
+        descr = npy.dtype_to_descr(self.dtype)
         text = repr(
             {"descr": descr, "fortran_order": False, "shape": (samples, *self.shape)}
         )

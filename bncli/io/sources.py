@@ -19,7 +19,7 @@ import tokenize
 import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -368,7 +368,8 @@ class ArraySource(Source):
         """
         offset = getattr(self.array, "offset", None)
         if offset is None or not self.array.flags.c_contiguous or hi <= lo:
-            return self.array[lo:hi]  # Fortran order: rows are not contiguous
+            piece: npt.NDArray[Any] = self.array[lo:hi]  # Fortran order: rows
+            return piece  # are not contiguous
         if self._file is None:
             self._file = open(self.path, "rb", buffering=0)
             weakref.finalize(self, self._file.close)
@@ -401,11 +402,11 @@ def _read_npy_header(
     from numpy.lib import format as npy
 
     try:
-        version = npy.read_magic(stream)  # type: ignore[no-untyped-call]
+        version = npy.read_magic(stream)
         if version == (1, 0):
-            shape, fortran, dtype = npy.read_array_header_1_0(stream)  # type: ignore[no-untyped-call]
+            shape, fortran, dtype = npy.read_array_header_1_0(stream)
         else:
-            shape, fortran, dtype = npy.read_array_header_2_0(stream)  # type: ignore[no-untyped-call]
+            shape, fortran, dtype = npy.read_array_header_2_0(stream)
     except _BAD_NPY as e:
         raise DataError(f"corrupt NPY header ({_first_line(e)})", path=path) from e
     if fortran:
@@ -500,7 +501,7 @@ class TableSource(Source):
     ) -> Iterator[Any]:
         if self.format == "parquet":
             metadata = self._file.metadata
-            groups = []
+            groups: list[int] = []
             offset = 0
             for i in range(metadata.num_row_groups):
                 n = metadata.row_group(i).num_rows
@@ -822,12 +823,12 @@ def open_dataset(
         if masks:
             raise UsageError("--mask is for NPY inputs; use --mask-column for tables")
         return _open_tables(
-            sources,
+            cast("list[TableSource]", sources),
             columns,
             exclude,
             features,
             mask_column,
-            nan_policy,  # type: ignore[arg-type]
+            nan_policy,
         )
     if mask_column is not None:
         raise UsageError("--mask-column is for tables; use --mask FILE.npy for arrays")

@@ -36,9 +36,7 @@ def setting(tmp_path_factory):
     helpers.write_table(d / "long.parquet", LONG_ROWS, seed=31)
     helpers.write_table(d / "small.parquet", 100, seed=32)
     uninterrupted = bncli.BatchNormalization(momentum=0.9, epsilon=0.01)
-    uninterrupted.fit(
-        d / "long.parquet", epochs=EPOCHS, batch_size=50, exclude=["id"]
-    )
+    uninterrupted.fit(d / "long.parquet", epochs=EPOCHS, batch_size=50, exclude=["id"])
     return d, uninterrupted
 
 
