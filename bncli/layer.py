@@ -23,7 +23,7 @@ from bncli import kernels
 from bncli.errors import ConfigError, DataError, StateError
 from bncli.keras_compat import dtypes, specs
 
-__all__ = ["BatchNormalization", "FitSummary", "load"]
+__all__ = ["CONFIG_KEYS", "BatchNormalization", "FitSummary", "load"]
 
 _INITIALIZER_NAMES = (
     "gamma_initializer",
@@ -31,7 +31,8 @@ _INITIALIZER_NAMES = (
     "moving_mean_initializer",
     "moving_variance_initializer",
 )
-_CONFIG_KEYS = (
+#: The keys of Keras 3.15's ``BatchNormalization.get_config()``, in its order.
+CONFIG_KEYS = (
     "name",
     "trainable",
     "dtype",
@@ -241,7 +242,7 @@ class BatchNormalization:
         """
         if not isinstance(config, dict):
             raise ConfigError("a layer config must be a JSON object")
-        unknown = sorted(set(config) - set(_CONFIG_KEYS))
+        unknown = sorted(set(config) - set(CONFIG_KEYS))
         if unknown:
             raise ConfigError(f"unrecognized config keys: {', '.join(unknown)}")
         return cls(**config)

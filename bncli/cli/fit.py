@@ -17,25 +17,13 @@ from bncli.cli.options import (
     layer_options,
     report_options,
 )
+from bncli.layer import CONFIG_KEYS
 
-#: CLI option -> constructor argument, for the options a state remembers.
-LAYER_OPTIONS = (
-    "axis",
-    "momentum",
-    "epsilon",
-    "center",
-    "scale",
-    "beta_initializer",
-    "gamma_initializer",
-    "moving_mean_initializer",
-    "moving_variance_initializer",
-    "beta_regularizer",
-    "gamma_regularizer",
-    "beta_constraint",
-    "gamma_constraint",
-    "synchronized",
-    "dtype",
-    "name",
+#: The layer options a state remembers: its config keys that are CLI options.
+LAYER_OPTIONS = tuple(
+    key
+    for key in CONFIG_KEYS
+    if key not in ("trainable", "renorm", "renorm_clipping", "renorm_momentum")
 )
 
 

@@ -152,9 +152,7 @@ def import_(
             raise StateError(
                 "renorm=True (batch renormalization) is not supported", path=model
             )
-        layer = BatchNormalization.from_config(
-            {k: v for k, v in config.items() if k in _KERAS_KEYS}
-        )
+        layer = BatchNormalization.from_config(config)
     else:
         layer = BatchNormalization(**given)
     channels = len(found.variables["moving_mean"])
@@ -173,30 +171,6 @@ def import_(
     )
     with lock(target):
         layer.save(target)
-
-
-_KERAS_KEYS = {
-    "name",
-    "trainable",
-    "dtype",
-    "axis",
-    "momentum",
-    "epsilon",
-    "center",
-    "scale",
-    "beta_initializer",
-    "gamma_initializer",
-    "moving_mean_initializer",
-    "moving_variance_initializer",
-    "beta_regularizer",
-    "gamma_regularizer",
-    "beta_constraint",
-    "gamma_constraint",
-    "synchronized",
-    "renorm",
-    "renorm_clipping",
-    "renorm_momentum",
-}
 
 
 def _sample_shape(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import subprocess
 import sys
 
@@ -15,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import bncli
+from tests.cli.terminal import run_with_terminal_stderr
 
 
 def bncli_run(*args, stdin=None, cwd=None):
@@ -152,27 +152,9 @@ def test_table_to_npy_and_2d_array_to_table(fitted, run_cli):
 
 def test_no_color_on_a_terminal(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((200_000, 4), dtype=np.float32))
-    master, slave = os.openpty()
-    env = {**os.environ, "NO_COLOR": "1", "TERM": "xterm", "COLUMNS": "160"}
-    done = subprocess.run(
-        [sys.executable, "-m", "bncli", "fit", "s.h5", "x.npy"],
-        stdout=subprocess.PIPE,
-        stderr=slave,
-        cwd=tmp_path,
-        env=env,
-        timeout=120,
+    code, err = run_with_terminal_stderr(
+        ["fit", "s.h5", "x.npy"], tmp_path, env={"NO_COLOR": "1"}
     )
-    os.close(slave)
-    err = b""
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        err += data
-    os.close(master)
-    assert done.returncode == 0
-    assert b"samples/s" in err
-    assert b"\x1b[3" not in err and b"\x1b[9" not in err  # no colour codes
+    assert code == 0
+    assert "samples/s" in err
+    assert "\x1b[3" not in err and "\x1b[9" not in err  # no colour codes

@@ -2,44 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import numpy as np
 
-
-def _run_with_terminal_stderr(args, cwd):
-    master, slave = os.openpty()
-    env = {**os.environ, "COLUMNS": "160", "TERM": "xterm"}
-    done = subprocess.run(
-        [sys.executable, "-m", "bncli", *args],
-        stdout=subprocess.PIPE,
-        stderr=slave,
-        cwd=cwd,
-        env=env,
-        timeout=120,
-    )
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(master)
-    return done.returncode, b"".join(chunks).decode(errors="replace")
+from tests.cli.terminal import run_with_terminal_stderr
 
 
 def test_bar_on_a_terminal_and_quiet_silences_it(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((300_000, 4), dtype=np.float32))
-    code, err = _run_with_terminal_stderr(["fit", "s.h5", "x.npy"], tmp_path)
+    code, err = run_with_terminal_stderr(["fit", "s.h5", "x.npy"], tmp_path)
     assert code == 0
     assert "samples/s" in err and "fitted s.h5" in err
-    code, err = _run_with_terminal_stderr(["fit", "s.h5", "x.npy", "--quiet"], tmp_path)
+    code, err = run_with_terminal_stderr(["fit", "s.h5", "x.npy", "--quiet"], tmp_path)
     assert code == 0 and err == ""
 
 
