@@ -18,6 +18,7 @@ import click
 
 from bncli import __version__
 from bncli.cli.lazy import LazyGroup
+from bncli.cli.signals import catching_interrupts
 
 EXIT_INTERRUPTED = 130
 
@@ -101,7 +102,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     debug = "--debug" in args or bool(os.environ.get("BNCLI_DEBUG"))
     code = 0
     try:
-        result = cli.main(args=args, prog_name="bncli", standalone_mode=False)
+        with catching_interrupts():
+            result = cli.main(args=args, prog_name="bncli", standalone_mode=False)
         code = result if isinstance(result, int) else 0
     except click.exceptions.Exit as e:
         code = e.exit_code

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from bncli.cli.signals import check as check_interrupt
 from bncli.progress import NullProgress, Progress
 
 #: Initializer share above which inspect warns.
@@ -92,11 +93,33 @@ class RichProgress(Progress):
         self._bar.stop()
 
 
+class InterruptibleProgress(Progress):
+    """Passes progress on, and raises a Ctrl-C that Python swallowed.
+
+    The library reports progress after every block of work, so a pending
+    interrupt is raised there at the latest (see :mod:`bncli.cli.signals`).
+    """
+
+    def __init__(self, inner: Progress) -> None:
+        self.inner = inner
+
+    def start(self, total: int | None, sample_bytes: int = 0) -> None:
+        check_interrupt()
+        self.inner.start(total, sample_bytes)
+
+    def advance(self, samples: int) -> None:
+        self.inner.advance(samples)
+        check_interrupt()
+
+    def finish(self) -> None:
+        self.inner.finish()
+
+
 def make_progress(quiet: bool, description: str) -> Progress:
     """A progress bar when stderr is a terminal and --quiet is off."""
     if quiet or not sys.stderr.isatty():
-        return NullProgress()
-    return RichProgress(description)
+        return InterruptibleProgress(NullProgress())
+    return InterruptibleProgress(RichProgress(description))
 
 
 def _floats(values: Any) -> list[float]:
