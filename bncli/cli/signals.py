@@ -10,10 +10,12 @@ every block of work) raises it again.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 _requested = threading.Event()
 
@@ -31,10 +33,20 @@ def catching_interrupts() -> Iterator[None]:
         yield
         return
     previous = signal.signal(signal.SIGINT, _handler)
+    previous_hook = sys.unraisablehook
+
+    def quiet_about_interrupts(unraisable: Any) -> None:
+        # The swallowed KeyboardInterrupt is raised again by check(); Python's
+        # "Exception ignored in ..." report of it would break the one-line error.
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            previous_hook(unraisable)
+
+    sys.unraisablehook = quiet_about_interrupts
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = previous_hook
 
 
 def check() -> None:

@@ -144,6 +144,9 @@ def prefetched(items: Iterable[T], depth: int) -> Iterator[T]:
             yield value
     finally:
         stop.set()
+        # Wait for the reader to leave its current item: a thread still inside
+        # Arrow's C++ when the interpreter exits aborts the process.
+        reader.join(timeout=10)
 
 
 def _check_positive(name: str, value: int) -> int:
