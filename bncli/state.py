@@ -40,7 +40,15 @@ from bncli import __version__
 from bncli.errors import StateError, StateLockedError, StateNotFoundError
 from bncli.io.atomic import atomic_path, remove_stale_temporaries
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "State", "lock", "read_state", "write_state"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "State",
+    "is_state",
+    "lock",
+    "read_state",
+    "write_state",
+]
 
 FORMAT = "bncli-state"
 FORMAT_VERSION = 1
@@ -72,10 +80,31 @@ class State:
         return len(self.features)
 
 
+#: The first bytes of every HDF5 file.
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
 def _is_hdf5(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(8)
-    return head == b"\x89HDF\r\n\x1a\n"
+    return head == HDF5_SIGNATURE
+
+
+def is_state(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is an HDF5 file marked as a bncli state (never raises).
+
+    Only the ``format`` attribute is read; :func:`read_state` validates the rest.
+    """
+    import h5py
+
+    path = Path(path)
+    try:
+        if not path.is_file() or not _is_hdf5(path):
+            return False
+        with h5py.File(path, "r") as f:
+            return _attr_str(f.attrs.get("format")) == FORMAT
+    except (OSError, RuntimeError, KeyError, ValueError):
+        return False  # damaged: read_state() says why
 
 
 def read_state(path: str | os.PathLike[str]) -> State:

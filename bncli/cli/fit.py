@@ -90,7 +90,7 @@ def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
       bncli fit images.h5 images.npy --axis -1 --batch-size 64 --epochs 3
     """
     from bncli.cli.render import emit_json, make_progress, say
-    from bncli.errors import StateMismatchError, UsageError
+    from bncli.errors import UsageError
     from bncli.layer import BatchNormalization, load
     from bncli.state import lock
 
@@ -99,12 +99,6 @@ def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
     if not inputs and not options["resume"]:
         raise UsageError("fit: give at least one INPUT (a file, a folder or -)")
     check_engine(options)
-    if "-" in inputs and (
-        options["epochs"] > 1 or options["resume"] or options["engine"] == "dask"
-    ):
-        raise UsageError(
-            "'-' (stdin) cannot be replayed: not with --epochs above 1, --resume or --engine dask"
-        )
     path = Path(state)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
@@ -155,10 +149,7 @@ def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
                 progress=progress,
                 **fit_options,
             )
-        try:
-            layer.save(path)
-        except StateMismatchError:  # pragma: no cover - defensive
-            raise
+        layer.save(path)
     result = {
         "state": str(path),
         "batches": summary.batches,

@@ -82,7 +82,6 @@ def inspect(target: str, more_data: tuple[str, ...], **options: Any) -> int:
     """
     from bncli.cli import render
     from bncli.errors import StateError, UsageError
-    from bncli.state import FORMAT
 
     data = list(options["data"]) + list(more_data)
     if more_data and not options["data"]:
@@ -92,7 +91,7 @@ def inspect(target: str, more_data: tuple[str, ...], **options: Any) -> int:
     if options["fail_on_drift"] and not data:
         raise UsageError("inspect: --fail-on-drift needs --data")
     path = Path(target)
-    kind = _kind(path, FORMAT)
+    kind = _kind(path)
     if kind == "model":
         if data or options["html"]:
             raise UsageError(
@@ -144,27 +143,14 @@ def inspect(target: str, more_data: tuple[str, ...], **options: Any) -> int:
     return 0
 
 
-def _kind(path: Path, state_format: str) -> str:
+def _kind(path: Path) -> str:
     """ "state", "model" or "other", by content."""
     from bncli.errors import StateNotFoundError
+    from bncli.keras_compat.files import is_keras_file
+    from bncli.state import is_state
 
     if not path.exists():
         raise StateNotFoundError("no such file", path=path)
-    if path.is_file():
-        with open(path, "rb") as f:
-            head = f.read(8)
-        if head == b"\x89HDF\r\n\x1a\n":
-            import h5py
-
-            try:
-                with h5py.File(path, "r") as f:
-                    fmt = f.attrs.get("format")
-            except (OSError, RuntimeError, KeyError, ValueError):
-                return "other"  # damaged HDF5: read_state() would say why
-            if isinstance(fmt, bytes):
-                fmt = fmt.decode()
-            if fmt == state_format:
-                return "state"
-    from bncli.keras_compat.files import is_keras_file
-
+    if is_state(path):
+        return "state"
     return "model" if is_keras_file(path) else "other"

@@ -97,8 +97,6 @@ def transform(state: str, inputs: tuple[str, ...], **options: Any) -> None:
         "progress": progress,
     }
     if options["engine"] == "dask":
-        if "-" in inputs:
-            raise UsageError("'-' (stdin) cannot be used with --engine dask")
         from bncli.engines.dask_engine import transform_layer as dask_transform
 
         summary = dask_transform(

@@ -343,6 +343,11 @@ def open_fit_dataset(
         UsageError: stdin with ``replay``.
         DataError: unreadable or empty inputs.
     """
+    if replay and any(os.fspath(p) == "-" for p in paths):
+        # Refused before stdin is read: an interactive shell would wait on it.
+        raise UsageError(
+            "'-' (stdin) cannot be replayed: not with --epochs above 1 or --resume"
+        )
     if layer.built and (columns or exclude) and layer.kind == "table":
         chosen = list(columns) if columns else None
         if chosen is not None and chosen != layer.features:
@@ -365,8 +370,6 @@ def open_fit_dataset(
             f"the state was fitted on {layer.kind}s, the input is an {dataset.kind}",
             path=dataset.sources[0].path,
         )
-    if not dataset.replayable and replay:
-        raise UsageError("'-' (stdin) cannot be replayed: use it with one epoch only")
     if dataset.num_samples == 0:
         raise DataError("empty input: no sample to fit", path=dataset.sources[0].path)
     if not layer.built:
@@ -475,8 +478,6 @@ def fit_layer(
                 checkpoint(layer)
                 since_checkpoint = 0
         layer.epochs += 1
-        if checkpoint_every and checkpoint and since_checkpoint:
-            layer.resume = {**record, "epoch": epoch + 1, "sample": 0}
     if samples == 0 and start_sample == 0:
         raise DataError("empty input: no sample to fit", path=dataset.sources[0].path)
     layer.resume = None

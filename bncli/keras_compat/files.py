@@ -43,6 +43,7 @@ import numpy as np
 
 from bncli.errors import StateError, StateNotFoundError, UsageError
 from bncli.io.atomic import atomic_path
+from bncli.state import HDF5_SIGNATURE
 
 __all__ = [
     "VARIABLE_NAMES",
@@ -83,7 +84,6 @@ _MAX_DEPTH = 64
 _MAX_RANK = 32
 
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
-_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 _POLICY_NAMES = frozenset(
     {"float16", "bfloat16", "float32", "float64", "mixed_float16", "mixed_bfloat16"}
@@ -141,7 +141,7 @@ def _sniff(path: Path) -> str:
         head = f.read(8)
     if head[:4] in _ZIP_MAGICS:
         return "zip"
-    if head == _HDF5_MAGIC:
+    if head == HDF5_SIGNATURE:
         return "hdf5"
     # An HDF5 file may start after a user block (512, 1024, ... bytes).
     try:
