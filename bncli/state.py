@@ -38,6 +38,7 @@ import numpy.typing as npt
 
 from bncli import __version__
 from bncli.errors import StateError, StateLockedError, StateNotFoundError
+from bncli.interrupts import deferred
 from bncli.io.atomic import atomic_path, remove_stale_temporaries
 
 __all__ = [
@@ -291,7 +292,9 @@ def write_state(path: str | os.PathLike[str], state: State) -> None:
     import h5py
 
     path = Path(path)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    # A state is small: Ctrl-C waits the few milliseconds of the whole write,
+    # so it never lands inside h5py (see bncli.interrupts).
+    with deferred(), atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["bncli_version"] = __version__
@@ -354,6 +357,7 @@ def lock(path: str | os.PathLike[str], *, wait: bool = False) -> Iterator[None]:
 
     sidecar = lock_path(path)
     fd = -1
+    held = False
     try:
         while True:
             try:
@@ -371,28 +375,27 @@ def lock(path: str | os.PathLike[str], *, wait: bool = False) -> Iterator[None]:
                     ) from e
                 raise
             try:
-                same = os.fstat(fd).st_ino == os.stat(sidecar).st_ino
+                held = os.fstat(fd).st_ino == os.stat(sidecar).st_ino
             except FileNotFoundError:
-                same = False
-            if same:
+                held = False
+            if held:
                 break
             os.close(fd)
             fd = -1
             time.sleep(0.001)
-    except BaseException:
-        # Ctrl-C (or any error) while taking the lock: let go of it, and
-        # remove a sidecar this process may have created and no one holds.
-        if fd >= 0:
-            os.close(fd)
-        _remove_unheld_sidecar(sidecar)
-        raise
-    try:
         remove_stale_temporaries(path)
         yield
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(sidecar)
-        os.close(fd)
+        # Also on Ctrl-C or an error while taking the lock: let go of it and
+        # remove the sidecar, unless another process holds it by then.
+        with deferred():
+            if held:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(sidecar)
+            if fd >= 0:
+                os.close(fd)
+            if not held:
+                _remove_unheld_sidecar(sidecar)
 
 
 def _remove_unheld_sidecar(sidecar: Path) -> None:

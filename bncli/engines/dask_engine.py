@@ -43,7 +43,6 @@ import math
 import os
 import shutil
 import socket
-import tempfile
 import time
 import warnings
 from bisect import bisect_left
@@ -67,7 +66,7 @@ from bncli.engines.local import (
     transform_chunk,
 )
 from bncli.errors import BncliError, DataError, UsageError
-from bncli.io.atomic import TEMP_MARKER, atomic_path
+from bncli.io.atomic import atomic_path, scratch_folder
 from bncli.io.batching import batch_blocks, block_rows
 from bncli.io.sources import (
     TABLE_BATCH_ROWS,
@@ -1055,29 +1054,13 @@ def transform_layer(
             with atomic_path(output, directory=True) as folder:
                 samples = run(folder)
         else:
-            with _scratch(output) as folder:
+            with scratch_folder(output) as folder:
                 samples = run(folder)
                 parts = sorted(folder.glob(f"part-*{_PART_SUFFIX[fmt]}"))
                 with atomic_path(output) as tmp:
                     _join(fmt, parts, tmp)
     progress.finish()
     return TransformSummary(samples, output, time.perf_counter() - started)
-
-
-@contextlib.contextmanager
-def _scratch(output: str) -> Iterator[Path]:
-    """A folder beside ``output`` for parts, removed afterwards in any case.
-
-    Named as :func:`bncli.io.atomic.atomic_path` names temporaries, so that a
-    killed run's leftovers are recognized as such.
-    """
-    target = Path(output)
-    parent = target.parent if str(target.parent) else Path(".")
-    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}{TEMP_MARKER}", dir=parent))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 #: Bytes copied at a time when joining parts.

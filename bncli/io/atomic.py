@@ -17,7 +17,15 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["TEMP_MARKER", "atomic_path", "fsync_path", "remove_stale_temporaries"]
+from bncli.interrupts import deferred
+
+__all__ = [
+    "TEMP_MARKER",
+    "atomic_path",
+    "fsync_path",
+    "remove_stale_temporaries",
+    "scratch_folder",
+]
 
 #: Temporaries are named ``.NAME.bncli-tmp-HOST-PID-XXXX`` beside their target.
 TEMP_MARKER = ".bncli-tmp-"
@@ -64,40 +72,88 @@ def atomic_path(
         ``target`` changes.
     """
     target = Path(target)
-    folder = target.parent if str(target.parent) else Path(".")
-    remove_stale_temporaries(target)
-    prefix = f".{target.name}{TEMP_MARKER}{_HOST}-{os.getpid()}-"
-    if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=folder))
-    else:
-        fd, name = tempfile.mkstemp(prefix=prefix, dir=folder)
-        os.close(fd)
-        tmp = Path(name)
+    folder, prefix = _folder(target), _prefix(target)
+    tmp: Path | None = None
+    # Ctrl-C is held back while the temporary comes into being and while it
+    # is renamed or removed: it can only land where the except clause below
+    # sees it, so no temporary outlives this block.
     try:
-        # mkstemp and mkdtemp create 0600/0700; give the result the mode a
-        # plain open() would (or the replaced file's own), not a private one.
-        os.chmod(tmp, _mode_for(target, directory))
+        with deferred():
+            remove_stale_temporaries(target)
+            tmp = _create(prefix, folder, directory)
+            # mkstemp and mkdtemp create 0600/0700; give the result the mode
+            # a plain open() would (or the replaced file's own), not a private one.
+            os.chmod(tmp, _mode_for(target, directory))
         yield tmp
-        fsync_path(tmp)
-        if directory and target.exists():
-            # A folder cannot be renamed over a non-empty one: move the old
-            # one aside first, then drop it once the new one is in place.
-            aside = Path(tempfile.mkdtemp(prefix=prefix, dir=folder))
-            os.replace(target, aside / "old")
-            os.replace(tmp, target)
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            if target.is_dir() and not directory:
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        _fsync_one(folder)
+        fsync_path(tmp)  # may take long on a large output: stays interruptible
+        with deferred():
+            _replace(tmp, target, prefix, folder, directory)
     except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        with deferred():
+            if tmp is not None:
+                _remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def scratch_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty folder beside ``target``, removed afterwards in any case.
+
+    It is named as the temporaries of :func:`atomic_path` are, so that the
+    leftovers of a killed writer are recognized and removed.
+    """
+    target = Path(target)
+    tmp: Path | None = None
+    try:
+        with deferred():
+            tmp = _create(_prefix(target), _folder(target), directory=True)
+        yield tmp
+    finally:
+        with deferred():
+            if tmp is not None:
+                _remove(tmp)
+
+
+def _folder(target: Path) -> Path:
+    return target.parent if str(target.parent) else Path(".")
+
+
+def _prefix(target: Path) -> str:
+    return f".{target.name}{TEMP_MARKER}{_HOST}-{os.getpid()}-"
+
+
+def _create(prefix: str, folder: Path, directory: bool) -> Path:
+    if directory:
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=folder))
+    fd, name = tempfile.mkstemp(prefix=prefix, dir=folder)
+    os.close(fd)
+    return Path(name)
+
+
+def _replace(
+    tmp: Path, target: Path, prefix: str, folder: Path, directory: bool
+) -> None:
+    """Rename ``tmp`` over ``target`` and fsync the folder."""
+    if directory and target.exists():
+        # A folder cannot be renamed over a non-empty one: move the old one
+        # aside first, then drop it once the new one is in place.
+        aside = Path(tempfile.mkdtemp(prefix=prefix, dir=folder))
+        os.replace(target, aside / "old")
+        os.replace(tmp, target)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        if target.is_dir() and not directory:
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    _fsync_one(folder)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def _mode_for(target: Path, directory: bool) -> int:
@@ -142,16 +198,12 @@ def remove_stale_temporaries(target: str | os.PathLike[str]) -> list[Path]:
     taken for a stale one and no lock is needed.
     """
     target = Path(target)
-    folder = target.parent if str(target.parent) else Path(".")
+    folder = _folder(target)
     marker = f".{target.name}{TEMP_MARKER}"
     removed = []
     for tmp in folder.glob(f"{glob.escape(marker)}*"):
         if not _is_stale(tmp.name, marker):
             continue
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        _remove(tmp)
         removed.append(tmp)
     return removed
