@@ -104,7 +104,7 @@ def is_state(path: str | os.PathLike[str]) -> bool:
             return False
         with h5py.File(path, "r") as f:
             return _attr_str(f.attrs.get("format")) == FORMAT
-    except (OSError, RuntimeError, KeyError, ValueError):
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError):
         return False  # damaged: read_state() says why
 
 

@@ -198,7 +198,15 @@ def is_keras_file(path: str | os.PathLike[str]) -> bool:
         if kind == "hdf5":
             with h5py.File(target, "r") as f:
                 return _hdf5_kind(f) is not None
-    except (OSError, ValueError, zipfile.BadZipFile, RuntimeError):
+    except (
+        OSError,
+        ValueError,
+        zipfile.BadZipFile,
+        RuntimeError,
+        KeyError,  # h5py: a damaged object ("unable to determine object type")
+        TypeError,
+        AttributeError,
+    ):
         return False
     return False
 

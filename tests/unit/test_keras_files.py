@@ -825,3 +825,27 @@ def test_writers_refuse_bad_input(tmp_path: Path) -> None:
             {**variables, "beta": np.ones(2, np.float32)},
         )
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "error",
+    [KeyError("Unable to synchronously open object"), TypeError, AttributeError],
+)
+def test_probes_of_damaged_hdf5_files_never_raise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException
+) -> None:
+    """h5py reports a damaged object as KeyError (found by tests/property/test_fuzz.py)."""
+    import bncli.keras_compat.files as files_module
+    import bncli.state as state_module
+
+    path = tmp_path / "damaged.h5"
+    with h5py.File(path, "w") as f:
+        f["data"] = np.arange(3.0)
+
+    def damaged(*args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(files_module, "_hdf5_kind", damaged)
+    monkeypatch.setattr(state_module, "_attr_str", damaged)
+    assert not is_keras_file(path)
+    assert not state_module.is_state(path)
