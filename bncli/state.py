@@ -254,11 +254,23 @@ def _check_resume(text: str, path: Path) -> dict[str, Any]:
         "epoch": lambda v: count(v, 0),
         "sample": lambda v: count(v, 0),
     }
+
+    def files(value: Any) -> bool:
+        return isinstance(value, list) and all(
+            isinstance(v, dict)
+            and isinstance(v.get("path"), str)
+            and count(v.get("size"), 0)
+            and type(v.get("mtime_ns")) is int
+            for v in value
+        )
+
     if not isinstance(record, dict):
         raise StateError("corrupt state (resume record is not an object)", path=path)
     for key, check in checks.items():
         if key not in record or not check(record[key]):
             raise StateError(f"corrupt state (resume record: bad {key!r})", path=path)
+    if "files" in record and not files(record["files"]):  # absent from older records
+        raise StateError("corrupt state (resume record: bad 'files')", path=path)
     return record
 
 

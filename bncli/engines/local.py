@@ -450,7 +450,10 @@ def fit_layer(
         "mask_column": mask_column,
         "mask": None if not mask else [str(Path(m).resolve()) for m in mask],
         "nan_policy": nan_policy,
+        "files": _fingerprints(dataset, mask),
     }
+    if resume and "files" in layer.resume:  # absent from older records
+        _check_unchanged(layer.resume["files"], record["files"])
     total = dataset.num_samples
     progress.start(
         None if total is None else total * (epochs - start_epoch) - start_sample,
@@ -485,6 +488,43 @@ def fit_layer(
     return FitSummary(
         batches, samples, epochs - start_epoch, time.perf_counter() - started
     )
+
+
+def _fingerprints(
+    dataset: Dataset, mask: Sequence[str | os.PathLike[str]] | None
+) -> list[dict[str, Any]]:
+    """Path, size and modification time of every file read, for ``--resume``."""
+    paths = [source.path for source in dataset.sources] + list(map(str, mask or ()))
+    files = []
+    for text in paths:
+        if text == "-":
+            continue
+        status = os.stat(text)
+        files.append(
+            {
+                "path": str(Path(text).resolve()),
+                "size": status.st_size,
+                "mtime_ns": status.st_mtime_ns,
+            }
+        )
+    return files
+
+
+def _check_unchanged(then: list[dict[str, Any]], now: list[dict[str, Any]]) -> None:
+    """Refuse to resume on inputs that differ from the checkpoint's."""
+    hint = "restore the inputs, or fit again without --resume"
+    if len(then) != len(now):
+        raise StateMismatchError(
+            f"the inputs are {len(now)} files, the checkpoint read {len(then)}",
+            hint=hint,
+        )
+    for old, new in zip(then, now, strict=True):
+        if (old["size"], old["mtime_ns"]) != (new["size"], new["mtime_ns"]):
+            raise StateMismatchError(
+                "changed since the checkpoint (size or modification time differs)",
+                path=new["path"],
+                hint=hint,
+            )
 
 
 # ----------------------------------------------------------------- transform

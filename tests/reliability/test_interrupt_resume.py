@@ -215,3 +215,57 @@ def test_a_swallowed_ctrl_c_still_stops_the_fit(tmp_path, run_cli, monkeypatch):
     assert not (tmp_path / "s.h5").exists()
     again = run_cli("fit", "s.h5", "x.npy")
     assert again.exit_code == 0, again.stderr  # the next run is not interrupted
+
+
+class _Crash(Exception):
+    """Stands for a crash right after the first checkpoint."""
+
+
+def _checkpointed_then_crashed(workdir):
+    """A state holding the checkpoint of a fit on ``long.parquet`` that never ended."""
+    state = workdir / "state.h5"
+
+    def save_then_crash(layer):
+        layer.save(state)
+        raise _Crash
+
+    layer = bncli.BatchNormalization(momentum=0.9, epsilon=0.01)
+    with pytest.raises(_Crash):
+        layer.fit(
+            workdir / "long.parquet", epochs=EPOCHS, batch_size=50, exclude=["id"],
+            checkpoint_every=1, checkpoint=save_then_crash,
+        )  # fmt: skip
+    return state
+
+
+def test_the_checkpoint_records_what_it_read(workdir):
+    state = _checkpointed_then_crashed(workdir)
+    (entry,) = bncli.load(state).resume["files"]
+    status = (workdir / "long.parquet").stat()
+    assert entry == {
+        "path": str((workdir / "long.parquet").resolve()),
+        "size": status.st_size,
+        "mtime_ns": status.st_mtime_ns,
+    }
+
+
+@pytest.mark.parametrize("change", ["rewritten", "touched", "removed"])
+def test_resume_refuses_inputs_changed_since_the_checkpoint(workdir, run_cli, change):
+    _checkpointed_then_crashed(workdir)
+    data = workdir / "long.parquet"
+    content = data.read_bytes()
+    data.unlink()  # a hard link to the module's copy: never write through it
+    if change == "rewritten":
+        helpers.write_table(data, LONG_ROWS // 2, seed=99)
+    elif change == "touched":
+        data.write_bytes(content)
+        status = data.stat()
+        os.utime(data, ns=(status.st_atime_ns, status.st_mtime_ns + 10**9))
+    before = helpers.snapshot(workdir)
+    result = run_cli("fit", "state.h5", "--resume")
+    assert result.exit_code == (3 if change == "removed" else 4), result.stderr
+    assert result.stderr.count("\n") == 1 and "long.parquet" in result.stderr
+    if change != "removed":
+        assert "changed since the checkpoint" in result.stderr
+        assert "fit again without --resume" in result.stderr
+    assert helpers.snapshot(workdir) == before

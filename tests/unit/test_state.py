@@ -72,6 +72,29 @@ def test_bfloat16_variables_round_trip(tmp_path):
     )
 
 
+#: A valid resume record, for damaging one key at a time.
+_RESUME = {
+    "inputs": ["/data/x.parquet"],
+    "batch_size": 32,
+    "epochs": 1,
+    "drop_remainder": False,
+    "replicas": 1,
+    "mask_column": None,
+    "mask": None,
+    "nan_policy": "error",
+    "epoch": 0,
+    "sample": 64,
+}
+
+
+def test_a_resume_record_round_trips_with_or_without_files(fitted):
+    _, path = fitted
+    files = [{"path": "/data/x.parquet", "size": 10, "mtime_ns": 5}]
+    for record in (_RESUME, _RESUME | {"files": files}):
+        _mutate(path, lambda f, r=record: f.attrs.__setitem__("resume", json.dumps(r)))
+        assert bncli.load(path).resume == record
+
+
 def _mutate(path, fn):
     with h5py.File(path, "r+") as f:
         fn(f)
@@ -100,6 +123,16 @@ def _mutate(path, fn):
         ),
         (lambda f: f["progress"].attrs.__setitem__("batches_seen", -1), "negative"),
         (lambda f: f["variables"].__delitem__("beta"), "center/scale"),
+        (
+            lambda f: f.attrs.__setitem__("resume", json.dumps(_RESUME | {"files": 3})),
+            "resume record: bad 'files'",
+        ),
+        (
+            lambda f: f.attrs.__setitem__(
+                "resume", json.dumps(_RESUME | {"files": [{"path": "x", "size": -1}]})
+            ),
+            "resume record: bad 'files'",
+        ),
     ],
 )
 def test_invalid_states_are_refused(fitted, mutation, message):
