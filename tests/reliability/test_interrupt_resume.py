@@ -269,3 +269,15 @@ def test_resume_refuses_inputs_changed_since_the_checkpoint(workdir, run_cli, ch
         assert "changed since the checkpoint" in result.stderr
         assert "fit again without --resume" in result.stderr
     assert helpers.snapshot(workdir) == before
+
+
+def test_resume_from_inputs_that_moved(workdir, setting, run_cli):
+    _, uninterrupted = setting
+    state = _checkpointed_then_crashed(workdir)
+    (workdir / "moved").mkdir()
+    os.rename(
+        workdir / "long.parquet", workdir / "moved" / "long.parquet"
+    )  # keeps mtime
+    result = run_cli("fit", "state.h5", "moved/long.parquet", "--resume")
+    assert result.exit_code == 0, result.stderr
+    assert_same_state(bncli.load(state), uninterrupted)
