@@ -89,7 +89,7 @@ def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
       bncli fit state.h5 data/*.parquet --exclude id --momentum 0.9
       bncli fit images.h5 images.npy --axis -1 --batch-size 64 --epochs 3
     """
-    from bncli.cli.render import emit_json, make_progress, say
+    from bncli.cli.render import counted, emit_json, make_progress, say
     from bncli.errors import UsageError
     from bncli.layer import BatchNormalization, load
     from bncli.state import lock
@@ -163,8 +163,9 @@ def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
         emit_json(result)
     elif not options["quiet"]:
         say(
-            f"fitted {path}: {summary.batches} batches, {summary.samples} samples "
-            f"in {summary.seconds:.2f}s ({layer.batches_seen} batches seen in all)"
+            f"fitted {path}: {counted(summary.batches, 'batch')}, "
+            f"{counted(summary.samples, 'sample')} in {summary.seconds:.2f}s "
+            f"({counted(layer.batches_seen, 'batch')} seen in all)"
         )
 
 

@@ -29,6 +29,13 @@ def emit_json(document: Any) -> None:
     sys.stdout.flush()
 
 
+def counted(n: int, noun: str) -> str:
+    """``1 batch``, ``2 batches``: a count with its noun in the right number."""
+    if n == 1:
+        return f"{n} {noun}"
+    return f"{n} {noun}es" if noun.endswith(("ch", "s")) else f"{n} {noun}s"
+
+
 def say(message: str) -> None:
     """A line for people, on stderr."""
     sys.stderr.write(message + "\n")
@@ -248,7 +255,8 @@ def print_state(layer: Any, path: str, drift: dict[str, Any] | None = None) -> N
     )
     head.add_row(
         "progress",
-        f"{layer.batches_seen} batches, {layer.samples_seen} samples, {layer.epochs} epochs",
+        f"{counted(layer.batches_seen, 'batch')}, {counted(layer.samples_seen, 'sample')}, "
+        f"{counted(layer.epochs, 'epoch')}",
     )
     head.add_row("initializer share", f"{layer.initializer_share().max():.4%}")
     console.print(head)

@@ -73,7 +73,7 @@ def transform(state: str, inputs: tuple[str, ...], **options: Any) -> None:
       bncli transform state.h5 data.parquet -o normalized.parquet
       cat batch.arrows | bncli transform state.h5 - -o - > out.arrows
     """
-    from bncli.cli.render import emit_json, make_progress, say
+    from bncli.cli.render import counted, emit_json, make_progress, say
     from bncli.errors import UsageError
     from bncli.layer import load
 
@@ -122,5 +122,6 @@ def transform(state: str, inputs: tuple[str, ...], **options: Any) -> None:
         emit_json(result)
     elif not options["quiet"]:
         say(
-            f"wrote {summary.output}: {summary.samples} samples in {summary.seconds:.2f}s"
+            f"wrote {summary.output}: {counted(summary.samples, 'sample')} "
+            f"in {summary.seconds:.2f}s"
         )
