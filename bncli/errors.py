@@ -26,6 +26,7 @@ __all__ = [
     "StateLockedError",
     "StateMismatchError",
     "StateNotFoundError",
+    "UnsupportedLayerError",
     "UsageError",
 ]
 
@@ -115,6 +116,28 @@ class StateFrozenError(StateError):
 
 class StateLockedError(StateError):
     """A state in use by another process (exit 4)."""
+
+
+class UnsupportedLayerError(StateError):
+    """A layer of a Keras file that bncli cannot represent (exit 4).
+
+    Batch renormalization, virtual batches, several axes, a dtype policy or
+    object that is not a Keras built-in, or variables a weights-only file does
+    not name. The file itself is sound: its other layers can still be read.
+    ``reason`` says what in a few words, for listings
+    (``"batch renormalization (renorm=True)"``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        path: str | os.PathLike[str] | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.reason = reason
+        super().__init__(message, path=path, hint=hint)
 
 
 class BncliWarning(UserWarning):

@@ -33,7 +33,7 @@ import os
 import re
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,12 @@ import h5py
 import ml_dtypes
 import numpy as np
 
-from bncli.errors import StateError, StateNotFoundError, UsageError
+from bncli.errors import (
+    StateError,
+    StateNotFoundError,
+    UnsupportedLayerError,
+    UsageError,
+)
 from bncli.io.atomic import atomic_path
 from bncli.state import HDF5_SIGNATURE
 
@@ -60,8 +65,10 @@ __all__ = [
 #: (trainable first): gamma only if scale, beta only if center.
 VARIABLE_NAMES = ("gamma", "beta", "moving_mean", "moving_variance")
 
-#: Variables that only a renormalizing layer has.
-_RENORM_VARIABLES = frozenset({"moving_stddev", "renorm_mean", "renorm_stddev"})
+#: Variables that only a renormalizing layer has, in the order Keras creates
+#: them (after the four above).
+_RENORM_ORDER = ("moving_stddev", "renorm_mean", "renorm_stddev")
+_RENORM_VARIABLES = frozenset(_RENORM_ORDER)
 
 #: Layer classes read as BatchNormalization (Keras 2's synchronized variant too).
 _BATCHNORM_CLASSES = frozenset({"BatchNormalization", "SyncBatchNormalization"})
@@ -120,6 +127,15 @@ class KerasBatchNorm:
         input_shape: The layer's input shape including the batch dimension,
             e.g. ``(None, 5)``, when the file tells it; dimensions the file does
             not pin down (after a convolution in a legacy file) are None.
+        problem: Why bncli cannot use the layer (renorm, virtual batches,
+            variables a weights-only file leaves ambiguous...), or None. An
+            unsupported layer is listed but not imported: its ``config`` is
+            None and its ``variables`` are what the file holds, by the names
+            the file gives or implies (``"moving_stddev"``), else by position
+            (``"0"``, ``"1"``...); all are validated 1-D float arrays of one
+            length.
+        file_config: For an unsupported layer, its config as found in the
+            file (not normalized: shown, never used); None otherwise.
     """
 
     name: str
@@ -127,6 +143,13 @@ class KerasBatchNorm:
     config: dict[str, Any] | None
     variables: dict[str, np.ndarray]
     input_shape: Shape | None
+    problem: UnsupportedLayerError | None = None
+    file_config: dict[str, Any] | None = None
+
+    @property
+    def channels(self) -> int:
+        """C, the length of every variable (0 if there is none)."""
+        return next((len(array) for array in self.variables.values()), 0)
 
 
 # --------------------------------------------------------------------------
@@ -239,14 +262,16 @@ def read_batchnorm_layers(
 
     Returns:
         The layers, outermost model first, each with its config (None for files
-        without one), variables and input shape.
+        without one), variables and input shape. A layer bncli cannot use
+        (``renorm=True``, a Keras 2 ``virtual_batch_size``, several axes, a
+        custom initializer, a 3-variable layer without a config and without
+        ``center``/``scale``...) is returned too, with its ``problem`` set:
+        :func:`select_layer` raises that problem if it is the one chosen.
 
     Raises:
         StateNotFoundError: If ``path`` does not exist.
-        StateError: If the file is not a Keras model or weights file, is
-            corrupt, holds a layer with ``renorm=True`` or a Keras 2
-            ``virtual_batch_size``, or has a 3-variable layer without a config
-            and without ``center``/``scale``.
+        StateError: If the file is not a Keras model or weights file, or is
+            corrupt (including a layer whose weights contradict its config).
 
     Example:
         >>> layers = read_batchnorm_layers("model.keras")  # doctest: +SKIP
@@ -801,9 +826,10 @@ def _normalize_object(
     class_name = value["class_name"]
     registered = value.get("registered_name")
     if not class_name.isidentifier() or registered not in (None, class_name):
-        raise StateError(
+        raise UnsupportedLayerError(
             f"layer {layer!r}: custom {key} {registered or class_name!r} is not "
             "supported; only Keras built-ins are read",
+            reason=f"custom {key} {registered or class_name!r}",
             path=path,
         )
     config = value.get("config", {})
@@ -834,8 +860,9 @@ def _normalize_policy(value: Any, layer: str, path: Path | None) -> dict[str, An
     else:
         raise StateError(f"layer {layer!r}: unreadable dtype {value!r}", path=path)
     if name not in _POLICY_NAMES:
-        raise StateError(
+        raise UnsupportedLayerError(
             f"layer {layer!r}: dtype policy {name!r} is not supported",
+            reason=f"dtype policy {name!r}",
             path=path,
             hint=f"supported: {', '.join(sorted(_POLICY_NAMES))}",
         )
@@ -852,9 +879,10 @@ def _normalize_axis(
 ) -> int:
     if isinstance(value, list | tuple):
         if len(value) != 1:
-            raise StateError(
+            raise UnsupportedLayerError(
                 f"layer {layer!r}: axis {list(value)} normalizes over several "
                 "axes; Keras 3 BatchNormalization takes one",
+                reason=f"several axes (axis={list(value)})",
                 path=path,
             )
         value = value[0]
@@ -895,8 +923,10 @@ def normalize_batchnorm_config(
         A new dict with exactly Keras 3.15's keys, in its order.
 
     Raises:
-        StateError: If the config asks for renormalization or virtual batches,
-            or holds values Keras would refuse.
+        UnsupportedLayerError: If the config asks for renormalization, virtual
+            batches or several axes, or names a dtype policy or an object that
+            is not a Keras built-in.
+        StateError: If the config holds values Keras would refuse.
 
     Example:
         >>> cfg = normalize_batchnorm_config({"name": "bn", "axis": [1]}, input_rank=2)
@@ -909,26 +939,47 @@ def normalize_batchnorm_config(
     name = config.get("name")
     if not isinstance(name, str):
         raise StateError("a BatchNormalization layer has no name", path=where)
+    # What bncli does not support is raised last, after every check for
+    # damage: a damaged layer refuses the file, an unsupported one only itself.
+    problems: list[UnsupportedLayerError] = []
     if config.get("renorm"):
-        raise StateError(
-            f"layer {name!r} uses batch renormalization (renorm=True), which "
-            "bncli does not support",
-            path=where,
+        problems.append(
+            UnsupportedLayerError(
+                f"layer {name!r} uses batch renormalization (renorm=True), which "
+                "bncli does not support",
+                reason="batch renormalization (renorm=True)",
+                path=where,
+            )
         )
     if config.get("virtual_batch_size") is not None:
-        raise StateError(
-            f"layer {name!r} uses virtual batches (virtual_batch_size="
-            f"{config['virtual_batch_size']!r}), which bncli does not support",
-            path=where,
+        size = f"virtual_batch_size={config['virtual_batch_size']!r}"
+        problems.append(
+            UnsupportedLayerError(
+                f"layer {name!r} uses virtual batches ({size}), which bncli does "
+                "not support",
+                reason=f"virtual batches ({size})",
+                path=where,
+            )
         )
+
+    def supported(normalize: Callable[..., Any], *args: Any) -> Any:
+        """``normalize(*args)``, keeping an unsupported value for the end."""
+        try:
+            return normalize(*args)
+        except UnsupportedLayerError as problem:
+            problems.append(problem)
+            return None
+
     out: dict[str, Any] = {"name": name}
     for key, default in (("trainable", True),):
         value = config.get(key, default)
         if not isinstance(value, bool):
             raise StateError(f"layer {name!r}: {key} is not a bool", path=where)
         out[key] = value
-    out["dtype"] = _normalize_policy(config.get("dtype"), name, where)
-    out["axis"] = _normalize_axis(config.get("axis", -1), input_rank, name, where)
+    out["dtype"] = supported(_normalize_policy, config.get("dtype"), name, where)
+    out["axis"] = supported(
+        _normalize_axis, config.get("axis", -1), input_rank, name, where
+    )
     for key, default_number in (("momentum", 0.99), ("epsilon", 1e-3)):
         value = config.get(key, default_number)
         if not _is_number(value) or not math.isfinite(value):
@@ -943,7 +994,8 @@ def normalize_batchnorm_config(
         out[key] = value
     for key, default_class in _DEFAULT_INITIALIZERS.items():
         value = config.get(key, default_class)
-        out[key] = _normalize_object(
+        out[key] = supported(
+            _normalize_object,
             value if value is not None else default_class,
             "keras.initializers",
             key,
@@ -956,7 +1008,9 @@ def normalize_batchnorm_config(
     ):
         for variable in ("beta", "gamma"):
             key = f"{variable}_{family}"
-            out[key] = _normalize_object(config.get(key), module, key, name, where)
+            out[key] = supported(
+                _normalize_object, config.get(key), module, key, name, where
+            )
     synchronized = config.get("synchronized", class_name == "SyncBatchNormalization")
     if not isinstance(synchronized, bool):
         raise StateError(f"layer {name!r}: synchronized is not a bool", path=where)
@@ -965,6 +1019,8 @@ def normalize_batchnorm_config(
     out["renorm_clipping"] = None
     momentum = config.get("renorm_momentum", 0.99)
     out["renorm_momentum"] = momentum if _is_number(momentum) else 0.99
+    if problems:
+        raise problems[0]
     return out
 
 
@@ -982,9 +1038,10 @@ def _name_variables(
     """Name datasets "0".."n-1" (Keras 3 order) from center/scale."""
     count = len(arrays)
     if count > 4:
-        raise StateError(
+        raise UnsupportedLayerError(
             f"layer {layer!r} has {count} variables: renormalization "
             "(renorm=True) is not supported",
+            reason=f"batch renormalization ({count} variables)",
             path=path,
         )
     if count in (2, 4):
@@ -992,19 +1049,21 @@ def _name_variables(
         center = scale = count == 4
     elif count == 3:
         if center is None and scale is None:
-            raise StateError(
+            raise UnsupportedLayerError(
                 f"layer {layer!r} has 3 variables and the file no config: they "
                 "are (gamma, moving_mean, moving_variance) with center=False or "
                 "(beta, moving_mean, moving_variance) with scale=False",
+                reason="3 variables and no config: gamma or beta is ambiguous",
                 path=path,
                 hint="say which with center=False or scale=False",
             )
         center = not scale if center is None else center
         scale = not center if scale is None else scale
         if center == scale:
-            raise StateError(
+            raise UnsupportedLayerError(
                 f"layer {layer!r} has 3 variables, which contradicts "
                 f"center={center} and scale={scale}",
+                reason=f"3 variables contradict center={center}, scale={scale}",
                 path=path,
             )
     else:
@@ -1031,14 +1090,13 @@ def _check_variables(
     input_shape: Shape | None,
     path: Path,
 ) -> None:
-    """Validate names, ranks, dtypes and lengths against the config."""
-    unknown = set(variables) - set(VARIABLE_NAMES)
-    if unknown & _RENORM_VARIABLES:
-        raise StateError(
-            f"layer {layer!r} has renormalization variables: renorm=True is "
-            "not supported",
-            path=path,
-        )
+    """Validate names, ranks, dtypes and lengths against the config.
+
+    Renormalization variables are an :class:`UnsupportedLayerError`, raised
+    only once everything else is sound (damage refuses the whole file).
+    """
+    renorm = sorted(set(variables) & _RENORM_VARIABLES)
+    unknown = set(variables) - set(VARIABLE_NAMES) - _RENORM_VARIABLES
     if unknown:
         raise StateError(
             f"layer {layer!r} has unexpected variables {sorted(unknown)}", path=path
@@ -1048,7 +1106,7 @@ def _check_variables(
             raise StateError(f"layer {layer!r} has no {required}", path=path)
     if config is not None:
         expected = _expected_names(config["center"], config["scale"])
-        if sorted(expected) != sorted(variables):
+        if sorted(expected) != sorted(set(variables) - _RENORM_VARIABLES):
             raise StateError(
                 f"layer {layer!r} stores {sorted(variables)} but its config "
                 f"(center={config['center']}, scale={config['scale']}) needs "
@@ -1084,6 +1142,13 @@ def _check_variables(
                     f"{declared} channels on axis {axis}, variables have {channels}",
                     path=path,
                 )
+    if renorm:
+        raise UnsupportedLayerError(
+            f"layer {layer!r} has renormalization variables: renorm=True is "
+            "not supported",
+            reason=f"batch renormalization ({', '.join(renorm)})",
+            path=path,
+        )
 
 
 def _fill_channels(
@@ -1107,8 +1172,16 @@ def _finish(
     variables: dict[str, np.ndarray],
     input_shape: Shape | None,
     path: Path,
+    *,
+    file_config: Any = None,
 ) -> KerasBatchNorm:
-    _check_variables(variables, config, name, input_shape, path)
+    """The checked layer; unsupported (renorm variables) rather than refused."""
+    try:
+        _check_variables(variables, config, name, input_shape, path)
+    except UnsupportedLayerError as problem:
+        return _unsupported(
+            name, where, file_config, variables, input_shape, problem, path
+        )
     channels = next(iter(variables.values())).shape[0]
     ordered = {key: variables[key] for key in VARIABLE_NAMES if key in variables}
     return KerasBatchNorm(
@@ -1118,6 +1191,60 @@ def _finish(
         variables=ordered,
         input_shape=_fill_channels(input_shape, config, channels),
     )
+
+
+def _unsupported(
+    name: str,
+    where: str,
+    file_config: Any,
+    variables: dict[str, np.ndarray],
+    input_shape: Shape | None,
+    problem: UnsupportedLayerError,
+    path: Path,
+) -> KerasBatchNorm:
+    """A layer bncli cannot use, kept for listings with ``problem``.
+
+    Its arrays were read as every variable is (1-D floats, bounded); they must
+    still have one length: a layer that fails that is damaged, and so is the
+    file.
+    """
+    lengths = {array.shape[0] for array in variables.values()}
+    if not lengths:
+        raise StateError(f"layer {name!r} has no variables", path=path)
+    if len(lengths) != 1:
+        raise StateError(
+            f"layer {name!r}: variables of different lengths {sorted(lengths)}",
+            path=path,
+        )
+    if lengths == {0}:
+        raise StateError(f"layer {name!r} has no channels", path=path)
+    return KerasBatchNorm(
+        name=name,
+        path=where,
+        config=None,
+        variables=dict(variables),
+        input_shape=input_shape,
+        problem=problem,
+        file_config=dict(file_config) if isinstance(file_config, Mapping) else None,
+    )
+
+
+def _positional(
+    arrays: Sequence[np.ndarray], file_config: Any
+) -> dict[str, np.ndarray]:
+    """Name an unsupported layer's datasets "0".."n-1" where the count tells how.
+
+    Keras creates gamma (if scale), beta (if center), the moving statistics,
+    then the renorm variables; a count that fits neither keeps the positions.
+    """
+    settings = file_config if isinstance(file_config, Mapping) else {}
+    center, scale = settings.get("center", True), settings.get("scale", True)
+    if isinstance(center, bool) and isinstance(scale, bool):
+        plain = _expected_names(center, scale)
+        for names in (plain, [*plain, *_RENORM_ORDER]):
+            if len(names) == len(arrays):
+                return dict(zip(names, arrays, strict=True))
+    return {str(index): array for index, array in enumerate(arrays)}
 
 
 # --------------------------------------------------------------------------
@@ -1158,33 +1285,65 @@ def _vars_arrays(group: h5py.Group, path: Path) -> list[np.ndarray]:
     ]
 
 
+def _layer_arrays(
+    f: h5py.File, found: _Found, name: str, path: Path
+) -> list[np.ndarray]:
+    """The datasets of a layer's ``vars`` group, which must carry its name."""
+    group = _vars_group(f, found.weights_path, path)
+    stored = _attr_text(group, "name")
+    if stored is not None and stored != name:
+        raise StateError(
+            f"{found.weights_path} holds layer {stored!r}, the config says "
+            f"{name!r}: the weights do not match the config",
+            path=path,
+        )
+    return _vars_arrays(group, path)
+
+
 def _read_with_config(
     model: Any, f: h5py.File, path: Path, hints: dict[str, bool | None]
 ) -> list[KerasBatchNorm]:
     layers = []
     for found in _find_batchnorms(model, path):
         rank = len(found.input_shape) if found.input_shape is not None else None
-        config = normalize_batchnorm_config(
-            found.entry.get("config") or {},
-            input_rank=rank,
-            class_name=found.entry["class_name"],
-            path=path,
-        )
-        group = _vars_group(f, found.weights_path, path)
-        stored = _attr_text(group, "name")
-        if stored is not None and stored != config["name"]:
-            raise StateError(
-                f"{found.weights_path} holds layer {stored!r}, the config says "
-                f"{config['name']!r}: the weights do not match the config",
+        file_config = found.entry.get("config") or {}
+        where = found.weights_path or "vars"
+        problem: UnsupportedLayerError | None = None
+        config: dict[str, Any] | None = None
+        try:
+            config = normalize_batchnorm_config(
+                file_config,
+                input_rank=rank,
+                class_name=found.entry["class_name"],
                 path=path,
             )
-        arrays = _vars_arrays(group, path)
-        if len(arrays) > 4:
-            raise StateError(
-                f"layer {config['name']!r} has {len(arrays)} variables: "
+        except UnsupportedLayerError as exc:
+            problem = exc
+        # Normalizing checks first that the config is a dict with a string name.
+        name = file_config["name"]
+        arrays = _layer_arrays(f, found, name, path)
+        if problem is None and len(arrays) > 4:
+            problem = UnsupportedLayerError(
+                f"layer {name!r} has {len(arrays)} variables: "
                 "renormalization is not supported",
+                reason=f"batch renormalization ({len(arrays)} variables)",
                 path=path,
             )
+        if problem is not None:
+            variables = _positional(arrays, file_config)
+            layers.append(
+                _unsupported(
+                    name,
+                    where,
+                    file_config,
+                    variables,
+                    found.input_shape,
+                    problem,
+                    path,
+                )
+            )
+            continue
+        assert config is not None  # normalizing returned, or raised the problem
         expected = _expected_names(config["center"], config["scale"])
         if len(arrays) != len(expected):
             raise StateError(
@@ -1196,11 +1355,12 @@ def _read_with_config(
         layers.append(
             _finish(
                 config["name"],
-                found.weights_path or "vars",
+                where,
                 config,
                 variables,
                 found.input_shape,
                 path,
+                file_config=file_config,
             )
         )
     return layers
@@ -1241,7 +1401,16 @@ def _read_bare_weights(
     for where, group in _scan_weights(f, "", 0, path):
         name = _attr_text(group, "name") or where
         arrays = _vars_arrays(group, path)
-        variables = _name_variables(arrays, name, hints["center"], hints["scale"], path)
+        try:
+            variables = _name_variables(
+                arrays, name, hints["center"], hints["scale"], path
+            )
+        except UnsupportedLayerError as problem:
+            variables = _positional(arrays, None)
+            layers.append(
+                _unsupported(name, where, None, variables, None, problem, path)
+            )
+            continue
         layers.append(_finish(name, where, None, variables, None, path))
     return layers
 
@@ -1318,15 +1487,38 @@ def _read_legacy(
                 f"layer {found.name!r} has no weights in {group.name}", path=path
             )
         rank = len(found.input_shape) if found.input_shape is not None else None
-        config = normalize_batchnorm_config(
-            found.entry.get("config") or {},
-            input_rank=rank,
-            class_name=found.entry["class_name"],
-            path=path,
-        )
+        file_config = found.entry.get("config") or {}
         where = f"{prefix}{top}/{folder}" if found.outer else f"{prefix}{top}"
+        try:
+            config = normalize_batchnorm_config(
+                file_config,
+                input_rank=rank,
+                class_name=found.entry["class_name"],
+                path=path,
+            )
+        except UnsupportedLayerError as problem:
+            layers.append(
+                _unsupported(
+                    file_config["name"],
+                    where,
+                    file_config,
+                    variables,
+                    found.input_shape,
+                    problem,
+                    path,
+                )
+            )
+            continue
         layers.append(
-            _finish(config["name"], where, config, variables, found.input_shape, path)
+            _finish(
+                config["name"],
+                where,
+                config,
+                variables,
+                found.input_shape,
+                path,
+                file_config=file_config,
+            )
         )
     return layers
 
@@ -1373,6 +1565,10 @@ def select_layer(
 ) -> KerasBatchNorm:
     """Pick one layer by name, or the only one when no name is given.
 
+    Unsupported layers count like the others (an only supported layer among
+    several is not guessed), but one is never returned: choosing it raises
+    its problem.
+
     Args:
         layers: What :func:`read_batchnorm_layers` returned.
         name: The layer's name (or, where nested models repeat a name, its
@@ -1380,18 +1576,30 @@ def select_layer(
         path: The file, for error messages.
 
     Returns:
-        The chosen layer.
+        The chosen layer, a supported one.
 
     Raises:
         StateError: If the file has no BatchNormalization layer.
+        UnsupportedLayerError: If the chosen layer is unsupported (renorm,
+            virtual batches, ambiguous variables...): its ``problem``.
         UsageError: If ``name`` matches no layer (or several), or is None and
-            there are several; the message lists the layers by name.
+            there are several; the message lists the layers by name, marking
+            the unsupported ones.
 
     Example:
         >>> bn = KerasBatchNorm("bn", "layers/batch_normalization", None, {}, None)
         >>> select_layer([bn], None, path="m.keras").name
         'bn'
     """
+    chosen = _choose(layers, name, path)
+    if chosen.problem is not None:
+        raise chosen.problem
+    return chosen
+
+
+def _choose(
+    layers: list[KerasBatchNorm], name: str | None, path: str | os.PathLike[str]
+) -> KerasBatchNorm:
     if not layers:
         raise StateError("the file has no BatchNormalization layer", path=path)
     if name is None:
@@ -1425,7 +1633,8 @@ def _listing(layers: Sequence[KerasBatchNorm]) -> str:
     for layer in layers:
         counts[layer.name] = counts.get(layer.name, 0) + 1
     return ", ".join(
-        layer.name if counts[layer.name] == 1 else f"{layer.name} ({layer.path})"
+        (layer.name if counts[layer.name] == 1 else f"{layer.name} ({layer.path})")
+        + ("" if layer.problem is None else " [unsupported]")
         for layer in layers
     )
 

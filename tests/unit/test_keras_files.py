@@ -24,7 +24,12 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from bncli.errors import StateError, StateNotFoundError, UsageError
+from bncli.errors import (
+    StateError,
+    StateNotFoundError,
+    UnsupportedLayerError,
+    UsageError,
+)
 from bncli.io.atomic import TEMP_MARKER
 from bncli.keras_compat import files
 from bncli.keras_compat.files import (
@@ -200,16 +205,36 @@ def test_reads_what_keras_saved(
 def test_weights_file_with_three_variables_is_ambiguous(
     saved: dict[str, Any],
 ) -> None:
-    path = saved["two_bn"][1][".weights.h5"]
+    model, paths = saved["two_bn"]
+    path = paths[".weights.h5"]
+    # The ambiguous layer is listed with its problem; the other one is read.
+    first, second = read_batchnorm_layers(path)
+    assert first.problem is None
+    _assert_variables_equal(
+        first.variables, _expected_variables(model.get_layer("bn_first"))
+    )
+    assert second.problem is not None and second.config is None
+    assert second.problem.reason == (
+        "3 variables and no config: gamma or beta is ambiguous"
+    )
+    assert (second.name, second.path, second.channels) == (
+        "bn_second",
+        "layers/batch_normalization_1",
+        3,
+    )
+    assert list(second.variables) == ["0", "1", "2"]  # by position: names unknown
+    assert select_layer([first, second], "bn_first", path=path) is first
     with pytest.raises(StateError, match="'bn_second' has 3 variables") as info:
-        read_batchnorm_layers(path)
-    assert str(path) in str(info.value)
+        select_layer([first, second], "bn_second", path=path)
+    assert str(path) in str(info.value) and info.value.exit_code == 4
+    layers = read_batchnorm_layers(path, center=True, scale=True)
     with pytest.raises(StateError, match="contradicts"):
-        read_batchnorm_layers(path, center=True, scale=True)
+        select_layer(layers, "bn_second", path=path)
     # The hint only decides 3-variable layers: bn_first keeps its 4.
     first, second = read_batchnorm_layers(path, scale=True)
     assert list(first.variables) == list(files.VARIABLE_NAMES)
     assert list(second.variables) == ["gamma", "moving_mean", "moving_variance"]
+    assert first.problem is None and second.problem is None
 
 
 def test_renorm_layers_are_refused(tmp_path: Path) -> None:
@@ -219,8 +244,134 @@ def test_renorm_layers_are_refused(tmp_path: Path) -> None:
     model.save(tmp_path / "renorm.keras")
     model.save_weights(tmp_path / "renorm.weights.h5")
     for name in ("renorm.keras", "renorm.weights.h5"):
-        with pytest.raises(StateError, match="renorm"):
-            read_batchnorm_layers(tmp_path / name)
+        (layer,) = read_batchnorm_layers(tmp_path / name)
+        assert layer.problem is not None
+        with pytest.raises(UnsupportedLayerError, match="renorm") as info:
+            select_layer([layer], None, path=tmp_path / name)
+        assert info.value.exit_code == 4
+
+
+def _with_renorm() -> keras.Model:
+    """bn_good, then a renormalizing bn_bad (3.15 writes its 7 variables)."""
+    inputs = keras.Input((4,), name="features")
+    x = keras.layers.Dense(3, name="dense_in")(inputs)
+    x = keras.layers.BatchNormalization(name="bn_good", momentum=0.9)(x)
+    x = keras.layers.BatchNormalization(
+        name="bn_bad", renorm=True, momentum=0.8, epsilon=1e-2
+    )(x)
+    return keras.Model(inputs, x, name="with_renorm")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_unsupported_layer_is_listed_beside_the_others(
+    tmp_path: Path, fmt: str
+) -> None:
+    model = _with_renorm()
+    rng = np.random.default_rng(8)
+    for layer in _batchnorms(model):
+        _randomize(layer, rng)
+    path = tmp_path / ("m_dir" if fmt == "dir" else f"m{fmt}")
+    if fmt == ".weights.h5":
+        model.save_weights(path)
+    else:
+        model.save(path, **({"zipped": False} if fmt == "dir" else {}))
+    good, bad = read_batchnorm_layers(path)
+    keras_good, keras_bad = model.get_layer("bn_good"), model.get_layer("bn_bad")
+
+    assert good.problem is None and good.file_config is None
+    _assert_variables_equal(good.variables, _expected_variables(keras_good))
+    if fmt != ".weights.h5":
+        assert good.config == keras_good.get_config()
+
+    assert bad.name == "bn_bad" and bad.config is None and bad.channels == 3
+    assert bad.problem is not None and bad.problem.exit_code == 4
+    # Every stored variable, renorm ones too, named as Keras names them.
+    expected = _expected_variables(keras_bad)
+    assert list(expected)[4:] == ["moving_stddev", "renorm_mean", "renorm_stddev"]
+    assert sorted(bad.variables) == sorted(expected)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(bad.variables[key], value, err_msg=key)
+    if fmt == ".weights.h5":
+        assert bad.problem.reason == "batch renormalization (7 variables)"
+        assert bad.file_config is None
+    else:
+        assert bad.problem.reason == "batch renormalization (renorm=True)"
+        assert bad.file_config is not None
+        assert (bad.file_config["momentum"], bad.file_config["epsilon"]) == (0.8, 0.01)
+
+    assert select_layer([good, bad], "bn_good", path=path) is good
+    with pytest.raises(UnsupportedLayerError, match=r"'bn_bad'.*renorm") as info:
+        select_layer([good, bad], "bn_bad", path=path)
+    assert str(info.value).startswith(f"{path}: ")
+    # One supported layer among two is not guessed.
+    with pytest.raises(UsageError, match=r"bn_good, bn_bad \[unsupported\]"):
+        select_layer([good, bad], None, path=path)
+
+
+def _replace_layer_config(
+    source: Path, target: Path, layer: str, **changes: Any
+) -> Path:
+    """Copy a .keras archive with ``changes`` made to one layer's config.json entry."""
+    with zipfile.ZipFile(source) as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    model = json.loads(members["config.json"])
+    (entry,) = [e for e in model["config"]["layers"] if e.get("name") == layer]
+    entry["config"].update(changes)
+    members["config.json"] = json.dumps(model).encode()
+    return _zip(target, members)
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"virtual_batch_size": 8}, "virtual batches (virtual_batch_size=8)"),
+        ({"axis": [1, 2]}, "several axes (axis=[1, 2])"),
+        ({"dtype": "int8_from_float32"}, "dtype policy 'int8_from_float32'"),
+        (
+            {"gamma_constraint": {"class_name": "Mine", "registered_name": "pkg>Mine"}},
+            "custom gamma_constraint 'pkg>Mine'",
+        ),
+    ],
+)
+def test_unsupported_config_in_a_keras_archive(
+    saved: dict[str, Any], tmp_path: Path, changes: dict[str, Any], reason: str
+) -> None:
+    model, paths = saved["two_bn"]
+    path = _replace_layer_config(
+        paths[".keras"], tmp_path / "edited.keras", "bn_first", **changes
+    )
+    first, second = read_batchnorm_layers(path)
+    assert first.problem is not None and first.problem.reason == reason
+    assert first.config is None and first.file_config is not None
+    assert list(first.variables) == list(files.VARIABLE_NAMES)
+    assert first.channels == 5
+    assert second.problem is None
+    assert second.config == model.get_layer("bn_second").get_config()
+    with pytest.raises(UnsupportedLayerError, match="'bn_first'"):
+        select_layer([first, second], "bn_first", path=path)
+
+
+def test_damaged_layer_still_refuses_the_file(
+    saved: dict[str, Any], tmp_path: Path
+) -> None:
+    """A config Keras itself would refuse is damage, not an unsupported feature."""
+    path = _replace_layer_config(
+        saved["two_bn"][1][".keras"], tmp_path / "bad.keras", "bn_first", momentum="x"
+    )
+    with pytest.raises(StateError, match="momentum 'x' is not a number") as info:
+        read_batchnorm_layers(path)
+    assert not isinstance(info.value, UnsupportedLayerError)
+    # Damage wins over what is unsupported in the same layer.
+    path = _replace_layer_config(
+        saved["two_bn"][1][".keras"],
+        tmp_path / "worse.keras",
+        "bn_first",
+        renorm=True,
+        axis=[1, 2],
+        momentum="x",
+    )
+    with pytest.raises(StateError, match="momentum 'x' is not a number"):
+        read_batchnorm_layers(path)
 
 
 # --------------------------------------------------------------------------
@@ -444,29 +595,92 @@ def test_reads_keras2_weights_only(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("overrides", "message"),
+    ("overrides", "message", "reason"),
     [
-        ({"virtual_batch_size": 8}, "virtual batches"),
-        ({"renorm": True, "renorm_clipping": None}, "renorm"),
-        ({"axis": [1, 2]}, "several axes"),
-        ({"dtype": "int8_from_float32"}, "dtype policy"),
+        (
+            {"virtual_batch_size": 8},
+            "virtual batches",
+            "virtual batches (virtual_batch_size=8)",
+        ),
+        (
+            {"renorm": True, "renorm_clipping": None},
+            "renorm",
+            "batch renormalization (renorm=True)",
+        ),
+        ({"axis": [1, 2]}, "several axes", "several axes (axis=[1, 2])"),
+        (
+            {"dtype": "int8_from_float32"},
+            "dtype policy",
+            "dtype policy 'int8_from_float32'",
+        ),
         (
             {"beta_initializer": {"class_name": "Mine", "registered_name": "pkg>Mine"}},
             "custom",
+            "custom beta_initializer 'pkg>Mine'",
         ),
     ],
 )
-def test_keras2_configs_refused(
-    tmp_path: Path, overrides: dict[str, Any], message: str
+def test_keras2_unsupported_configs_are_listed_and_refused_on_import(
+    tmp_path: Path, overrides: dict[str, Any], message: str, reason: str
 ) -> None:
     path = tmp_path / "bad.h5"
-    _write_keras2(
-        path, _keras2_weights(np.random.default_rng(5)), _keras2_model_config(overrides)
+    weights = _keras2_weights(np.random.default_rng(5))
+    _write_keras2(path, weights, _keras2_model_config(overrides))
+    layers = read_batchnorm_layers(path)
+    bn_k2, inner_bn, bn_nchw = layers
+    assert bn_k2.problem is not None and bn_k2.problem.reason == reason
+    assert (bn_k2.name, bn_k2.path, bn_k2.config) == (
+        "bn_k2",
+        "model_weights/bn_k2",
+        None,
     )
+    assert bn_k2.file_config is not None and bn_k2.file_config["momentum"] == 0.9
+    _assert_variables_equal(bn_k2.variables, _by_kind(weights["bn_k2"]))
+    assert inner_bn.problem is None and bn_nchw.problem is None
+    _assert_variables_equal(bn_nchw.variables, _by_kind(weights["bn_nchw"]))
     with pytest.raises(StateError, match=message) as info:
-        read_batchnorm_layers(path)
+        select_layer(layers, "bn_k2", path=path)
     assert info.value.exit_code == 4
     assert str(path) in str(info.value)
+
+
+def test_keras2_weights_only_with_renorm_variables(tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    weights = _keras2_weights(rng)
+    weights["bn_renorm"] = [
+        (f"bn_renorm/{name}:0", rng.uniform(0.5, 2, 5).astype(np.float32))
+        for name in (*files.VARIABLE_NAMES, *files._RENORM_ORDER)
+    ]
+    path = tmp_path / "renorm_weights.h5"
+    _write_keras2(path, weights, None)
+    layers = read_batchnorm_layers(path)
+    assert [(x.name, x.problem is None) for x in layers] == [
+        ("bn_k2", True),
+        ("inner_bn", True),
+        ("bn_nchw", True),
+        ("bn_renorm", False),
+    ]
+    renorm = layers[-1]
+    assert renorm.problem is not None
+    assert renorm.problem.reason == (
+        "batch renormalization (moving_stddev, renorm_mean, renorm_stddev)"
+    )
+    assert renorm.variables.keys() == _by_kind(weights["bn_renorm"]).keys()
+    assert select_layer(layers, "bn_nchw", path=path) is layers[2]
+    with pytest.raises(UnsupportedLayerError, match="'bn_renorm'"):
+        select_layer(layers, "bn_renorm", path=path)
+
+
+def test_unsupported_layer_with_bad_variables_refuses_the_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "bad.weights.h5"
+    with h5py.File(path, "w") as f:
+        group = f.create_group("layers/batch_normalization/vars")
+        for index in range(7):
+            group[str(index)] = np.ones(3 if index else 4, np.float32)
+    with pytest.raises(StateError, match="different lengths"):
+        read_batchnorm_layers(path)
 
 
 def test_links_in_hdf5_are_not_followed(tmp_path: Path) -> None:
@@ -643,6 +857,22 @@ def test_select_layer() -> None:
         select_layer([first, second], "bn", path="m.keras")
     with pytest.raises(StateError, match="no BatchNormalization layer"):
         select_layer([], None, path="m.keras")
+
+
+def test_select_layer_marks_unsupported_layers() -> None:
+    problem = UnsupportedLayerError(
+        "layer 'bad' uses batch renormalization", reason="renorm", path="m.keras"
+    )
+    good = _stub("good", "layers/batch_normalization")
+    bad = KerasBatchNorm("bad", "layers/batch_normalization_1", None, {}, None, problem)
+    with pytest.raises(UsageError, match=r"layers: good, bad \[unsupported\];"):
+        select_layer([good, bad], None, path="m.keras")
+    with pytest.raises(UsageError, match=r"has: good, bad \[unsupported\]$"):
+        select_layer([good, bad], "other", path="m.keras")
+    with pytest.raises(UnsupportedLayerError) as info:
+        select_layer([bad], None, path="m.keras")
+    assert info.value is problem
+    assert select_layer([good, bad], "good", path="m.keras") is good
 
 
 def test_select_layer_with_repeated_names() -> None:
