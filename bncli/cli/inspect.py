@@ -71,7 +71,8 @@ def inspect(target: str, more_data: tuple[str, ...], **options: Any) -> int:
     beta, the progress, the initializer's share in the moving statistics
     (with a warning above 1%), the regularization penalties, and with --data
     how far that data is from the state. For a Keras model file (.keras,
-    .weights.h5, .h5): its BatchNormalization layers.
+    .weights.h5, .h5): its BatchNormalization layers, those bncli cannot
+    use (renorm=True, ...) marked unsupported with the reason.
 
     \b
     Example:

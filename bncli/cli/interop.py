@@ -112,9 +112,11 @@ def import_(
 
     MODEL is a Keras 3 .keras archive, a .weights.h5 file, or a Keras 2 /
     tf.keras legacy .h5 file. Without --layer the model's only
-    BatchNormalization layer is taken. A weights-only file has no config:
-    the layer options (--momentum, --epsilon, --center/--scale, ...) then
-    say what it was, and default to Keras's.
+    BatchNormalization layer is taken. A layer bncli cannot use (renorm=True,
+    ...) is refused, naming the reason; the file's other layers can still be
+    imported. A weights-only file has no config: the layer options
+    (--momentum, --epsilon, --center/--scale, ...) then say what it was, and
+    default to Keras's.
 
     \b
     Example:

@@ -325,9 +325,11 @@ def print_model(path: str, layers: list[Any]) -> None:
     from rich.table import Table
 
     console = _console()
-    table = Table(
-        title=f"{path}: {len(layers)} BatchNormalization layer(s)", title_justify="left"
-    )
+    unsupported = sum(layer.problem is not None for layer in layers)
+    title = f"{path}: {len(layers)} BatchNormalization layer(s)"
+    if unsupported:
+        title += f", {unsupported} unsupported"
+    table = Table(title=title, title_justify="left")
     for column in (
         "layer",
         "path",
@@ -340,23 +342,45 @@ def print_model(path: str, layers: list[Any]) -> None:
         table.add_column(column)
     for layer in layers:
         doc = model_layer_document(layer)
+        settings = layer.config if layer.config is not None else layer.file_config
+        center, scale = (settings or {}).get("center"), (settings or {}).get("scale")
         table.add_row(
             doc["name"],
             doc["path"],
             str(doc["channels"]),
             "?" if doc["momentum"] is None else f"{doc['momentum']:g}",
             "?" if doc["epsilon"] is None else f"{doc['epsilon']:g}",
-            "?"
-            if layer.config is None
-            else f"{layer.config['center']}/{layer.config['scale']}",
+            f"{center}/{scale}"
+            if isinstance(center, bool) and isinstance(scale, bool)
+            else "?",
             doc["health"],
+            style=None if doc["supported"] else "yellow",
         )
     console.print(table)
 
 
 def model_layer_document(layer: Any) -> dict[str, Any]:
-    """A Keras file's BatchNormalization layer as JSON data, with a health line."""
+    """A Keras file's BatchNormalization layer as JSON data, with a health line.
+
+    An unsupported layer (renorm, ambiguous variables...) has ``"supported":
+    false``, its ``"problem"`` in a few words, and what the file tells of it:
+    channels, momentum and epsilon (None where unknown), no config.
+    """
     variables = {k: _floats(v) for k, v in layer.variables.items()}
+    if layer.problem is not None:
+        settings = layer.file_config or {}
+        return {
+            "name": layer.name,
+            "path": layer.path,
+            "channels": layer.channels,
+            "momentum": _finite(settings.get("momentum")),
+            "epsilon": _finite(settings.get("epsilon")),
+            "config": None,
+            "variables": variables,
+            "health": f"unsupported: {layer.problem.reason}",
+            "supported": False,
+            "problem": layer.problem.reason,
+        }
     variance = np.asarray(layer.variables.get("moving_variance", []), dtype=np.float64)
     channels = len(variance)
     epsilon = 1e-3 if layer.config is None else float(layer.config["epsilon"])
@@ -384,4 +408,13 @@ def model_layer_document(layer: Any) -> dict[str, Any]:
         "config": config,
         "variables": variables,
         "health": health,
+        "supported": True,
+        "problem": None,
     }
+
+
+def _finite(value: Any) -> float | int | None:
+    """A config number as found in a file, or None if it is not one."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value if math.isfinite(value) else None
+    return None

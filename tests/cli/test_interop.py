@@ -179,3 +179,162 @@ def test_neither_state_nor_model(run_cli, tmp_path):
         f["x"] = np.ones(2)
     r = run_cli("inspect", "plain.h5")
     assert r.exit_code == 4 and "neither a bncli state nor a Keras model" in r.stderr
+
+
+# --------------------------------------------------------------------------
+# A file with an unsupported layer: listed, and the other layers importable
+
+
+@pytest.fixture(scope="module")
+def with_renorm(tmp_path_factory):
+    """bn_good then a renormalizing bn_bad, and the same bn_good alone."""
+    folder = tmp_path_factory.mktemp("renorm")
+    rng = np.random.default_rng(6)
+    dense = keras.layers.Dense(3, name="dense")
+    good = keras.layers.BatchNormalization(name="bn_good", momentum=0.9, epsilon=1e-4)
+    bad = keras.layers.BatchNormalization(
+        name="bn_bad", renorm=True, momentum=0.8, epsilon=1e-2
+    )
+    inp = keras.Input((4,), name="features")
+    both = keras.Model(inp, bad(good(dense(inp))), name="both")
+    for layer in (good, bad):
+        weights = [rng.normal(size=w.shape) for w in layer.get_weights()]
+        weights[3] = np.abs(weights[3]) + 0.5  # moving_variance
+        layer.set_weights(weights)
+    inp = keras.Input((4,), name="features")
+    alone = keras.Model(inp, good(dense(inp)), name="alone")
+    for name, model in (("both", both), ("alone", alone)):
+        model.save(folder / f"{name}.keras")
+        model.save(folder / f"{name}.h5")
+        model.save_weights(folder / f"{name}.weights.h5")
+    return folder
+
+
+def _states_equal(a, b):
+    assert a.get_config() == b.get_config()
+    assert a.sample_shape == b.sample_shape
+    for name in ("gamma", "beta", "moving_mean", "moving_variance"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), name)
+
+
+@pytest.mark.parametrize("fmt", [".keras", ".h5", ".weights.h5"])
+def test_import_the_supported_layer_beside_an_unsupported_one(
+    run_cli, tmp_path, with_renorm, fmt
+):
+    for name in ("both", "alone"):
+        r = run_cli(
+            "import",
+            with_renorm / f"{name}{fmt}",
+            "--layer",
+            "bn_good",
+            "-o",
+            f"{name}.h5",
+        )
+        assert r.exit_code == 0, r.stderr
+    _states_equal(bncli.load(tmp_path / "both.h5"), bncli.load(tmp_path / "alone.h5"))
+    assert bncli.load(tmp_path / "both.h5").moving_mean.shape == (3,)
+
+
+@pytest.mark.parametrize("fmt", [".keras", ".h5", ".weights.h5"])
+def test_import_of_the_unsupported_layer_is_refused(
+    run_cli, tmp_path, with_renorm, fmt
+):
+    model = with_renorm / f"both{fmt}"
+    r = run_cli("import", model, "--layer", "bn_bad", "-o", "s.h5")
+    assert r.exit_code == 4
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {model}: layer 'bn_bad' ")
+    assert "renorm" in lines[0] and "not support" in lines[0]
+    assert not (tmp_path / "s.h5").exists()
+    # Without --layer the layers are listed, the unsupported one marked: no guess.
+    r = run_cli("import", model, "-o", "s.h5")
+    assert r.exit_code == 2 and "bn_good, bn_bad [unsupported]" in r.stderr
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_inspect_lists_the_unsupported_layer(run_cli, with_renorm):
+    r = run_cli("inspect", with_renorm / "both.keras", "--json")
+    assert r.exit_code == 0, r.stderr
+    good, bad = json.loads(r.stdout)["layers"]
+    pinned = {"name", "path", "channels", "momentum", "epsilon", "config", "variables"}
+    assert pinned | {"health", "supported", "problem"} == set(good) == set(bad)
+    assert (good["name"], good["supported"], good["problem"]) == ("bn_good", True, None)
+    assert good["health"].startswith("ok: ") and good["momentum"] == 0.9
+    assert bad == {
+        **bad,
+        "name": "bn_bad",
+        "path": "layers/batch_normalization_1",
+        "channels": 3,
+        "momentum": 0.8,
+        "epsilon": 0.01,
+        "config": None,
+        "supported": False,
+        "problem": "batch renormalization (renorm=True)",
+        "health": "unsupported: batch renormalization (renorm=True)",
+    }
+    assert list(bad["variables"])[4:] == [
+        "moving_stddev",
+        "renorm_mean",
+        "renorm_stddev",
+    ]
+
+    r = run_cli("inspect", with_renorm / "both.h5")
+    assert r.exit_code == 0, r.stderr
+    assert "2 BatchNormalization layer(s), 1 unsupported" in r.stdout
+    (row,) = [line for line in r.stdout.splitlines() if "bn_bad" in line]
+    assert "unsupported: batch renormalization (renorm=True)" in row
+    assert "0.8" in row and "0.01" in row
+    (row,) = [line for line in r.stdout.splitlines() if "bn_good" in line]
+    assert "ok: moving std" in row
+
+
+def test_weights_only_file_with_an_ambiguous_layer(run_cli, tmp_path, models):
+    folder, model = models
+    weights = folder / "m.weights.h5"  # bn_second has 3 variables (center=False)
+    r = run_cli("inspect", weights, "--json")
+    assert r.exit_code == 0, r.stderr
+    first, second = json.loads(r.stdout)["layers"]
+    assert first["supported"] is True and first["channels"] == 5
+    assert second["supported"] is False and second["channels"] == 3
+    assert second["problem"] == "3 variables and no config: gamma or beta is ambiguous"
+    assert second["momentum"] is None and second["epsilon"] is None
+    r = run_cli("inspect", weights)
+    assert r.exit_code == 0 and "unsupported: 3 variables and no config" in r.stdout
+
+    # bn_first needs no hint; bn_second still does.
+    r = run_cli("import", weights, "--layer", "bn_first", "-o", "first.h5")
+    assert r.exit_code == 0, r.stderr
+    gamma, beta, mean, var = model.get_layer("bn_first").get_weights()
+    state = bncli.load(tmp_path / "first.h5")
+    for got, expected in zip(
+        (state.gamma, state.beta, state.moving_mean, state.moving_variance),
+        (gamma, beta, mean, var),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(got, expected)
+    r = run_cli("import", weights, "--layer", "bn_second", "-o", "second.h5")
+    assert r.exit_code == 4 and "'bn_second' has 3 variables" in r.stderr
+    assert len(r.stderr.splitlines()) == 1
+    assert not (tmp_path / "second.h5").exists()
+
+
+def test_damaged_layer_still_refuses_the_file(run_cli, tmp_path, with_renorm):
+    import zipfile
+
+    with zipfile.ZipFile(with_renorm / "both.keras") as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    config = json.loads(members["config.json"])
+    for layer in config["config"]["layers"]:
+        if layer["name"] == "bn_bad":
+            layer["config"]["epsilon"] = "tiny"  # Keras itself would refuse it
+    members["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(tmp_path / "damaged.keras", "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    for args in (
+        ("inspect", "damaged.keras"),
+        ("import", "damaged.keras", "--layer", "bn_good", "-o", "s.h5"),
+    ):
+        r = run_cli(*args)
+        assert r.exit_code == 4 and "epsilon 'tiny' is not a number" in r.stderr
+    assert not (tmp_path / "s.h5").exists()
