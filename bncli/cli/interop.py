@@ -125,7 +125,7 @@ def import_(
     """
     import numpy as np
 
-    from bncli.errors import StateError, UsageError
+    from bncli.errors import UsageError
     from bncli.keras_compat.files import read_batchnorm_layers, select_layer
     from bncli.layer import BatchNormalization
     from bncli.state import lock
@@ -149,12 +149,8 @@ def import_(
                 f"{model}: the file has the layer's config; --{clash[0].replace('_', '-')} "
                 "applies only to weights-only files"
             )
-        config = dict(found.config)
-        if config.get("renorm"):
-            raise StateError(
-                "renorm=True (batch renormalization) is not supported", path=model
-            )
-        layer = BatchNormalization.from_config(config)
+        # renorm=True never gets here: select_layer raised the layer's problem.
+        layer = BatchNormalization.from_config(dict(found.config))
     else:
         layer = BatchNormalization(**given)
     channels = len(found.variables["moving_mean"])
