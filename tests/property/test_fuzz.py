@@ -1,4 +1,4 @@
-"""Fuzzing the CLI's edges: option values, and damaged Parquet, NPY and state files.
+"""Fuzzing the CLI's edges: option values, damaged Parquet, NPY, state and Keras files.
 
 Whatever the values or the bytes, bncli answers with an exit code of the
 SPEC and, on failure, one ``error:`` line and no traceback, and writes
@@ -201,3 +201,30 @@ def test_damaged_state(run_cli, inputs, draw, command):
         assert snapshot(inputs) == before
         assert name in result.stderr
     (inputs / "out.parquet").unlink(missing_ok=True)
+
+
+@given(
+    draw=st.data(),
+    kind=st.sampled_from(["m.keras", "m.weights.h5"]),
+    command=st.sampled_from(["inspect", "import"]),
+)
+def test_damaged_keras_file(run_cli, inputs, draw, kind, command):
+    """Keras files (written by ``bncli export``) with flipped bits or cut short."""
+    if not (inputs / kind).exists():
+        assert run_cli("export", "s.h5", kind).exit_code == 0
+    data, truncated = _damage((inputs / kind).read_bytes(), draw.draw)
+    name = f"d{next(_names)}.{kind}"
+    (inputs / name).write_bytes(data)
+    argv = {
+        "inspect": ["inspect", name, "--json"],
+        "import": ["import", name, "-o", "imported.h5"],
+    }[command]
+    before = snapshot(inputs)
+    result = run_cli(*argv)
+    # A flip may land in a zip comment, padding or a number (still valid);
+    # a file cut short loses the zip directory or HDF5 objects (exit 4).
+    _check_answer(result, allowed=(4,) if truncated else (0, 4))
+    if result.exit_code:
+        assert snapshot(inputs) == before
+        assert name in result.stderr
+    (inputs / "imported.h5").unlink(missing_ok=True)
