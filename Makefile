@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STATE := out/sample_state.h5
 export KERAS_BACKEND := numpy
+# Quiet installs; setuptools' notice on every editable install is not ours to act on.
+PIP := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet
 
 .DEFAULT_GOAL := help
 .PHONY: help run test lint format bench sample-data clean
@@ -13,18 +15,22 @@ help:  ## list the targets
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	@echo "upgrading pip in $(VENV)"
+	@$(PIP) --upgrade pip
 
 $(VENV)/.installed-run: pyproject.toml | $(BIN)/activate
-	$(BIN)/python -m pip install --quiet -e .
+	@echo "installing bncli into $(VENV)"
+	@$(PIP) -e .
 	@touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/activate
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@echo "installing bncli with the dev extras into $(VENV)"
+	@$(PIP) -e '.[dev]'
 	@touch $@ $(VENV)/.installed-run
 
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/activate
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	@echo "installing bncli with the dev and bench extras into $(VENV)"
+	@$(PIP) -e '.[dev,bench]'
 	@touch $@ $(VENV)/.installed-dev $(VENV)/.installed-run
 
 run: $(VENV)/.installed-run  ## set up, fit on sample_data/, transform it, inspect the state
