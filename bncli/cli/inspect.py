@@ -146,12 +146,20 @@ def inspect(target: str, more_data: tuple[str, ...], **options: Any) -> int:
 
 def _kind(path: Path) -> str:
     """ "state", "model" or "other", by content."""
-    from bncli.errors import StateNotFoundError
+    from bncli.errors import StateError, StateNotFoundError
     from bncli.keras_compat.files import is_keras_file
     from bncli.state import is_state
 
     if not path.exists():
         raise StateNotFoundError("no such file", path=path)
+    if path.is_file():
+        try:
+            with open(path, "rb"):
+                pass
+        except PermissionError as e:  # the probes below would say "neither"
+            raise StateError(
+                "cannot read the file (permission denied)", path=path
+            ) from e
     if is_state(path):
         return "state"
     return "model" if is_keras_file(path) else "other"

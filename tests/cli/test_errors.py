@@ -266,6 +266,41 @@ def test_bad_input(request, run_cli, workdir, args, code, pieces):
     assert after == before  # nothing written, nothing changed (states: bytes, mtime)
 
 
+@pytest.mark.parametrize(
+    ("module", "args", "code", "message"),
+    [
+        ("bncli.io.sources", ["fit", "n.h5", "good.parquet"], 3,
+         "good.parquet: cannot read the file (permission denied)"),
+        ("bncli.state", ["fit", "st.h5", "good.parquet"], 4,
+         "st.h5: cannot read the state (permission denied)"),
+        ("bncli.cli.inspect", ["inspect", "st.h5"], 4,
+         "st.h5: cannot read the file (permission denied)"),
+    ],
+)  # fmt: skip
+def test_unreadable_files_even_as_root(
+    run_cli, workdir, monkeypatch, module, args, code, message
+):
+    """The table's chmod-000 case skips as root (root reads anything): the
+    same PermissionError, raised where the file is opened, must give the same
+    answer."""
+    import builtins
+    import importlib
+
+    denied_name = args[2] if module == "bncli.io.sources" else args[1]
+
+    def denied(path, *a, **kw):
+        if str(path).endswith(denied_name):
+            raise PermissionError(13, "Permission denied", str(path))
+        return builtins.open(path, *a, **kw)
+
+    monkeypatch.setattr(importlib.import_module(module), "open", denied, raising=False)
+    before = snapshot(workdir)
+    result = run_cli(*args)
+    assert result.exit_code == code, result.stderr
+    assert result.stderr == f"error: {message}\n"
+    assert snapshot(workdir) == before
+
+
 def test_debug_shows_the_traceback(run_cli, workdir):
     result = run_cli("fit", "n.h5", "nan.parquet", "--debug")
     assert result.exit_code == 3
