@@ -29,6 +29,7 @@ def _time_fits(
 
     import bncli
     from bncli.engines.dask_engine import fit_layer
+    from bncli.engines.local import FitOptions
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Port .* is already in use", UserWarning)
@@ -48,8 +49,8 @@ def _time_fits(
             fit_layer(
                 layer,
                 [npy_path],
+                FitOptions(batch_size=batch_size),
                 scheduler=cluster.scheduler_address,
-                batch_size=batch_size,
             )
             if run:
                 seconds.append(time.perf_counter() - started)

@@ -541,12 +541,10 @@ class BatchNormalization:
             StateFrozenError: the layer is frozen.
             DataError: unreadable or inconsistent inputs.
         """
-        from bncli.engines.local import fit_layer
+        from bncli.engines.local import FitOptions, fit_layer
 
         paths = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
-        summary: FitSummary = fit_layer(
-            self,
-            paths,
+        options = FitOptions(
             batch_size=batch_size,
             epochs=epochs,
             drop_remainder=drop_remainder,
@@ -557,6 +555,11 @@ class BatchNormalization:
             replicas=replicas,
             nan_policy=nan_policy,
             workers=workers,
+        )
+        summary: FitSummary = fit_layer(
+            self,
+            paths,
+            options,
             checkpoint_every=checkpoint_every,
             checkpoint=checkpoint,
             progress=progress,

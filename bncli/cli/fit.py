@@ -90,6 +90,7 @@ def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
       bncli fit images.h5 images.npy --axis -1 --batch-size 64 --epochs 3
     """
     from bncli.cli.render import counted, emit_json, make_progress, say
+    from bncli.engines.local import FitOptions, fit_layer
     from bncli.errors import UsageError
     from bncli.layer import BatchNormalization, load
     from bncli.state import lock
@@ -116,19 +117,18 @@ def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
                 )
             kwargs = {k: v for k, v in given.items() if v is not None}
             layer = BatchNormalization(**kwargs, seed=seed)
-        fit_options = {
-            "batch_size": options["batch_size"],
-            "epochs": options["epochs"],
-            "drop_remainder": options["drop_remainder"],
-            "columns": options["columns"],
-            "exclude": options["exclude"],
-            "mask_column": options["mask_column"],
-            "mask": list(options["masks"]) or None,
-            "replicas": options["replicas"],
-            "nan_policy": options["nan_policy"],
-            "workers": options["workers"],
-            "resume": options["resume"],
-        }
+        fit_options = FitOptions(
+            batch_size=options["batch_size"],
+            epochs=options["epochs"],
+            drop_remainder=options["drop_remainder"],
+            columns=options["columns"],
+            exclude=options["exclude"],
+            mask_column=options["mask_column"],
+            mask=list(options["masks"]) or None,
+            replicas=options["replicas"],
+            nan_policy=options["nan_policy"],
+            workers=options["workers"],
+        )
         progress = make_progress(options["quiet"], "fit")
         if options["engine"] == "dask":
             from bncli.engines.dask_engine import fit_layer as dask_fit
@@ -136,18 +136,21 @@ def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
             summary = dask_fit(
                 layer,
                 list(inputs),
+                fit_options,
                 scheduler=options["scheduler"],
                 checkpoint_every=options["checkpoint_every"],  # refused there
+                resume=options["resume"],  # refused there
                 progress=progress,
-                **fit_options,
             )
         else:
-            summary = layer.fit(
+            summary = fit_layer(
+                layer,
                 list(inputs),
+                fit_options,
                 checkpoint_every=options["checkpoint_every"],
                 checkpoint=lambda current: current.save(path),
                 progress=progress,
-                **fit_options,
+                resume=options["resume"],
             )
         layer.save(path)
     result = {

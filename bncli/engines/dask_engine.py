@@ -55,6 +55,7 @@ import numpy.typing as npt
 
 from bncli import kernels
 from bncli.engines.local import (
+    FitOptions,
     FitParams,
     TransformSummary,
     _check_positive,
@@ -745,18 +746,9 @@ def _refuse_stdin(paths: Sequence[str | os.PathLike[str]]) -> None:
 def fit_layer(
     layer: Any,
     paths: Sequence[str | os.PathLike[str]],
+    options: FitOptions | None = None,
     *,
     scheduler: str | None = None,
-    batch_size: int = 32,
-    epochs: int = 1,
-    drop_remainder: bool = False,
-    columns: Sequence[str] | None = None,
-    exclude: Sequence[str] | None = None,
-    mask_column: str | None = None,
-    mask: Sequence[str | os.PathLike[str]] | None = None,
-    replicas: int = 1,
-    nan_policy: str = "error",
-    workers: int | None = None,
     progress: Progress | None = None,
     resume: bool = False,
     checkpoint_every: int | None = None,
@@ -773,9 +765,8 @@ def fit_layer(
         paths: input files or folders (not stdin).
         scheduler: a scheduler address (``tcp://HOST:PORT``); ``None`` starts
             a local cluster of ``workers`` processes on 127.0.0.1.
-        batch_size, epochs, drop_remainder, columns, exclude, mask_column,
-            mask, replicas, nan_policy: as for ``bncli fit``.
-        workers: worker processes of a local cluster (default: every core);
+        options: as for the local engine; ``workers`` is the number of
+            worker processes of a local cluster (default: every core),
             ignored with ``scheduler``.
         progress: receives the samples done.
         resume, checkpoint_every: not supported by this engine (refused).
@@ -806,37 +797,25 @@ def fit_layer(
             "--engine local for checkpoints"
         )
     require_trainable(layer)
-    batch_size = _check_positive("batch size", batch_size)
-    epochs = _check_positive("epochs", epochs)
-    replicas = _check_positive("replicas", replicas)
-    if workers is not None:
-        workers = _check_positive("workers", workers)
+    options = (options or FitOptions()).checked()
+    batch_size, epochs, workers = options.batch_size, options.epochs, options.workers
     if tasks is not None:
         tasks = _check_positive("tasks", tasks)
     _refuse_stdin(paths)
-    dataset = open_fit_dataset(
-        layer,
-        paths,
-        columns=columns,
-        exclude=exclude,
-        mask_column=mask_column,
-        mask=mask,
-        nan_policy=nan_policy,
-        replay=True,
-    )
+    dataset = open_fit_dataset(layer, paths, options, replay=True)
     params = FitParams(
-        batch_size, layer.momentum, replicas, layer.synchronized, layer.channels
+        batch_size, layer.momentum, options.replicas, layer.synchronized, layer.channels
     )
     sample_bytes = int(np.prod(dataset.sample_shape)) * 8
     with _connect(distributed, scheduler, workers) as (client, threads):
         sizes = _sizes(distributed, client, dataset)
         total = sum(sizes)
-        samples = total // batch_size * batch_size if drop_remainder else total
+        samples = total // batch_size * batch_size if options.drop_remainder else total
         if samples == 0:
             raise DataError(
                 "empty input: no sample to fit", path=dataset.sources[0].path
             )
-        files = _input_files(dataset, sizes, mask)
+        files = _input_files(dataset, sizes, options.mask)
         count = _num_tasks(samples, sample_bytes, threads, tasks)
         ranges = plan_ranges(samples, count, _snap_to_units(dataset, files))
         plan = FitPlan(params, samples)

@@ -37,6 +37,7 @@ from bncli.io.sources import ChannelMismatchError, Chunk, Dataset, open_dataset
 from bncli.progress import NullProgress, Progress
 
 __all__ = [
+    "FitOptions",
     "TransformSummary",
     "fit_layer",
     "ordered_map",
@@ -210,6 +211,51 @@ class FitParams:
     channels: int
 
 
+@dataclasses.dataclass(frozen=True)
+class FitOptions:
+    """How a fit reads and batches its inputs: the data options of ``bncli fit``.
+
+    One record for the CLI, the Python API and both engines (the layer's own
+    options, momentum and the rest, live on the layer). ``workers`` left at
+    ``None`` means every core.
+    """
+
+    batch_size: int = 32
+    epochs: int = 1
+    drop_remainder: bool = False
+    columns: Sequence[str] | None = None
+    exclude: Sequence[str] | None = None
+    mask_column: str | None = None
+    mask: Sequence[str | os.PathLike[str]] | None = None
+    replicas: int = 1
+    nan_policy: str = "error"
+    workers: int | None = None
+
+    def checked(self) -> FitOptions:
+        """These options, with every count checked to be a positive integer."""
+        return dataclasses.replace(
+            self,
+            batch_size=_check_positive("batch size", self.batch_size),
+            epochs=_check_positive("epochs", self.epochs),
+            replicas=_check_positive("replicas", self.replicas),
+            workers=None
+            if self.workers is None
+            else _check_positive("workers", self.workers),
+        )
+
+
+#: The options a checkpoint records and ``fit --resume`` restores.
+RESUMED_OPTIONS = (
+    "batch_size",
+    "epochs",
+    "drop_remainder",
+    "replicas",
+    "mask_column",
+    "mask",
+    "nan_policy",
+)
+
+
 _scratch = threading.local()
 
 
@@ -315,15 +361,7 @@ def require_trainable(layer: Any) -> None:
 
 
 def open_fit_dataset(
-    layer: Any,
-    paths: Sequence[Any],
-    *,
-    columns: Sequence[str] | None,
-    exclude: Sequence[str] | None,
-    mask_column: str | None,
-    mask: Sequence[str | os.PathLike[str]] | None,
-    nan_policy: str,
-    replay: bool,
+    layer: Any, paths: Sequence[Any], options: FitOptions, *, replay: bool
 ) -> Dataset:
     """Open a fit's inputs against ``layer``, and build the layer on a first fit.
 
@@ -332,7 +370,7 @@ def open_fit_dataset(
     Args:
         layer: the layer to fit (built or not).
         paths: the inputs.
-        columns, exclude, mask_column, mask, nan_policy: as for ``fit``.
+        options: the fit's options (columns, exclude, masks, NaN policy).
         replay: whether the stream will be read more than once (stdin cannot).
 
     Returns:
@@ -348,6 +386,7 @@ def open_fit_dataset(
         raise UsageError(
             "'-' (stdin) cannot be replayed: not with --epochs above 1 or --resume"
         )
+    columns, exclude = options.columns, options.exclude
     if layer.built and (columns or exclude) and layer.kind == "table":
         chosen = list(columns) if columns else None
         if chosen is not None and chosen != layer.features:
@@ -361,9 +400,9 @@ def open_fit_dataset(
         paths,
         columns=columns,
         exclude=exclude,
-        mask_column=mask_column,
-        masks=mask,
-        nan_policy=nan_policy,
+        mask_column=options.mask_column,
+        masks=options.mask,
+        nan_policy=options.nan_policy,
     )
     if layer.built and layer.kind != dataset.kind:
         raise StateMismatchError(
@@ -380,77 +419,57 @@ def open_fit_dataset(
 def fit_layer(
     layer: Any,
     paths: Sequence[str | os.PathLike[str]],
+    options: FitOptions | None = None,
     *,
-    batch_size: int = 32,
-    epochs: int = 1,
-    drop_remainder: bool = False,
-    columns: Sequence[str] | None = None,
-    exclude: Sequence[str] | None = None,
-    mask_column: str | None = None,
-    mask: Sequence[str | os.PathLike[str]] | None = None,
-    replicas: int = 1,
-    nan_policy: str = "error",
-    workers: int | None = None,
     checkpoint_every: int | None = None,
     checkpoint: Callable[[Any], None] | None = None,
     progress: Progress | None = None,
     resume: bool = False,
 ) -> Any:
-    """Fit ``layer`` on files; see :meth:`bncli.BatchNormalization.fit`."""
+    """Fit ``layer`` on files; see :meth:`bncli.BatchNormalization.fit`.
+
+    With ``resume``, the options of :data:`RESUMED_OPTIONS`, the position and
+    (unless ``paths`` are given) the inputs come from ``layer.resume``.
+    """
     from bncli.layer import FitSummary
 
     started = time.perf_counter()
     progress = progress or NullProgress()
+    options = options or FitOptions()
     require_trainable(layer)
     start_epoch = start_sample = 0
     if resume:
-        record = layer.resume
-        if not record:
+        resumed = layer.resume
+        if not resumed:
             raise StateError(
                 "nothing to resume: the state records no interrupted fit",
                 hint="run fit without --resume",
             )
-        paths = paths or record["inputs"]
-        batch_size, epochs = record["batch_size"], record["epochs"]
-        drop_remainder, replicas = record["drop_remainder"], record["replicas"]
-        mask_column, mask = record["mask_column"], record["mask"]
-        nan_policy = record["nan_policy"]
-        start_epoch, start_sample = record["epoch"], record["sample"]
-    batch_size = _check_positive("batch size", batch_size)
-    epochs = _check_positive("epochs", epochs)
-    replicas = _check_positive("replicas", replicas)
-    workers = (
-        default_workers() if workers is None else _check_positive("workers", workers)
-    )
+        paths = paths or resumed["inputs"]
+        options = dataclasses.replace(
+            options, **{key: resumed[key] for key in RESUMED_OPTIONS}
+        )
+        start_epoch, start_sample = resumed["epoch"], resumed["sample"]
+    options = options.checked()
+    batch_size, epochs = options.batch_size, options.epochs
+    workers = options.workers or default_workers()
     if checkpoint_every is not None:
         checkpoint_every = _check_positive("checkpoint interval", checkpoint_every)
-    dataset = open_fit_dataset(
-        layer,
-        paths,
-        columns=columns,
-        exclude=exclude,
-        mask_column=mask_column,
-        mask=mask,
-        nan_policy=nan_policy,
-        replay=epochs > 1 or resume,
-    )
+    dataset = open_fit_dataset(layer, paths, options, replay=epochs > 1 or resume)
     params = FitParams(
-        batch_size, layer.momentum, replicas, layer.synchronized, layer.channels
+        batch_size, layer.momentum, options.replicas, layer.synchronized, layer.channels
     )
     rows = block_rows(batch_size, *_chunk_bytes(dataset))
     record = {
+        **{key: getattr(options, key) for key in RESUMED_OPTIONS},
         "inputs": [
             text if text == "-" else str(Path(text).resolve())
             for text in (os.fspath(p) for p in paths)
         ],
-        "batch_size": batch_size,
-        "epochs": epochs,
-        "drop_remainder": drop_remainder,
-        "replicas": replicas,
-        "mask_column": mask_column,
-        "mask": None if not mask else [str(Path(m).resolve()) for m in mask],
-        "nan_policy": nan_policy,
-        "files": _fingerprints(dataset, mask),
+        "mask": None
+        if not options.mask
+        else [str(Path(m).resolve()) for m in options.mask],
+        "files": _fingerprints(dataset, options.mask),
     }
     if resume and "files" in layer.resume:  # absent from older records
         _check_unchanged(layer.resume["files"], record["files"])
@@ -464,7 +483,7 @@ def fit_layer(
     for epoch in range(start_epoch, epochs):
         first = start_sample if epoch == start_epoch else 0
         blocks = batch_blocks(
-            dataset.chunks(first, rows), batch_size, drop_remainder, first
+            dataset.chunks(first, rows), batch_size, options.drop_remainder, first
         )
         if workers > 1:
             blocks = prefetched(blocks, workers)

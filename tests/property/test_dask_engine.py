@@ -42,6 +42,23 @@ from bncli.io.sources import open_dataset
 from tests import reference
 from tests.conftest import FAST, PRECISE
 
+
+def _dask_fit(
+    layer, paths, *, scheduler=None, tasks=None, resume=False, checkpoint_every=None,
+    **options,
+):  # fmt: skip
+    """The Dask engine's fit, with the fit options as keywords."""
+    return dask_engine.fit_layer(
+        layer, paths, local.FitOptions(**options), scheduler=scheduler, tasks=tasks,
+        resume=resume, checkpoint_every=checkpoint_every,
+    )  # fmt: skip
+
+
+def _local_fit(layer, paths, **options):
+    """The local engine's fit, with the fit options as keywords."""
+    return local.fit_layer(layer, paths, local.FitOptions(**options))
+
+
 pytestmark = pytest.mark.dask
 
 N_A, N_B = 203, 97  # NPY files: 300 samples of shape (4, 3)
@@ -178,10 +195,8 @@ CASES = {
 def _fit_both(paths, scheduler, layer_options, tasks, **options):
     mine = bncli.BatchNormalization(momentum=0.9, **layer_options)
     theirs = bncli.BatchNormalization(momentum=0.9, **layer_options)
-    summary = dask_engine.fit_layer(
-        mine, paths, scheduler=scheduler, tasks=tasks, **options
-    )
-    expected = local.fit_layer(theirs, paths, **options)
+    summary = _dask_fit(mine, paths, scheduler=scheduler, tasks=tasks, **options)
+    expected = _local_fit(theirs, paths, **options)
     assert (summary.batches, summary.samples, summary.epochs) == (
         expected.batches,
         expected.samples,
@@ -291,8 +306,8 @@ def test_fit_other_formats_and_a_continued_fit(scheduler, tables, tmp_path):
         )
         # A second fit goes on from the first, as with the local engine.
         theirs = copy.deepcopy(mine)
-        dask_engine.fit_layer(mine, paths, scheduler=scheduler, batch_size=6)
-        local.fit_layer(theirs, paths, batch_size=6)
+        _dask_fit(mine, paths, scheduler=scheduler, batch_size=6)
+        _local_fit(theirs, paths, batch_size=6)
         _equal_states(mine, theirs)
 
 
@@ -309,10 +324,10 @@ def test_fit_nan_is_the_local_engines_error(scheduler, tables, tmp_path, where):
         pq.write_table(table.slice(lo, hi - lo), paths[-1], row_group_size=13)
     errors = []
     for fit in (
-        lambda layer: dask_engine.fit_layer(
+        lambda layer: _dask_fit(
             layer, paths, scheduler=scheduler, batch_size=32, tasks=7
         ),
-        lambda layer: local.fit_layer(layer, paths, batch_size=32),
+        lambda layer: _local_fit(layer, paths, batch_size=32),
     ):
         with pytest.raises(DataError) as caught:
             fit(bncli.BatchNormalization())
@@ -327,18 +342,18 @@ def test_fit_refusals(scheduler, arrays, tables):
     paths = [arrays["paths"]["a"]]
     layer = bncli.BatchNormalization(trainable=False)
     with pytest.raises(StateFrozenError):
-        dask_engine.fit_layer(layer, paths, scheduler=scheduler)
+        _dask_fit(layer, paths, scheduler=scheduler)
     layer = bncli.BatchNormalization()
-    local.fit_layer(layer, paths)
+    _local_fit(layer, paths)
     with pytest.raises(StateMismatchError):
-        dask_engine.fit_layer(layer, tables["paths"], scheduler=scheduler)
+        _dask_fit(layer, tables["paths"], scheduler=scheduler)
     for options in ({"resume": True}, {"checkpoint_every": 3}):
         with pytest.raises(UsageError, match="engine local"):
-            dask_engine.fit_layer(layer, paths, scheduler=scheduler, **options)
+            _dask_fit(layer, paths, scheduler=scheduler, **options)
     with pytest.raises(UsageError, match="stdin"):
-        dask_engine.fit_layer(layer, ["-"], scheduler=scheduler)
+        _dask_fit(layer, ["-"], scheduler=scheduler)
     with pytest.raises(DataError, match="empty input"):
-        dask_engine.fit_layer(
+        _dask_fit(
             layer, paths, scheduler=scheduler, batch_size=1000, drop_remainder=True
         )
 
@@ -348,7 +363,7 @@ def test_fit_refusals(scheduler, arrays, tables):
 
 def _local_state(paths, **options):
     layer = bncli.BatchNormalization(momentum=0.8, **options.pop("layer", {}))
-    local.fit_layer(layer, paths, **options)
+    _local_fit(layer, paths, **options)
     return layer
 
 
@@ -462,7 +477,7 @@ def test_transform_parquet_parts_equal_the_local_file(
     scheduler, tables, tmp_path, options
 ):
     layer = bncli.BatchNormalization(momentum=0.5)
-    local.fit_layer(layer, tables["paths"], columns=tables["columns"], batch_size=16)
+    _local_fit(layer, tables["paths"], columns=tables["columns"], batch_size=16)
     local.transform_layer(layer, tables["paths"], tmp_path / "local.parquet", **options)
     expected = pq.read_table(tmp_path / "local.parquet")
     summary = dask_engine.transform_layer(
@@ -513,7 +528,7 @@ def test_transform_other_formats_are_joined(
         paths = tables["paths"]
         options = {"training": True, "batch_size": 10}
     layer = bncli.BatchNormalization()
-    local.fit_layer(layer, paths, exclude=["id"] if suffix != ".npy" else None)
+    _local_fit(layer, paths, exclude=["id"] if suffix != ".npy" else None)
     local.transform_layer(layer, paths, tmp_path / f"local{suffix}", **options)
     dask_engine.transform_layer(
         layer, paths, tmp_path / f"out{suffix}", scheduler=scheduler, tasks=5, **options
@@ -543,7 +558,7 @@ def test_transform_other_formats_are_joined(
 def test_transform_errors_leave_nothing(scheduler, arrays, tmp_path):
     paths = [arrays["paths"]["a"], arrays["paths"]["b"]]
     layer = bncli.BatchNormalization()
-    local.fit_layer(layer, paths)
+    _local_fit(layer, paths)
     existing = tmp_path / "out.parquet"
     existing.write_text("keep me")
     with pytest.raises(UsageError, match="overwrite"):
@@ -582,7 +597,7 @@ def test_transform_output_folder_holding_an_input_is_refused(
     scheduler, tables, tmp_path
 ):
     layer = bncli.BatchNormalization()
-    local.fit_layer(layer, tables["paths"], columns=tables["columns"])
+    _local_fit(layer, tables["paths"], columns=tables["columns"])
     folder = tmp_path / "out.parquet"
     dask_engine.transform_layer(layer, tables["paths"], folder, scheduler=scheduler)
     with pytest.raises(UsageError, match="holds the input"):
