@@ -130,9 +130,10 @@ def bncli_transform(
     state: Path, path: Path, output: Path, workers: int | None = None
 ) -> None:
     import bncli
-    from bncli.engines.local import transform_layer
+    from bncli.engines.local import TransformOptions, transform_layer
 
-    transform_layer(bncli.load(state), [path], output, overwrite=True, workers=workers)
+    options = TransformOptions(overwrite=True, workers=workers)
+    transform_layer(bncli.load(state), [path], output, options)
 
 
 # -------------------------------------------------------------- baselines

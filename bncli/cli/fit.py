@@ -14,6 +14,7 @@ from bncli.cli.options import (
     check_engine,
     data_options,
     engine_options,
+    engine_record,
     layer_options,
     report_options,
 )
@@ -117,18 +118,7 @@ def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
                 )
             kwargs = {k: v for k, v in given.items() if v is not None}
             layer = BatchNormalization(**kwargs, seed=seed)
-        fit_options = FitOptions(
-            batch_size=options["batch_size"],
-            epochs=options["epochs"],
-            drop_remainder=options["drop_remainder"],
-            columns=options["columns"],
-            exclude=options["exclude"],
-            mask_column=options["mask_column"],
-            mask=list(options["masks"]) or None,
-            replicas=options["replicas"],
-            nan_policy=options["nan_policy"],
-            workers=options["workers"],
-        )
+        fit_options = engine_record(FitOptions, options)
         progress = make_progress(options["quiet"], "fit")
         if options["engine"] == "dask":
             from bncli.engines.dask_engine import fit_layer as dask_fit

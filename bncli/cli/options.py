@@ -6,12 +6,14 @@ with the library's message (valid names listed) as one line.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 F = Callable[..., Any]
+R = TypeVar("R")
 
 
 class SpecType(click.ParamType):  # type: ignore[type-arg]
@@ -265,6 +267,17 @@ def check_engine(options: dict[str, Any]) -> None:
             raise UsageError("--scheduler needs --engine dask")
         if options.get("single_file"):
             raise UsageError("--single-file needs --engine dask")
+
+
+def engine_record(record: Callable[..., R], options: dict[str, Any]) -> R:
+    """The engines' options record (FitOptions, TransformOptions) from a command's.
+
+    Each field takes the click option of its name; ``mask`` comes from the
+    repeated ``--mask`` (``masks``).
+    """
+    fields = [field.name for field in dataclasses.fields(record)]  # type: ignore[arg-type]
+    values = {name: options[name] for name in fields if name != "mask"}
+    return record(**values, mask=list(options["masks"]) or None)
 
 
 def report_options(f: F) -> F:

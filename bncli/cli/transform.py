@@ -12,6 +12,7 @@ from bncli.cli.options import (
     check_engine,
     data_options,
     engine_options,
+    engine_record,
     report_options,
 )
 
@@ -74,6 +75,7 @@ def transform(state: str, inputs: tuple[str, ...], **options: Any) -> None:
       cat batch.arrows | bncli transform state.h5 - -o - > out.arrows
     """
     from bncli.cli.render import counted, emit_json, make_progress, say
+    from bncli.engines.local import TransformOptions, transform_layer
     from bncli.errors import UsageError
     from bncli.layer import load
 
@@ -84,18 +86,7 @@ def transform(state: str, inputs: tuple[str, ...], **options: Any) -> None:
         )
     layer = load(state)
     progress = make_progress(options["quiet"], "transform")
-    kwargs = {
-        "training": options["training"],
-        "batch_size": options["batch_size"],
-        "replicas": options["replicas"],
-        "output_dtype": options["output_dtype"],
-        "overwrite": options["overwrite"],
-        "mask_column": options["mask_column"],
-        "mask": list(options["masks"]) or None,
-        "nan_policy": options["nan_policy"],
-        "workers": options["workers"],
-        "progress": progress,
-    }
+    transform_options = engine_record(TransformOptions, options)
     if options["engine"] == "dask":
         from bncli.engines.dask_engine import transform_layer as dask_transform
 
@@ -103,14 +94,15 @@ def transform(state: str, inputs: tuple[str, ...], **options: Any) -> None:
             layer,
             list(inputs),
             options["output"],
+            transform_options,
             scheduler=options["scheduler"],
             single_file=options["single_file"],
-            **kwargs,
+            progress=progress,
         )
     else:
-        from bncli.engines.local import transform_layer
-
-        summary = transform_layer(layer, list(inputs), options["output"], **kwargs)
+        summary = transform_layer(
+            layer, list(inputs), options["output"], transform_options, progress=progress
+        )
     result = {
         "output": summary.output,
         "samples": summary.samples,

@@ -57,6 +57,7 @@ from bncli import kernels
 from bncli.engines.local import (
     FitOptions,
     FitParams,
+    TransformOptions,
     TransformSummary,
     _check_positive,
     default_workers,
@@ -915,18 +916,10 @@ def transform_layer(
     layer: Any,
     paths: Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str],
+    options: TransformOptions | None = None,
     *,
     scheduler: str | None = None,
     single_file: bool = False,
-    training: bool = False,
-    batch_size: int = 32,
-    replicas: int = 1,
-    output_dtype: str | None = None,
-    overwrite: bool = False,
-    mask_column: str | None = None,
-    mask: Sequence[str | os.PathLike[str]] | None = None,
-    nan_policy: str = "error",
-    workers: int | None = None,
     progress: Progress | None = None,
     tasks: int | None = None,
 ) -> TransformSummary:
@@ -943,10 +936,9 @@ def transform_layer(
         paths: input files or folders (not stdin).
         output: a ``.parquet``, ``.arrow``/``.feather``/``.ipc``, ``.csv`` or
             ``.npy`` path (not ``-``); workers must see its folder.
-        scheduler, workers, tasks: as for :func:`fit_layer`.
+        options: as for the local engine; ``workers`` as for :func:`fit_layer`.
+        scheduler, tasks: as for :func:`fit_layer`.
         single_file: join a Parquet output's parts into one file.
-        training, batch_size, replicas, output_dtype, overwrite, mask_column,
-            mask, nan_policy: as for ``bncli transform``.
         progress: receives the samples done.
 
     Returns:
@@ -964,13 +956,11 @@ def transform_layer(
     progress = progress or NullProgress()
     distributed = _import_distributed()
     layer._require_built()
-    batch_size = _check_positive("batch size", batch_size)
-    replicas = _check_positive("replicas", replicas)
-    if workers is not None:
-        workers = _check_positive("workers", workers)
+    options = (options or TransformOptions()).checked()
+    batch_size, workers = options.batch_size, options.workers
     if tasks is not None:
         tasks = _check_positive("tasks", tasks)
-    training = bool(training and layer.trainable)
+    training = bool(options.training and layer.trainable)
     output = os.fspath(output)
     if output == "-":
         raise UsageError(
@@ -978,18 +968,10 @@ def transform_layer(
             "or use --engine local for -o -"
         )
     _refuse_stdin(paths)
-    dataset = open_transform_dataset(
-        layer,
-        paths,
-        output,
-        overwrite=overwrite,
-        mask_column=mask_column,
-        mask=mask,
-        nan_policy=nan_policy,
-    )
+    dataset = open_transform_dataset(layer, paths, output, options)
     _refuse_output_over_inputs(output, dataset)
     fmt = sink_format(output, dataset.kind)
-    dtype = output_dtype_for(layer, output_dtype)
+    dtype = output_dtype_for(layer, options.output_dtype)
     sample_bytes = int(np.prod(dataset.sample_shape)) * 8
     with _connect(distributed, scheduler, workers) as (client, threads):
         sizes = _sizes(distributed, client, dataset)
@@ -998,7 +980,7 @@ def transform_layer(
             raise DataError(
                 "empty input: nothing to transform", path=dataset.sources[0].path
             )
-        files = _input_files(dataset, sizes, mask)
+        files = _input_files(dataset, sizes, options.mask)
         count = _num_tasks(total, sample_bytes, threads, tasks)
         if training:  # tasks start on batch boundaries: batches never straddle
             snap = _snap_to_batches(batch_size)
@@ -1014,8 +996,8 @@ def transform_layer(
                 dtype=dtype,
                 training=training,
                 batch_size=batch_size,
-                replicas=replicas,
-                nan_policy=nan_policy,
+                replicas=options.replicas,
+                nan_policy=options.nan_policy,
                 first=files[0].path,
                 folder=str(folder.resolve()),  # workers have their own cwd
                 suffix=_PART_SUFFIX[fmt],

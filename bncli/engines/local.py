@@ -38,6 +38,7 @@ from bncli.progress import NullProgress, Progress
 
 __all__ = [
     "FitOptions",
+    "TransformOptions",
     "TransformSummary",
     "fit_layer",
     "ordered_map",
@@ -254,6 +255,36 @@ RESUMED_OPTIONS = (
     "mask",
     "nan_policy",
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformOptions:
+    """How a transform normalizes its inputs: the options of ``bncli transform``.
+
+    ``training`` on a frozen layer runs as inference, as in Keras.
+    ``workers`` left at ``None`` means every core.
+    """
+
+    training: bool = False
+    batch_size: int = 32
+    replicas: int = 1
+    output_dtype: str | None = None
+    overwrite: bool = False
+    mask_column: str | None = None
+    mask: Sequence[str | os.PathLike[str]] | None = None
+    nan_policy: str = "error"
+    workers: int | None = None
+
+    def checked(self) -> TransformOptions:
+        """These options, with every count checked to be a positive integer."""
+        return dataclasses.replace(
+            self,
+            batch_size=_check_positive("batch size", self.batch_size),
+            replicas=_check_positive("replicas", self.replicas),
+            workers=None
+            if self.workers is None
+            else _check_positive("workers", self.workers),
+        )
 
 
 _scratch = threading.local()
@@ -732,11 +763,7 @@ def open_transform_dataset(
     layer: Any,
     paths: Sequence[str | os.PathLike[str]],
     output: str,
-    *,
-    overwrite: bool,
-    mask_column: str | None,
-    mask: Sequence[str | os.PathLike[str]] | None,
-    nan_policy: str,
+    options: TransformOptions,
 ) -> Dataset:
     """Open a transform's inputs with the state's channels, and check ``output``.
 
@@ -754,13 +781,13 @@ def open_transform_dataset(
         axis=layer.axis,
         features=layer.features,
         sample_shape=layer.sample_shape if layer.kind == "array" else None,
-        mask_column=mask_column,
-        masks=mask,
-        nan_policy=nan_policy,
+        mask_column=options.mask_column,
+        masks=options.mask,
+        nan_policy=options.nan_policy,
     )
     if dataset.kind == "table":
         dataset.check_same_columns()
-    check_output(output, [s.path for s in dataset.sources], overwrite)
+    check_output(output, [s.path for s in dataset.sources], options.overwrite)
     if dataset.num_samples == 0:
         raise DataError(
             "empty input: nothing to transform", path=dataset.sources[0].path
@@ -772,16 +799,8 @@ def transform_layer(
     layer: Any,
     paths: Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str],
+    options: TransformOptions | None = None,
     *,
-    training: bool = False,
-    batch_size: int = 32,
-    replicas: int = 1,
-    output_dtype: str | None = None,
-    overwrite: bool = False,
-    mask_column: str | None = None,
-    mask: Sequence[str | os.PathLike[str]] | None = None,
-    nan_policy: str = "error",
-    workers: int | None = None,
     progress: Progress | None = None,
 ) -> TransformSummary:
     """Normalize files into ``output``; see ``bncli transform``.
@@ -796,23 +815,13 @@ def transform_layer(
     started = time.perf_counter()
     progress = progress or NullProgress()
     layer._require_built()
-    batch_size = _check_positive("batch size", batch_size)
-    replicas = _check_positive("replicas", replicas)
-    workers = (
-        default_workers() if workers is None else _check_positive("workers", workers)
-    )
-    training = bool(training and layer.trainable)
+    options = (options or TransformOptions()).checked()
+    batch_size, replicas = options.batch_size, options.replicas
+    workers = options.workers or default_workers()
+    training = bool(options.training and layer.trainable)
     output = os.fspath(output)
-    dataset = open_transform_dataset(
-        layer,
-        paths,
-        output,
-        overwrite=overwrite,
-        mask_column=mask_column,
-        mask=mask,
-        nan_policy=nan_policy,
-    )
-    dtype = output_dtype_for(layer, output_dtype)
+    dataset = open_transform_dataset(layer, paths, output, options)
+    dtype = output_dtype_for(layer, options.output_dtype)
     rows = block_rows(
         batch_size if training else 1, *_chunk_bytes(dataset, outputs=True)
     )
@@ -834,7 +843,7 @@ def transform_layer(
             training=training,
             batch_size=batch_size,
             replicas=replicas,
-            nan_policy=nan_policy,
+            nan_policy=options.nan_policy,
             out=out,
         )
         return y, out

@@ -224,10 +224,12 @@ def test_transform_outputs_do_not_depend_on_chunks(stream, chunk, tiny_chunks):
                 bn,
                 paths,
                 out,
-                training=training,
-                batch_size=stream["batch_size"],
-                mask=masks if training else None,
-                workers=2,
+                bncli.engines.local.TransformOptions(
+                    training=training,
+                    batch_size=stream["batch_size"],
+                    mask=masks if training else None,
+                    workers=2,
+                ),
             )
             if training:
                 want = reference.training_outputs(

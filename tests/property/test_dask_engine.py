@@ -59,6 +59,23 @@ def _local_fit(layer, paths, **options):
     return local.fit_layer(layer, paths, local.FitOptions(**options))
 
 
+def _dask_transform(
+    layer, paths, output, *, scheduler=None, single_file=False, tasks=None, **options
+):
+    """The Dask engine's transform, with the transform options as keywords."""
+    return dask_engine.transform_layer(
+        layer, paths, output, local.TransformOptions(**options), scheduler=scheduler,
+        single_file=single_file, tasks=tasks,
+    )  # fmt: skip
+
+
+def _local_transform(layer, paths, output, **options):
+    """The local engine's transform, with the transform options as keywords."""
+    return local.transform_layer(
+        layer, paths, output, local.TransformOptions(**options)
+    )
+
+
 pytestmark = pytest.mark.dask
 
 N_A, N_B = 203, 97  # NPY files: 300 samples of shape (4, 3)
@@ -478,9 +495,9 @@ def test_transform_parquet_parts_equal_the_local_file(
 ):
     layer = bncli.BatchNormalization(momentum=0.5)
     _local_fit(layer, tables["paths"], columns=tables["columns"], batch_size=16)
-    local.transform_layer(layer, tables["paths"], tmp_path / "local.parquet", **options)
+    _local_transform(layer, tables["paths"], tmp_path / "local.parquet", **options)
     expected = pq.read_table(tmp_path / "local.parquet")
-    summary = dask_engine.transform_layer(
+    summary = _dask_transform(
         layer,
         tables["paths"],
         tmp_path / "out.parquet",
@@ -495,7 +512,7 @@ def test_transform_parquet_parts_equal_the_local_file(
     for name in tables["columns"]:  # null cells stay null
         assert got[name].is_null().equals(tables["table"][name].is_null())
     # --single-file joins the parts into one Parquet file.
-    dask_engine.transform_layer(
+    _dask_transform(
         layer,
         tables["paths"],
         tmp_path / "one.parquet",
@@ -529,8 +546,8 @@ def test_transform_other_formats_are_joined(
         options = {"training": True, "batch_size": 10}
     layer = bncli.BatchNormalization()
     _local_fit(layer, paths, exclude=["id"] if suffix != ".npy" else None)
-    local.transform_layer(layer, paths, tmp_path / f"local{suffix}", **options)
-    dask_engine.transform_layer(
+    _local_transform(layer, paths, tmp_path / f"local{suffix}", **options)
+    _dask_transform(
         layer, paths, tmp_path / f"out{suffix}", scheduler=scheduler, tasks=5, **options
     )
     if suffix == ".npy":
@@ -562,25 +579,23 @@ def test_transform_errors_leave_nothing(scheduler, arrays, tmp_path):
     existing = tmp_path / "out.parquet"
     existing.write_text("keep me")
     with pytest.raises(UsageError, match="overwrite"):
-        dask_engine.transform_layer(layer, paths, existing, scheduler=scheduler)
+        _dask_transform(layer, paths, existing, scheduler=scheduler)
     assert existing.read_text() == "keep me"
     # An array of sample shape (4, 3) can only be written as .npy.
     with pytest.raises(UsageError, match="npy"):
-        dask_engine.transform_layer(
-            layer, paths, existing, scheduler=scheduler, overwrite=True
-        )
+        _dask_transform(layer, paths, existing, scheduler=scheduler, overwrite=True)
     assert existing.read_text() == "keep me"
     # NaN in the data: the local engine's error, and nothing written.
     bad = np.load(arrays["paths"]["b"])
     bad[50, 2, 1] = np.inf
     np.save(tmp_path / "bad.npy", bad)
     errors = []
-    for engine, extra in (
-        (dask_engine, {"scheduler": scheduler, "tasks": 4}),
-        (local, {}),
+    for transform, extra in (
+        (_dask_transform, {"scheduler": scheduler, "tasks": 4}),
+        (_local_transform, {}),
     ):
         with pytest.raises(DataError) as caught:
-            engine.transform_layer(
+            transform(
                 layer,
                 [arrays["paths"]["a"], tmp_path / "bad.npy"],
                 tmp_path / "y.npy",
@@ -590,7 +605,7 @@ def test_transform_errors_leave_nothing(scheduler, arrays, tmp_path):
     assert errors[0] == errors[1] and "row 50" in errors[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npy", "out.parquet"]
     with pytest.raises(UsageError, match="stdout"):
-        dask_engine.transform_layer(layer, paths, "-", scheduler=scheduler)
+        _dask_transform(layer, paths, "-", scheduler=scheduler)
 
 
 def test_transform_output_folder_holding_an_input_is_refused(
@@ -599,11 +614,9 @@ def test_transform_output_folder_holding_an_input_is_refused(
     layer = bncli.BatchNormalization()
     _local_fit(layer, tables["paths"], columns=tables["columns"])
     folder = tmp_path / "out.parquet"
-    dask_engine.transform_layer(layer, tables["paths"], folder, scheduler=scheduler)
+    _dask_transform(layer, tables["paths"], folder, scheduler=scheduler)
     with pytest.raises(UsageError, match="holds the input"):
-        dask_engine.transform_layer(
-            layer, [folder], folder, scheduler=scheduler, overwrite=True
-        )
+        _dask_transform(layer, [folder], folder, scheduler=scheduler, overwrite=True)
     assert _read_parts(folder)[0].num_rows == N_ROWS
 
 
