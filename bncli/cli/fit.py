@@ -156,9 +156,9 @@ def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
         emit_json(result)
     elif not options["quiet"]:
         say(
-            f"fitted {path}: {counted(summary.batches, 'batch')}, "
+            f"fitted {path}: {counted(summary.batches, 'batch', 'batches')}, "
             f"{counted(summary.samples, 'sample')} in {summary.seconds:.2f}s "
-            f"({counted(layer.batches_seen, 'batch')} seen in all)"
+            f"({counted(layer.batches_seen, 'batch', 'batches')} seen in all)"
         )
 
 

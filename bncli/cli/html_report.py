@@ -114,7 +114,7 @@ def render_report(layer: Any, title: str, drift: dict[str, Any] | None) -> str:
 <p>layer <b>{esc(str(config["name"]))}</b>, momentum {config["momentum"]:g}, epsilon {config["epsilon"]:g},
 center {config["center"]}, scale {config["scale"]}, policy {esc(layer.dtype_policy.name)},
 {"frozen" if not layer.trainable else "trainable"}.</p>
-<p>{counted(progress["batches_seen"], "batch")}, {counted(progress["samples_seen"], "sample")}, {counted(progress["epochs"], "epoch")};
+<p>{counted(progress["batches_seen"], "batch", "batches")}, {counted(progress["samples_seen"], "sample")}, {counted(progress["epochs"], "epoch")};
 initializer share {doc["initializer_share"]:.4%};
 regularization penalties gamma {doc["regularization"]["gamma"]:.6g}, beta {doc["regularization"]["beta"]:.6g}.</p>
 {f'<p class="warn">warning: {esc(warning)}</p>' if warning else ""}

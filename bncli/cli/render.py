@@ -29,11 +29,9 @@ def emit_json(document: Any) -> None:
     sys.stdout.flush()
 
 
-def counted(n: int, noun: str) -> str:
-    """``1 batch``, ``2 batches``: a count with its noun in the right number."""
-    if n == 1:
-        return f"{n} {noun}"
-    return f"{n} {noun}es" if noun.endswith(("ch", "s")) else f"{n} {noun}s"
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 epoch``, ``2 epochs``: a count with its noun in the right number."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 def say(message: str) -> None:
@@ -203,11 +201,29 @@ def _console() -> Any:
     return console
 
 
-def _bar(value: float, top: float, width: int = 10) -> str:
-    if not math.isfinite(value) or top <= 0:
-        return ""
-    filled = round(width * min(abs(value) / top, 1.0))
-    return "█" * filled + "·" * (width - filled)
+def log_bars(values: Any, width: int = 10) -> list[str]:
+    """Bars of positive ``values`` on a log scale from the smallest to the largest.
+
+    Channels' scales often span decades (a ratio and an income): on a linear
+    scale all but the largest would show empty. The smallest gets one block,
+    the largest ``width``; zero, negative or non-finite values get none.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    usable = np.isfinite(values) & (values > 0)
+    if not usable.any():
+        return ["·" * width for _ in values]
+    logs = np.log10(np.where(usable, values, 1.0))
+    lo, hi = float(logs[usable].min()), float(logs[usable].max())
+    span = hi - lo
+    bars = []
+    for ok, value in zip(usable, logs, strict=True):
+        filled = 0
+        if ok:
+            filled = (
+                width if span <= 0 else 1 + round((width - 1) * (value - lo) / span)
+            )
+        bars.append("█" * filled + "·" * (width - filled))
+    return bars
 
 
 def print_state(layer: Any, path: str, drift: dict[str, Any] | None = None) -> None:
@@ -255,7 +271,7 @@ def print_state(layer: Any, path: str, drift: dict[str, Any] | None = None) -> N
     )
     head.add_row(
         "progress",
-        f"{counted(layer.batches_seen, 'batch')}, {counted(layer.samples_seen, 'sample')}, "
+        f"{counted(layer.batches_seen, 'batch', 'batches')}, {counted(layer.samples_seen, 'sample')}, "
         f"{counted(layer.epochs, 'epoch')}",
     )
     head.add_row("initializer share", f"{layer.initializer_share().max():.4%}")
@@ -266,20 +282,23 @@ def print_state(layer: Any, path: str, drift: dict[str, Any] | None = None) -> N
         "channel",
         "moving mean",
         "moving std",
-        "",
+        "std (log scale)",
         "gamma",
         "beta",
         "init share",
         "flag",
     ):
         table.add_column(
-            column, justify="left" if column in ("channel", "", "flag") else "right"
+            column,
+            justify="left"
+            if column in ("channel", "std (log scale)", "flag")
+            else "right",
         )
     if drift is not None:
         table.add_column("mean shift", justify="right")
         table.add_column("var ratio", justify="right")
     std = np.sqrt(layer.moving_variance64)
-    top = float(np.nanmax(std)) if len(std) else 0.0
+    bars = log_bars(std)
     gamma = layer.gamma
     beta = layer.beta
     share = layer.initializer_share()
@@ -289,7 +308,7 @@ def print_state(layer: Any, path: str, drift: dict[str, Any] | None = None) -> N
             feature,
             f"{layer.moving_mean64[c]:.6g}",
             f"{std[c]:.6g}",
-            _bar(float(std[c]), top),
+            bars[c],
             "-" if gamma is None else f"{float(gamma[c]):.6g}",
             "-" if beta is None else f"{float(beta[c]):.6g}",
             f"{share[c]:.2%}",

@@ -1,0 +1,28 @@
+"""Pieces of the human-readable output."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bncli.cli.render import counted, log_bars
+
+
+def test_log_bars_span_the_decades_from_one_block_to_full():
+    bars = log_bars([1e-3, 1.0, 1e6], width=10)
+    assert [bar.count("█") for bar in bars] == [1, 4, 10]  # a third of the way: 1 + 3
+    assert all(len(bar) == 10 for bar in bars)
+
+
+def test_log_bars_of_equal_zero_and_bad_values():
+    assert log_bars([2.0, 2.0], width=4) == ["████", "████"]
+    bars = log_bars([0.0, np.nan, np.inf, 5.0], width=4)
+    assert bars == ["····", "····", "····", "████"]
+    assert log_bars([0.0], width=3) == ["···"]
+
+
+def test_counted_nouns():
+    assert counted(1, "batch") == "1 batch"
+    assert counted(2, "batch", "batches") == "2 batches"
+    assert counted(1, "batch", "batches") == "1 batch"
+    assert counted(0, "epoch") == "0 epochs"
+    assert counted(1, "sample") == "1 sample"
