@@ -455,10 +455,13 @@ class TableSource(Source):
             elif fmt == "arrow":
                 self._file = pa.ipc.open_file(pa.memory_map(path, "r"))
                 self.schema = self._file.schema
-                self.num_rows = sum(
-                    self._file.get_batch(i).num_rows
-                    for i in range(self._file.num_record_batches)
-                )
+                if hasattr(self._file, "count_rows"):  # reads batch headers only
+                    self.num_rows = self._file.count_rows()
+                else:  # decodes (decompresses) every batch once
+                    self.num_rows = sum(
+                        self._file.get_batch(i).num_rows
+                        for i in range(self._file.num_record_batches)
+                    )
             elif fmt == "arrow-stream":
                 self._file = pa.ipc.open_stream(stream if stream is not None else path)
                 self.schema = self._file.schema
@@ -542,6 +545,10 @@ class TableSource(Source):
             batches = iter(self._open_csv())
             skip = start
         for batch in batches:
+            if self.format in ("arrow", "arrow-stream"):
+                # IPC buffers are used as they lie in the file (memory-mapped,
+                # zero-copy): a damaged one would be read out of bounds.
+                batch.validate(full=True)
             if skip >= batch.num_rows:
                 skip -= batch.num_rows
                 continue

@@ -1,4 +1,4 @@
-"""Fuzzing the CLI's edges: option values, damaged Parquet, NPY, state and Keras files.
+"""Fuzzing the CLI's edges: option values; damaged Parquet, Arrow, NPY, state, Keras files.
 
 Whatever the values or the bytes, bncli answers with an exit code of the
 SPEC and, on failure, one ``error:`` line and no traceback, and writes
@@ -157,6 +157,39 @@ def test_damaged_parquet(run_cli, inputs, draw):
     # The reference is pyarrow's file reader on the channels (the Dataset API
     # of pq.read_table also checks column metadata that no reader uses).
     if not _readable(lambda: pq.ParquetFile(inputs / name).read(columns=["a", "b"])):
+        assert result.exit_code == 3
+    if result.exit_code:
+        assert snapshot(inputs) == before
+        assert name in result.stderr
+    else:
+        (inputs / "new.h5").unlink()
+
+
+@given(draw=st.data(), compression=st.sampled_from([None, "zstd"]))
+def test_damaged_arrow(run_cli, inputs, draw, compression):
+    import pyarrow.ipc as ipc
+
+    table = pq.read_table(inputs / "t.parquet")
+    source = inputs / f"t-{compression}.arrow"
+    if not source.exists():
+        options = ipc.IpcWriteOptions(compression=compression)
+        with ipc.new_file(source, table.schema, options=options) as writer:
+            for batch in table.to_batches(max_chunksize=20):
+                writer.write_batch(batch)
+    data, truncated = _damage(source.read_bytes(), draw.draw)
+    name = f"d{next(_names)}.arrow"
+    (inputs / name).write_bytes(data)
+    before = snapshot(inputs)
+    result = run_cli("fit", "new.h5", name, "--exclude", "keep")
+    _check_answer(result, allowed=(3,) if truncated else (0, 3))
+
+    def read():
+        with pa.memory_map(str(inputs / name), "r") as f:
+            reader = ipc.open_file(f)
+            for i in range(reader.num_record_batches):
+                reader.get_batch(i).validate(full=True)
+
+    if not _readable(read):
         assert result.exit_code == 3
     if result.exit_code:
         assert snapshot(inputs) == before
