@@ -302,19 +302,20 @@ class BatchNormalization:
             raise ConfigError(f"{len(self.features)} feature names for {channels}")
         self.kind = kind
         shape = (channels,)
-        variable_dtype = self.dtype_policy.variable_dtype
 
-        def init(key: str) -> npt.NDArray[Any]:
-            config = getattr(self, key)
+        def init(name: str) -> npt.NDArray[Any]:
+            config = getattr(self, f"{name}_initializer")
             value = specs.initial_value(config, shape, np.dtype(np.float64), None)
-            return np.asarray(value).astype(variable_dtype)
+            return self._fitting(
+                np.asarray(value, dtype=np.float64), f"{name}_initializer"
+            )
 
-        self._gamma = init("gamma_initializer") if self.scale else None
-        self._beta = init("beta_initializer") if self.center else None
+        self._gamma = init("gamma") if self.scale else None
+        self._beta = init("beta") if self.center else None
         # The accumulators start from the stored variables, so that a float64
         # run starts exactly where Keras's float32 variables do.
-        self.moving_mean64 = init("moving_mean_initializer").astype(np.float64)
-        self.moving_variance64 = init("moving_variance_initializer").astype(np.float64)
+        self.moving_mean64 = init("moving_mean").astype(np.float64)
+        self.moving_variance64 = init("moving_variance").astype(np.float64)
         self.channel_batches = np.zeros(channels, dtype=np.int64)
         self.batches_seen = self.samples_seen = self.epochs = 0
         self.resume = None
@@ -326,6 +327,23 @@ class BatchNormalization:
         with np.errstate(over="ignore"):
             return np.asarray(value).astype(self.dtype_policy.variable_dtype)
 
+    def _fitting(self, value: npt.NDArray[Any], name: str) -> npt.NDArray[Any]:
+        """``value`` in the variable dtype, refusing values it cannot hold.
+
+        For initial values and for gamma and beta, which have no float64
+        accumulator behind them: an overflow would leave an infinite variable.
+        """
+        cast = self._cast(value)
+        overflow = np.isfinite(value) & ~np.isfinite(cast)
+        if overflow.any():
+            dtype = np.dtype(self.dtype_policy.variable_dtype)
+            raise ConfigError(
+                f"{name}: {np.abs(np.asarray(value)[overflow]).max():.6g} does not "
+                f"fit the {dtype.name} variables of dtype policy "
+                f"{self.dtype_policy.name!r}; use a smaller value or a wider policy"
+            )
+        return cast
+
     @property
     def gamma(self) -> npt.NDArray[Any] | None:
         """The scale variable, ``(C,)``; None when ``scale`` is off."""
@@ -335,8 +353,9 @@ class BatchNormalization:
     def gamma(self, value: npt.ArrayLike) -> None:
         if not self.scale:
             raise ConfigError("the layer has no gamma (scale is off)")
-        self._gamma = self._cast(
-            specs.apply_constraint(self.gamma_constraint, self._vector(value, "gamma"))
+        self._gamma = self._fitting(
+            specs.apply_constraint(self.gamma_constraint, self._vector(value, "gamma")),
+            "gamma",
         )
 
     @property
@@ -348,8 +367,9 @@ class BatchNormalization:
     def beta(self, value: npt.ArrayLike) -> None:
         if not self.center:
             raise ConfigError("the layer has no beta (center is off)")
-        self._beta = self._cast(
-            specs.apply_constraint(self.beta_constraint, self._vector(value, "beta"))
+        self._beta = self._fitting(
+            specs.apply_constraint(self.beta_constraint, self._vector(value, "beta")),
+            "beta",
         )
 
     @property

@@ -207,6 +207,9 @@ CASES = [
     P(["transform", "st.h5", "good.parquet", "-o", "o.parquet", "--columns", "a"], 2, ["--columns"], id="transform-columns"),
     P(["export", "st.h5", "out.parquet"], 2, ["out.parquet"], id="export-extension"),
     P(["set", "st.h5", "--gamma", "1,2,3"], 2, ["--gamma", "3 values", "2 channels"], id="set-wrong-count"),
+    P(["fit", "n.h5", "good.parquet", "--columns", "a,b", "--dtype", "float16", "--gamma-initializer", "constant:1e6"], 2, ["gamma_initializer: 1e+06 does not fit the float16 variables", "wider policy"], id="initializer-overflows-float16"),
+    P(["fit", "n.h5", "good.parquet", "--columns", "a,b", "--dtype", "mixed_bfloat16", "--moving-variance-initializer", "constant:1e39"], 2, ["moving_variance_initializer: 1e+39 does not fit the float32 variables"], id="initializer-overflows-float32"),
+    P(["set", "st.h5", "--gamma", "1e39,1"], 2, ["gamma: 1e+39 does not fit the float32 variables"], id="set-overflows-float32"),
     P(["set", "st.h5", "--gamma", "header.npy"], 2, ["--gamma", "cannot read header.npy"], id="set-damaged-npy"),
     P(["set", "st.h5", "--gamma", "obj.npy"], 2, ["--gamma", "cannot read obj.npy"], id="set-object-npy"),
     # ------------------------------------------------------------ state: 4
