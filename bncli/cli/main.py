@@ -115,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except click.UsageError as e:
         if debug:
             traceback.print_exc()
-        where = f"{e.ctx.command_path.removeprefix('bncli').strip()}: " if e.ctx else ""
+        command = e.ctx.command_path.removeprefix("bncli").strip() if e.ctx else ""
+        where = f"{command}: " if command else ""
         hint = ""
         if e.ctx is not None and e.ctx.command.get_help_option(e.ctx) is not None:
             hint = f" (see: {e.ctx.command_path} --help)"

@@ -777,7 +777,14 @@ def _mask_nonfinite(chunk: Chunk) -> None:
 def _open_source(path: str) -> Source:
     if path == "-":
         stream = sys.stdin.buffer
-        head = stream.peek(8)[:8] if hasattr(stream, "peek") else b""
+        peekable = hasattr(stream, "peek")
+        head = stream.peek(8)[:8] if peekable else b""
+        if peekable and not head:
+            raise DataError(
+                "empty input: nothing on stdin",
+                path="-",
+                hint="pipe an Arrow IPC stream or an NPY array into it",
+            )
         if head.startswith(b"\x93NUMPY"):
             return ArraySource("-", stream)
         return TableSource("-", "arrow-stream", stream)

@@ -104,6 +104,21 @@ def test_npy_through_a_pipe(tmp_path):
     np.testing.assert_array_equal(y, np.load(tmp_path / "y.npy"))
 
 
+@pytest.mark.parametrize("command", ["fit", "transform"])
+def test_empty_stdin_is_one_clear_error(fitted, command):
+    tmp_path, _ = fitted
+    args = ["s.h5", "-"] + (["-o", "-"] if command == "transform" else [])
+    before = (tmp_path / "s.h5").read_bytes()
+    done = bncli_run(command, *args, stdin=b"", cwd=tmp_path)
+    assert done.returncode == 3
+    assert done.stderr.decode() == (
+        "error: -: empty input: nothing on stdin; "
+        "pipe an Arrow IPC stream or an NPY array into it\n"
+    )
+    assert done.stdout == b""
+    assert (tmp_path / "s.h5").read_bytes() == before
+
+
 def test_stdin_cannot_be_replayed(tmp_path):
     done = bncli_run("fit", "s.h5", "-", "--epochs", "2", stdin=b"", cwd=tmp_path)
     assert done.returncode == 2 and b"cannot be replayed" in done.stderr
