@@ -776,7 +776,7 @@ def _mask_nonfinite(chunk: Chunk) -> None:
 
 def _open_source(path: str) -> Source:
     if path == "-":
-        stream = sys.stdin.buffer
+        stream: Any = sys.stdin.buffer  # a BufferedReader (peek) in a shell
         peekable = hasattr(stream, "peek")
         head = stream.peek(8)[:8] if peekable else b""
         if peekable and not head:
