@@ -13,6 +13,12 @@ def test_log_bars_span_the_decades_from_one_block_to_full():
     assert all(len(bar) == 10 for bar in bars)
 
 
+def test_log_bars_of_close_values_look_alike():
+    """Within a decade, the bars show their values on a one-decade scale."""
+    bars = log_bars([0.997, 0.999, 0.2], width=10)
+    assert [bar.count("█") for bar in bars] == [10, 10, 4]  # 1 + round(9 * 0.30)
+
+
 def test_log_bars_of_equal_zero_and_bad_values():
     assert log_bars([2.0, 2.0], width=4) == ["████", "████"]
     bars = log_bars([0.0, np.nan, np.inf, 5.0], width=4)
