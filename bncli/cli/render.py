@@ -202,26 +202,24 @@ def _console() -> Any:
 
 
 def log_bars(values: Any, width: int = 10) -> list[str]:
-    """Bars of positive ``values`` on a log scale from the smallest to the largest.
+    """Bars of positive ``values`` on a log scale, up to the largest.
 
     Channels' scales often span decades (a ratio and an income): on a linear
-    scale all but the largest would show empty. The smallest gets one block,
-    the largest ``width``; zero, negative or non-finite values get none.
+    scale all but the largest would show empty. The bars span the decades
+    from the smallest value to the largest, one decade at least (so values
+    that barely differ show alike): the largest gets ``width`` blocks, the
+    bottom of the span one; zero, negative or non-finite values get none.
     """
     values = np.asarray(values, dtype=np.float64)
     usable = np.isfinite(values) & (values > 0)
     if not usable.any():
         return ["·" * width for _ in values]
     logs = np.log10(np.where(usable, values, 1.0))
-    lo, hi = float(logs[usable].min()), float(logs[usable].max())
-    span = hi - lo
+    hi = float(logs[usable].max())
+    span = max(hi - float(logs[usable].min()), 1.0)
     bars = []
     for ok, value in zip(usable, logs, strict=True):
-        filled = 0
-        if ok:
-            filled = (
-                width if span <= 0 else 1 + round((width - 1) * (value - lo) / span)
-            )
+        filled = 1 + round((width - 1) * (value - (hi - span)) / span) if ok else 0
         bars.append("█" * filled + "·" * (width - filled))
     return bars
 
