@@ -35,3 +35,22 @@ def test_quick_start_shows_exactly_two_commands():
         ["make", "run"],
         ["make", "test"],
     ]
+
+
+def test_python_api_example_runs(tmp_path, monkeypatch):
+    """The README's Python API example runs as printed (with two tables beside it)."""
+    import re
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    section = README.split("## Python API", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        table = pa.table({"u": rng.normal(size=100), "v": rng.normal(size=100)})
+        pq.write_table(table, tmp_path / f"{name}.parquet")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    assert (tmp_path / "state.h5").exists()
