@@ -774,7 +774,7 @@ def open_transform_dataset(
             or its folder is missing; nothing is created.
         DataError: unreadable or empty inputs, or channels unlike the state's.
     """
-    from bncli.io.sinks import check_output
+    from bncli.io.sinks import check_output, check_writable
 
     dataset = open_dataset(
         paths,
@@ -788,6 +788,7 @@ def open_transform_dataset(
     if dataset.kind == "table":
         dataset.check_same_columns()
     check_output(output, [s.path for s in dataset.sources], options.overwrite)
+    check_writable(output, dataset)
     if dataset.num_samples == 0:
         raise DataError(
             "empty input: nothing to transform", path=dataset.sources[0].path

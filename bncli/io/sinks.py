@@ -75,18 +75,50 @@ def output_dtype_for(layer: Any, name: str | None) -> np.dtype[Any]:
     return chosen
 
 
+def check_writable(output: str, dataset: Dataset) -> None:
+    """Refuse an output format that cannot hold the data, before anything is written.
+
+    Raises:
+        UsageError: arrays of more than one dimension per sample to a table
+            format, or a CSV output for a pass-through column CSV cannot
+            hold (lists, structs, maps).
+    """
+    fmt = sink_format(output, dataset.kind)
+    shape = dataset.sample_shape
+    if fmt not in ("npy", "npy-stream") and dataset.kind == "array" and len(shape) != 1:
+        raise UsageError(
+            f"{output}: arrays of sample shape {shape} can only be written as .npy"
+        )
+    if fmt == "csv" and dataset.kind == "table":
+        import io
+
+        import pyarrow as pa
+        import pyarrow.csv as csv
+
+        schema = dataset.sources[0].schema  # type: ignore[attr-defined]
+        for field in schema:
+            if field.name in dataset.features:
+                continue
+            try:  # the writer's own verdict, on no rows
+                csv.write_csv(
+                    pa.table({"c": pa.array([], type=field.type)}), io.BytesIO()
+                )
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise UsageError(
+                    f"{output}: CSV cannot hold column {field.name!r} of type "
+                    f"{field.type}; write .parquet or .arrow instead"
+                ) from e
+
+
 @contextlib.contextmanager
 def open_sink(output: str, dataset: Dataset, dtype: np.dtype[Any]) -> Iterator[Sink]:
     """A sink for ``output``, renamed into place when the block exits cleanly."""
+    check_writable(output, dataset)
     fmt = sink_format(output, dataset.kind)
     if fmt in ("npy", "npy-stream") and dataset.kind == "table":
         shape: tuple[int, ...] = (len(dataset.features),)
     else:
         shape = dataset.sample_shape
-    if fmt not in ("npy", "npy-stream") and dataset.kind == "array" and len(shape) != 1:
-        raise UsageError(
-            f"{output}: arrays of sample shape {shape} can only be written as .npy"
-        )
     if output == "-":
         sink = _make_sink(fmt, sys.stdout.buffer, dataset, dtype, shape)
         try:

@@ -173,3 +173,33 @@ def test_no_color_on_a_terminal(tmp_path):
     assert code == 0
     assert "samples/s" in err
     assert "\x1b[3" not in err and "\x1b[9" not in err  # no colour codes
+
+
+def test_nested_columns_pass_through_and_csv_refuses_them(tmp_path, run_cli):
+    n = 40
+    table = pa.table(
+        {
+            "x": np.arange(n, dtype=np.float32),
+            "l": pa.array([[i, i + 1] for i in range(n)]),
+            "s": pa.array([{"p": i, "q": str(i)} for i in range(n)]),
+        }
+    )
+    pq.write_table(table, tmp_path / "nested.parquet", row_group_size=16)
+    assert run_cli("fit", "s.h5", "nested.parquet").exit_code == 0
+    for suffix in (".parquet", ".arrow"):
+        result = run_cli("transform", "s.h5", "nested.parquet", "-o", f"y{suffix}")
+        assert result.exit_code == 0, result.stderr
+    out = pq.read_table(tmp_path / "y.parquet")
+    assert out.column("l").equals(table.column("l"))
+    assert out.column("s").equals(table.column("s"))
+    assert (
+        feather.read_table(tmp_path / "y.arrow").column("s").equals(table.column("s"))
+    )
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = run_cli("transform", "s.h5", "nested.parquet", "-o", "y.csv")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: y.csv: CSV cannot hold column 'l' of type list<element: int64>; "
+        "write .parquet or .arrow instead\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
