@@ -202,6 +202,11 @@ class NpySink(Sink):
     def write(self, chunk: Chunk, y: npt.NDArray[Any]) -> None:
         if y.ndim == 3:  # a table's rows layout (n, 1, C)
             y = y.reshape(len(y), -1)
+        if chunk.nulls is not None and chunk.nulls.any():
+            # NPY has no nulls: a table's null cells become NaN, never the
+            # normalized fill value the statistics skipped.
+            y = np.array(y, dtype=self.dtype)
+            y[chunk.nulls] = np.nan
         # The array's own buffer, not a bytes copy of it.
         self.file.write(np.ascontiguousarray(y, dtype=self.dtype).data)
         self.samples += len(y)

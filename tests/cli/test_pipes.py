@@ -154,6 +154,11 @@ def test_table_to_npy_and_2d_array_to_table(fitted, run_cli):
     np.testing.assert_allclose(
         y[:, 1], expected(tmp_path, table, "y"), rtol=1e-5, atol=1e-6
     )
+    # x's null cells (rows 7 and 200) are NaN: NPY has no nulls.
+    assert np.isnan(y[:, 0]).nonzero()[0].tolist() == [7, 200]
+    np.testing.assert_allclose(
+        y[:, 0], expected(tmp_path, table, "x"), rtol=1e-5, atol=1e-6
+    )
     np.save(tmp_path / "a.npy", np.ones((5, 2)))
     assert run_cli("fit", "a.h5", "a.npy").exit_code == 0
     assert run_cli("transform", "a.h5", "a.npy", "-o", "a.parquet").exit_code == 0
