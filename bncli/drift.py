@@ -76,8 +76,10 @@ def measure_drift(
 
     Returns:
         ``{"samples", "drift" (any channel drifts), "thresholds",
-        "channels": [{"feature", "mean", "variance", "mean_shift",
-        "variance_ratio", "drift"}, ...]}``.
+        "channels": [{"feature", "count", "mean", "variance", "mean_shift",
+        "variance_ratio", "drift"}, ...]}``. ``count`` is the channel's
+        values compared (nulls and masked values left out); a channel with
+        none has ``None`` for its statistics and does not drift.
     """
     moments, samples = data_moments(layer, paths, **options)
     scale = np.sqrt(layer.moving_variance64 + layer.epsilon)
@@ -96,10 +98,11 @@ def measure_drift(
         channels.append(
             {
                 "feature": feature,
-                "mean": float(moments.mean[c]),
-                "variance": float(moments.variance[c]),
-                "mean_shift": float(shift[c]),
-                "variance_ratio": float(ratio[c]),
+                "count": int(moments.count[c]),
+                "mean": float(moments.mean[c]) if seen else None,
+                "variance": float(moments.variance[c]) if seen else None,
+                "mean_shift": float(shift[c]) if seen else None,
+                "variance_ratio": float(ratio[c]) if seen else None,
                 "drift": drift,
             }
         )

@@ -78,10 +78,14 @@ def render_report(layer: Any, title: str, drift: dict[str, Any] | None) -> str:
         if drift:
             ch = drift["channels"][c]
             cls = ' class="flag"' if ch["drift"] else ""
-            cells += [
-                f"<span{cls}>{ch['mean_shift']:+.3f}</span>",
-                f"{ch['variance_ratio']:.3f}",
-            ]
+            cells += (
+                [
+                    f"<span{cls}>{ch['mean_shift']:+.3f}</span>",
+                    f"{ch['variance_ratio']:.3f}",
+                ]
+                if ch["count"]
+                else ["no data", "no data"]
+            )
         rows.append("<tr>" + "".join(f"<td>{v}</td>" for v in cells) + "</tr>")
     header = [
         "channel",
@@ -97,6 +101,8 @@ def render_report(layer: Any, title: str, drift: dict[str, Any] | None) -> str:
     charts = []
     for c, feature in enumerate(layer.features):
         data = drift["channels"][c] if drift else None
+        if data is not None and not data["count"]:
+            data = None  # no value of this channel in the data: nothing to draw
         charts.append(
             f"<figure>{_chart(float(layer.moving_mean64[c]), float(std[c]), data)}"
             f"<figcaption>{esc(feature)}</figcaption></figure>"

@@ -315,10 +315,13 @@ def print_state(layer: Any, path: str, drift: dict[str, Any] | None = None) -> N
         if drift is not None:
             channel = drift["channels"][c]
             mark = " !" if channel["drift"] else ""
-            row += [
-                f"{channel['mean_shift']:+.3f}{mark}",
-                f"{channel['variance_ratio']:.3f}",
-            ]
+            if channel["count"]:
+                row += [
+                    f"{channel['mean_shift']:+.3f}{mark}",
+                    f"{channel['variance_ratio']:.3f}",
+                ]
+            else:
+                row += ["no data", "no data"]
         table.add_row(*row)
     console.print(table)
     message = share_warning(layer)
@@ -330,6 +333,9 @@ def print_state(layer: Any, path: str, drift: dict[str, Any] | None = None) -> N
     if bad:
         warn("channels with a degenerate moving variance: " + ", ".join(bad))
     if drift is not None:
+        empty = [ch["feature"] for ch in drift["channels"] if not ch["count"]]
+        if empty:
+            warn(f"no value to compare in channel(s): {', '.join(empty)}")
         drifted = [ch["feature"] for ch in drift["channels"] if ch["drift"]]
         if drifted:
             warn(f"drift in {len(drifted)} channel(s): {', '.join(drifted)}")

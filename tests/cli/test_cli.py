@@ -206,6 +206,50 @@ def test_drift_and_html(run_cli, tmp_path):
     assert page.count("<svg") == 2 and "<script" not in page
 
 
+def test_drift_numbers_with_nulls_and_a_channel_without_data(run_cli, tmp_path):
+    """Each channel is compared on its own non-null values, against plain NumPy."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(2, 3, 200)
+    pq.write_table(
+        pa.table({"x": x, "y": rng.normal(0, 1, 200)}), tmp_path / "t.parquet"
+    )
+    run_cli("fit", "s.h5", "t.parquet", "--momentum", "0.5")
+    nulls = np.zeros(100, bool)
+    nulls[::4] = True
+    new_x = rng.normal(5, 1, 100)
+    table = pa.table(
+        {
+            "x": pa.array(new_x, mask=nulls),
+            "y": pa.array(np.zeros(100), mask=np.ones(100, bool)),  # all null
+        }
+    )
+    pq.write_table(table, tmp_path / "new.parquet")
+    r = run_cli("inspect", "s.h5", "--data", "new.parquet", "--json")
+    assert r.exit_code == 0, r.stderr
+    drift = json.loads(r.stdout)["drift"]
+    state = bncli.load(tmp_path / "s.h5")
+    values = new_x[~nulls]
+    scale = state.moving_variance64[0] + state.epsilon
+    cx, cy = drift["channels"]
+    assert cx["count"] == 75 and drift["samples"] == 100
+    np.testing.assert_allclose(cx["mean"], values.mean(), **PRECISE)
+    np.testing.assert_allclose(cx["variance"], values.var(), **PRECISE)
+    np.testing.assert_allclose(
+        cx["mean_shift"], (values.mean() - state.moving_mean64[0]) / np.sqrt(scale),
+        **PRECISE,
+    )  # fmt: skip
+    np.testing.assert_allclose(cx["variance_ratio"], values.var() / scale, **PRECISE)
+    assert cx["drift"] is True
+    assert cy == {
+        "feature": "y", "count": 0, "mean": None, "variance": None,
+        "mean_shift": None, "variance_ratio": None, "drift": False,
+    }  # fmt: skip
+    r = run_cli("inspect", "s.h5", "--data", "new.parquet", "--html", "r.html")
+    assert r.exit_code == 0, r.stderr
+    assert "no data" in r.stdout and "no data" in (tmp_path / "r.html").read_text()
+    assert "warning: no value to compare in channel(s): y" in r.stderr
+
+
 def test_every_command_help_has_summary_and_example(run_cli):
     from bncli.cli.main import COMMANDS
 
