@@ -250,7 +250,13 @@ def sniff_format(path: str | os.PathLike[str]) -> str:
 
 
 def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
-    """Inputs with folders expanded to their files, sorted by name."""
+    """Inputs with folders expanded to their data files, sorted by path.
+
+    Subfolders are read too (partitioned datasets: ``year=2024/part-0.parquet``);
+    files and folders whose names start with ``.`` or ``_`` (``_SUCCESS``,
+    ``.crc`` files, ``_temporary``) are skipped, and so are files of other
+    extensions.
+    """
     paths: list[str] = []
     for item in inputs:
         text = os.fspath(item)
@@ -261,9 +267,11 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
         if path.is_dir():
             files = sorted(
                 p
-                for p in path.iterdir()
+                for p in path.rglob("*")
                 if p.is_file()
-                and not p.name.startswith((".", "_"))
+                and not any(
+                    part.startswith((".", "_")) for part in p.relative_to(path).parts
+                )
                 and p.suffix.lower() in _EXTENSIONS
             )
             if not files:

@@ -18,7 +18,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from bncli.errors import DataError, InputNotFoundError, UsageError
-from bncli.io.sources import ChannelMismatchError, open_dataset, sniff_format
+from bncli.io.sources import (
+    ChannelMismatchError,
+    expand_inputs,
+    open_dataset,
+    sniff_format,
+)
 
 N = 37
 
@@ -162,6 +167,31 @@ class TestParquet(TableContract):
         self.write(table.slice(0, 20), folder / "a.parquet")
         _, data, _ = read_all(open_dataset([folder], columns=["c"]))
         np.testing.assert_array_equal(data[:, 0], table["c"].to_numpy())
+
+    def test_partitioned_folder_reads_subfolders_in_path_order(self, tmp_path):
+        """Hive-style partitions, and the debris of Spark/Dask writers, skipped."""
+        folder = tmp_path / "dataset"
+        table = make_table()
+        pieces = {
+            "k=1/b.parquet": (0, 10),
+            "k=1/c.parquet": (10, 15),
+            "k=2/a.parquet": (25, 12),
+        }
+        for name, (start, n) in pieces.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            self.write(table.slice(start, n), folder / name)
+        for debris in (
+            "_temporary/0/x.parquet",
+            ".hidden/x.parquet",
+            "_SUCCESS",
+            "k=1/.b.crc",
+            "notes.txt",
+        ):
+            (folder / debris).parent.mkdir(parents=True, exist_ok=True)
+            self.write(table.slice(0, 5), folder / debris)
+        assert expand_inputs([folder]) == [str(folder / name) for name in pieces]
+        _, data, _ = read_all(open_dataset([folder], columns=["c"]))
+        np.testing.assert_array_equal(data[:, 0], table["c"].to_numpy())  # in order
 
 
 class TestArrowFile(TableContract):
