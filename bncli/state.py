@@ -26,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import hashlib
+import io
 import json
 import os
 import time
@@ -52,7 +54,7 @@ __all__ = [
 ]
 
 FORMAT = "bncli-state"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 VARIABLE_NAMES = ("gamma", "beta", "moving_mean", "moving_variance")
 _MAX_CHANNELS = 1 << 24
 
@@ -81,26 +83,53 @@ class State:
         return len(self.features)
 
 
-#: The first bytes of every HDF5 file.
+#: The first bytes of every HDF5 file without a user block.
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
+#: States start with an HDF5 user block (bytes HDF5 itself skips) holding
+#: this line and the SHA-256 of everything after the block, in hex. A damaged
+#: file is refused on that checksum before any of its bytes reach libhdf5,
+#: which on some damaged files loops forever (HDFGroup/hdf5#1707; seen here
+#: with one changed byte). States written before format version 2 have no
+#: user block and are read as they are.
+SEAL_MAGIC = b"bncli-state sha256 "
+USERBLOCK_SIZE = 512
 
-def _is_hdf5(path: Path) -> bool:
+
+def seal(path: str | os.PathLike[str]) -> None:
+    """Write the checksum into the user block of an HDF5 file made with one."""
+    with open(path, "r+b") as f:
+        f.seek(USERBLOCK_SIZE)
+        digest = hashlib.sha256(f.read()).hexdigest().encode()
+        f.seek(0)
+        f.write(SEAL_MAGIC + digest + b"\n")
+
+
+def _head(path: Path) -> bytes:
     with open(path, "rb") as f:
-        head = f.read(8)
-    return head == HDF5_SIGNATURE
+        return f.read(len(SEAL_MAGIC))
+
+
+def _is_hdf5(head: bytes) -> bool:
+    return head.startswith(HDF5_SIGNATURE) or head.startswith(SEAL_MAGIC)
 
 
 def is_state(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is an HDF5 file marked as a bncli state (never raises).
+    """Whether ``path`` is a bncli state (never raises).
 
-    Only the ``format`` attribute is read; :func:`read_state` validates the rest.
+    A sealed state is told by its user block; an older one by its ``format``
+    attribute. :func:`read_state` validates the rest.
     """
     import h5py
 
     path = Path(path)
     try:
-        if not path.is_file() or not _is_hdf5(path):
+        if not path.is_file():
+            return False
+        head = _head(path)
+        if head.startswith(SEAL_MAGIC):
+            return True
+        if not head.startswith(HDF5_SIGNATURE):
             return False
         with h5py.File(path, "r") as f:
             return _attr_str(f.attrs.get("format")) == FORMAT
@@ -126,9 +155,12 @@ def read_state(path: str | os.PathLike[str]) -> State:
     if path.is_dir():
         raise StateError("is a folder, not a state file", path=path)
     try:
-        if not _is_hdf5(path):
+        source: Any = path
+        if _head(path).startswith(SEAL_MAGIC):
+            source = io.BytesIO(_checked_bytes(path))  # parse what was checked
+        elif not _is_hdf5(_head(path)):
             raise StateError("not a bncli state (not an HDF5 file)", path=path)
-        with h5py.File(path, "r") as f:
+        with h5py.File(source, "r") as f:
             return _read(f, path)
     except StateError:
         raise
@@ -145,6 +177,19 @@ def read_state(path: str | os.PathLike[str]) -> State:
         # h5py reports damaged structures as RuntimeError too, and a damaged
         # link may name a group where a dataset belongs (AttributeError).
         raise StateError(f"corrupt state ({_short(e)})", path=path) from e
+
+
+def _checked_bytes(path: Path) -> bytes:
+    """A sealed state's bytes, once their checksum matches."""
+    data = path.read_bytes()
+    stored = data[len(SEAL_MAGIC) : len(SEAL_MAGIC) + 64]
+    if hashlib.sha256(data[USERBLOCK_SIZE:]).hexdigest().encode() != stored:
+        raise StateError(
+            "corrupt state (checksum mismatch: the file was damaged, or changed "
+            "by another program)",
+            path=path,
+        )
+    return data
 
 
 def _short(e: BaseException) -> str:
@@ -306,33 +351,42 @@ def write_state(path: str | os.PathLike[str], state: State) -> None:
     path = Path(path)
     # A state is small: Ctrl-C waits the few milliseconds of the whole write,
     # so it never lands inside h5py (see bncli.interrupts).
-    with deferred(), atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs["format"] = FORMAT
-        f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["bncli_version"] = __version__
-        f.attrs["config"] = json.dumps(state.config)
-        f.attrs["kind"] = state.kind
-        f.attrs["axis"] = state.axis
-        f.attrs["sample_shape"] = np.asarray(state.sample_shape, dtype=np.int64)
-        if state.resume is not None:
-            f.attrs["resume"] = json.dumps(state.resume)
-        f.create_dataset(
-            "features",
-            data=np.array(state.features, dtype=object),
-            dtype=h5py.string_dtype("utf-8"),
-        )
-        group = f.create_group("variables")
-        for name in VARIABLE_NAMES:
-            if name in state.variables:
-                _write_vector(group, name, state.variables[name])
-        acc = f.create_group("accumulators")
-        acc.create_dataset("moving_mean", data=state.moving_mean64)
-        acc.create_dataset("moving_variance", data=state.moving_variance64)
-        acc.create_dataset("channel_batches", data=state.channel_batches)
-        progress = f.create_group("progress")
-        progress.attrs["batches_seen"] = state.batches_seen
-        progress.attrs["samples_seen"] = state.samples_seen
-        progress.attrs["epochs"] = state.epochs
+    with deferred(), atomic_path(path) as tmp:
+        with h5py.File(tmp, "w", userblock_size=USERBLOCK_SIZE) as f:
+            _write(f, state)
+        seal(tmp)
+
+
+def _write(f: Any, state: State) -> None:
+    """The state's attributes, groups and datasets, into an open HDF5 file."""
+    import h5py
+
+    f.attrs["format"] = FORMAT
+    f.attrs["format_version"] = FORMAT_VERSION
+    f.attrs["bncli_version"] = __version__
+    f.attrs["config"] = json.dumps(state.config)
+    f.attrs["kind"] = state.kind
+    f.attrs["axis"] = state.axis
+    f.attrs["sample_shape"] = np.asarray(state.sample_shape, dtype=np.int64)
+    if state.resume is not None:
+        f.attrs["resume"] = json.dumps(state.resume)
+    f.create_dataset(
+        "features",
+        data=np.array(state.features, dtype=object),
+        dtype=h5py.string_dtype("utf-8"),
+    )
+    group = f.create_group("variables")
+    for name in VARIABLE_NAMES:
+        if name in state.variables:
+            _write_vector(group, name, state.variables[name])
+    acc = f.create_group("accumulators")
+    acc.create_dataset("moving_mean", data=state.moving_mean64)
+    acc.create_dataset("moving_variance", data=state.moving_variance64)
+    acc.create_dataset("channel_batches", data=state.channel_batches)
+    progress = f.create_group("progress")
+    progress.attrs["batches_seen"] = state.batches_seen
+    progress.attrs["samples_seen"] = state.samples_seen
+    progress.attrs["epochs"] = state.epochs
 
 
 def _write_vector(group: Any, name: str, value: npt.NDArray[Any]) -> None:

@@ -48,7 +48,7 @@ from bncli.errors import (
     UsageError,
 )
 from bncli.io.atomic import atomic_path
-from bncli.state import HDF5_SIGNATURE
+from bncli.state import HDF5_SIGNATURE, SEAL_MAGIC
 
 __all__ = [
     "VARIABLE_NAMES",
@@ -161,11 +161,13 @@ def _sniff(path: Path) -> str:
     if path.is_dir():
         return "dir"
     with open(path, "rb") as f:
-        head = f.read(8)
+        head = f.read(len(SEAL_MAGIC))
     if head[:4] in _ZIP_MAGICS:
         return "zip"
-    if head == HDF5_SIGNATURE:
+    if head.startswith(HDF5_SIGNATURE):
         return "hdf5"
+    if head.startswith(SEAL_MAGIC):  # told by its user block: never parsed here
+        return "state"
     # An HDF5 file may start after a user block (512, 1024, ... bytes).
     try:
         if h5py.is_hdf5(os.fspath(path)):
@@ -291,6 +293,12 @@ def read_batchnorm_layers(
         if kind == "hdf5":
             with h5py.File(target, "r") as f:
                 return _read_hdf5(f, target, hints)
+        if kind == "state":
+            raise StateError(
+                "a bncli state, not a Keras model",
+                path=target,
+                hint="import reads .keras, .weights.h5 and .h5 files saved by Keras",
+            )
     except StateError:
         raise
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:

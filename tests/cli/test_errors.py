@@ -22,7 +22,7 @@ import pytest
 
 import bncli
 from bncli.cli.main import main
-from bncli.state import lock
+from bncli.state import FORMAT_VERSION, lock, seal
 from tests.conftest import FAST, PRECISE
 from tests.reliability.helpers import snapshot
 
@@ -88,15 +88,23 @@ def template(tmp_path_factory):
     frozen = bncli.load(d / "st.h5")
     frozen.trainable = False
     frozen.save(d / "frozen.h5")
+    # States whose bytes are whole (sealed again after the change) but whose
+    # content is not: from a newer bncli, or written wrongly by some tool.
     shutil.copy(d / "st.h5", d / "future.h5")
     with h5py.File(d / "future.h5", "a") as f:
-        f.attrs["format_version"] = 2
+        f.attrs["format_version"] = FORMAT_VERSION + 1
+    seal(d / "future.h5")
     shutil.copy(d / "st.h5", d / "nanstate.h5")
     with h5py.File(d / "nanstate.h5", "a") as f:
         f["accumulators/moving_variance"][0] = np.nan
+    seal(d / "nanstate.h5")
     shutil.copy(d / "st.h5", d / "badresume.h5")
     with h5py.File(d / "badresume.h5", "a") as f:
         f.attrs["resume"] = '{"inputs": 7}'
+    seal(d / "badresume.h5")
+    damaged = bytearray((d / "st.h5").read_bytes())
+    damaged[-100] ^= 0x10  # one bit, in the HDF5 part
+    (d / "flipped.h5").write_bytes(damaged)
     with h5py.File(d / "foreign.h5", "w") as f:
         f["x"] = np.arange(3)
     whole = (d / "st.h5").read_bytes()
@@ -224,7 +232,8 @@ CASES = [
     P(["fit", "randstate.h5", "good.parquet"], 4, ["randstate.h5", "not an HDF5 file"], id="random-state"),
     P(["fit", "foreign.h5", "good.parquet"], 4, ["foreign.h5", "not a bncli state"], id="foreign-state"),
     P(["inspect", "foreign.h5"], 4, ["foreign.h5", "neither a bncli state nor a Keras model"], id="foreign-inspect"),
-    P(["transform", "future.h5", "good.parquet", "-o", "o.parquet"], 4, ["future.h5", "version 2 is newer", "upgrade bncli"], id="future-state"),
+    P(["transform", "future.h5", "good.parquet", "-o", "o.parquet"], 4, ["future.h5", f"version {FORMAT_VERSION + 1} is newer", "upgrade bncli"], id="future-state"),
+    P(["fit", "flipped.h5", "good.parquet"], 4, ["flipped.h5", "corrupt state (checksum mismatch"], id="state-checksum"),
     P(["fit", "nanstate.h5", "good.parquet"], 4, ["nanstate.h5", "moving_variance has invalid values"], id="nan-in-state"),
     P(["fit", "badresume.h5", "--resume"], 4, ["badresume.h5", "resume record"], id="bad-resume-record"),
     P(["fit", "good.parquet", "good.parquet"], 4, ["good.parquet", "not a bncli state"], id="state-is-the-input"),

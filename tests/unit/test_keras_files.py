@@ -1079,3 +1079,22 @@ def test_probes_of_damaged_hdf5_files_never_raise(
     monkeypatch.setattr(state_module, "_attr_str", damaged)
     assert not is_keras_file(path)
     assert not state_module.is_state(path)
+
+
+def test_a_sealed_state_is_told_apart_without_parsing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bncli
+    import bncli.keras_compat.files as files_module
+
+    bn = bncli.BatchNormalization()
+    bn(np.ones((4, 2)), training=True)
+    bn.save(tmp_path / "s.h5")
+
+    def no_hdf5(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("parsed a state as a Keras file")
+
+    monkeypatch.setattr(files_module.h5py, "File", no_hdf5)
+    assert not is_keras_file(tmp_path / "s.h5")
+    with pytest.raises(StateError, match="a bncli state, not a Keras model"):
+        read_batchnorm_layers(tmp_path / "s.h5")

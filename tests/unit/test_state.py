@@ -11,7 +11,7 @@ import pytest
 
 import bncli
 from bncli.errors import StateError, StateLockedError, StateNotFoundError
-from bncli.state import FORMAT_VERSION, lock, lock_path, read_state
+from bncli.state import FORMAT_VERSION, lock, lock_path, read_state, seal
 
 
 @pytest.fixture
@@ -96,8 +96,10 @@ def test_a_resume_record_round_trips_with_or_without_files(fitted):
 
 
 def _mutate(path, fn):
+    """Change a state's content, and seal it again: whole bytes, bad content."""
     with h5py.File(path, "r+") as f:
         fn(f)
+    seal(path)
 
 
 @pytest.mark.parametrize(
@@ -217,3 +219,54 @@ def test_a_transform_removes_a_killed_transforms_temporary(tmp_path, run_cli):
     stale.write_bytes(b"half an output")
     assert run_cli("transform", "s.h5", "x.npy", "-o", "y.npy").exit_code == 0
     assert not stale.exists() and (tmp_path / "y.npy").exists()
+
+
+# ------------------------------------------------------------------ the seal
+
+
+def test_a_state_is_sealed_and_still_plain_hdf5(fitted):
+    import hashlib
+
+    from bncli.state import SEAL_MAGIC, USERBLOCK_SIZE
+
+    _, path = fitted
+    data = path.read_bytes()
+    digest = hashlib.sha256(data[USERBLOCK_SIZE:]).hexdigest().encode()
+    assert data.startswith(SEAL_MAGIC + digest + b"\n")
+    with h5py.File(path, "r") as f:  # any HDF5 reader still opens it
+        assert f.userblock_size == USERBLOCK_SIZE
+        assert f.attrs["format"] == "bncli-state"
+
+
+@pytest.mark.parametrize("where", [0.2, 0.5, -1])
+def test_a_damaged_sealed_state_never_reaches_libhdf5(fitted, monkeypatch, where):
+    """libhdf5 can loop forever on a damaged file: the checksum stops it first."""
+    from bncli.state import USERBLOCK_SIZE, is_state
+
+    _, path = fitted
+    data = bytearray(path.read_bytes())
+    position = len(data) - 1 if where == -1 else int(len(data) * where)
+    assert position >= USERBLOCK_SIZE
+    data[position] ^= 0x01
+    path.write_bytes(data)
+
+    def no_hdf5(*args, **kwargs):
+        raise AssertionError("libhdf5 was given a damaged file")
+
+    monkeypatch.setattr(h5py, "File", no_hdf5)
+    assert is_state(path)  # by its user block: read_state says what is wrong
+    with pytest.raises(StateError, match="checksum mismatch"):
+        bncli.load(path)
+
+
+def test_states_without_a_seal_still_load(fitted, tmp_path):
+    """States written before format version 2 have no user block."""
+    from bncli.state import _write
+
+    bn, _ = fitted
+    legacy = tmp_path / "legacy.h5"
+    with h5py.File(legacy, "w") as f:
+        _write(f, bn.to_state())
+        f.attrs["format_version"] = 1
+    assert legacy.read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"
+    np.testing.assert_array_equal(bncli.load(legacy).moving_mean64, bn.moving_mean64)
