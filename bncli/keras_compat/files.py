@@ -343,6 +343,12 @@ def _read_keras_zip(path: Path, hints: dict[str, bool | None]) -> list[KerasBatc
             raise StateError("the archive has no model.weights.h5", path=path)
         info = zf.getinfo("model.weights.h5")
         _check_member_size(info, None, path)
+        # Read once to its end first: zipfile checks the member's CRC-32
+        # there, so a damaged member is refused before libhdf5 parses it
+        # (libhdf5 loops forever on some damaged files: HDFGroup/hdf5#1707).
+        with zf.open(info) as member:
+            while member.read(1 << 20):
+                pass
         # A zip member is seekable: h5py reads only the groups asked for.
         with zf.open(info) as member, h5py.File(member, "r") as f:
             return _read_with_config(model, f, path, hints)

@@ -240,11 +240,18 @@ def test_damaged_state(run_cli, inputs, draw, command):
 
 @given(
     draw=st.data(),
-    kind=st.sampled_from(["m.keras", "m.weights.h5"]),
+    kind=st.sampled_from(["m.keras"]),
     command=st.sampled_from(["inspect", "import"]),
 )
 def test_damaged_keras_file(run_cli, inputs, draw, kind, command):
-    """Keras files (written by ``bncli export``) with flipped bits or cut short."""
+    """Keras files (written by ``bncli export``) with flipped bits or cut short.
+
+    Only ``.keras`` archives: their members' CRC-32 is checked before libhdf5
+    parses the weights. A bare ``.weights.h5`` or legacy ``.h5`` has no
+    checksum, and libhdf5 loops forever on some damaged HDF5 files
+    (HDFGroup/hdf5#1707): 10 of 42,552 single-bit flips of an exported
+    ``.weights.h5`` did, all in its global heap. That limit is in the README.
+    """
     if not (inputs / kind).exists():
         assert run_cli("export", "s.h5", kind).exit_code == 0
     data, truncated = _damage((inputs / kind).read_bytes(), draw.draw)

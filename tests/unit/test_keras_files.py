@@ -1098,3 +1098,27 @@ def test_a_sealed_state_is_told_apart_without_parsing_it(
     assert not is_keras_file(tmp_path / "s.h5")
     with pytest.raises(StateError, match="a bncli state, not a Keras model"):
         read_batchnorm_layers(tmp_path / "s.h5")
+
+
+def test_a_damaged_keras_archive_is_refused_before_libhdf5_parses_it(
+    tmp_path: Path, run_cli: Any
+) -> None:
+    """A flip in the weights' global heap makes libhdf5 loop forever; the CRC stops it."""
+    import bncli
+
+    bn = bncli.BatchNormalization()
+    bn(np.ones((4, 2)), training=True)
+    bn.save(tmp_path / "s.h5")
+    assert run_cli("export", "s.h5", "m.keras").exit_code == 0
+    data = bytearray((tmp_path / "m.keras").read_bytes())
+    with zipfile.ZipFile(tmp_path / "m.keras") as zf:
+        info = zf.getinfo("model.weights.h5")
+        member = zf.read(info)
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    assert data[start : start + len(member)] == member  # stored, not deflated
+    heap = member.index(b"GCOL")
+    data[start + heap + 8] ^= 0x80  # the collection's size: the loop's trigger
+    (tmp_path / "bad.keras").write_bytes(data)
+    result = run_cli("inspect", "bad.keras")
+    assert result.exit_code == 4
+    assert "corrupt Keras archive (Bad CRC-32" in result.stderr
