@@ -138,6 +138,15 @@ def _damage(data: bytes, draw) -> tuple[bytes, bool]:
     return bytes(damaged), False
 
 
+def _nothing_written_on_failure(result, inputs, before, name) -> None:
+    """A refused fit changes nothing and names the file; a done one is undone."""
+    if result.exit_code:
+        assert snapshot(inputs) == before
+        assert name in result.stderr
+    else:
+        (inputs / "new.h5").unlink()
+
+
 def _readable(read) -> bool:
     try:
         read()
@@ -158,11 +167,7 @@ def test_damaged_parquet(run_cli, inputs, draw):
     # of pq.read_table also checks column metadata that no reader uses).
     if not _readable(lambda: pq.ParquetFile(inputs / name).read(columns=["a", "b"])):
         assert result.exit_code == 3
-    if result.exit_code:
-        assert snapshot(inputs) == before
-        assert name in result.stderr
-    else:
-        (inputs / "new.h5").unlink()
+    _nothing_written_on_failure(result, inputs, before, name)
 
 
 @given(draw=st.data(), compression=st.sampled_from([None, "zstd"]))
@@ -191,11 +196,7 @@ def test_damaged_arrow(run_cli, inputs, draw, compression):
 
     if not _readable(read):
         assert result.exit_code == 3
-    if result.exit_code:
-        assert snapshot(inputs) == before
-        assert name in result.stderr
-    else:
-        (inputs / "new.h5").unlink()
+    _nothing_written_on_failure(result, inputs, before, name)
 
 
 @given(draw=st.data())
@@ -208,11 +209,7 @@ def test_damaged_npy(run_cli, inputs, draw):
     _check_answer(result, allowed=(3,) if truncated else (0, 3))
     if not _readable(lambda: np.load(inputs / name, allow_pickle=False)):
         assert result.exit_code == 3
-    if result.exit_code:
-        assert snapshot(inputs) == before
-        assert name in result.stderr
-    else:
-        (inputs / "new.h5").unlink()
+    _nothing_written_on_failure(result, inputs, before, name)
 
 
 @given(draw=st.data(), command=st.sampled_from(["fit", "inspect", "transform"]))
