@@ -110,10 +110,6 @@ def _head(path: Path) -> bytes:
         return f.read(len(SEAL_MAGIC))
 
 
-def _is_hdf5(head: bytes) -> bool:
-    return head.startswith(HDF5_SIGNATURE) or head.startswith(SEAL_MAGIC)
-
-
 def is_state(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a bncli state (never raises).
 
@@ -156,9 +152,10 @@ def read_state(path: str | os.PathLike[str]) -> State:
         raise StateError("is a folder, not a state file", path=path)
     try:
         source: Any = path
-        if _head(path).startswith(SEAL_MAGIC):
+        head = _head(path)
+        if head.startswith(SEAL_MAGIC):
             source = io.BytesIO(_checked_bytes(path))  # parse what was checked
-        elif not _is_hdf5(_head(path)):
+        elif not head.startswith(HDF5_SIGNATURE):
             raise StateError("not a bncli state (not an HDF5 file)", path=path)
         with h5py.File(source, "r") as f:
             return _read(f, path)

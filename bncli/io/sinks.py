@@ -22,7 +22,13 @@ from bncli.errors import UsageError
 from bncli.io.atomic import atomic_path
 from bncli.io.sources import Chunk, Dataset
 
-__all__ = ["check_output", "open_sink", "output_dtype_for", "sink_format"]
+__all__ = [
+    "check_output",
+    "check_writable",
+    "open_sink",
+    "output_dtype_for",
+    "sink_format",
+]
 
 _FORMATS = {
     ".parquet": "parquet",
@@ -112,8 +118,11 @@ def check_writable(output: str, dataset: Dataset) -> None:
 
 @contextlib.contextmanager
 def open_sink(output: str, dataset: Dataset, dtype: np.dtype[Any]) -> Iterator[Sink]:
-    """A sink for ``output``, renamed into place when the block exits cleanly."""
-    check_writable(output, dataset)
+    """A sink for ``output``, renamed into place when the block exits cleanly.
+
+    The engines have checked that the format can hold the data
+    (:func:`check_writable`, from ``open_transform_dataset``).
+    """
     fmt = sink_format(output, dataset.kind)
     if fmt in ("npy", "npy-stream") and dataset.kind == "table":
         shape: tuple[int, ...] = (len(dataset.features),)

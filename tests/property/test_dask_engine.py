@@ -188,7 +188,18 @@ def _equal_states(ours, theirs, tolerance=FAST):
     )
 
 
-def _against_reference(layer, expected):
+def _against_reference(layer, data, keep, batch_size, options, synchronized):
+    """``layer`` equals the plain per-batch loop over ``data`` with these options."""
+    expected = reference.fit(
+        data,
+        keep,
+        momentum=0.9,
+        batch_size=batch_size,
+        epochs=options.get("epochs", 1),
+        drop_remainder=options.get("drop_remainder", False),
+        replicas=options.get("replicas", 1),
+        synchronized=synchronized,
+    )
     np.testing.assert_allclose(layer.moving_mean64, expected.moving_mean, **PRECISE)
     np.testing.assert_allclose(
         layer.moving_variance64, expected.moving_variance, **PRECISE
@@ -236,17 +247,9 @@ def test_fit_npy(scheduler, arrays, batch_size, case):
         paths, scheduler, layer_options, 5, batch_size=batch_size, **options
     )
     mask = arrays["mask"] if "mask" in options else None
-    expected = reference.fit(
-        arrays["data"],
-        mask,
-        momentum=0.9,
-        batch_size=batch_size,
-        epochs=options.get("epochs", 1),
-        drop_remainder=options.get("drop_remainder", False),
-        replicas=options.get("replicas", 1),
-        synchronized=layer_options["synchronized"],
+    _against_reference(
+        mine, arrays["data"], mask, batch_size, options, layer_options["synchronized"]
     )
-    _against_reference(mine, expected)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -269,17 +272,9 @@ def test_fit_parquet(scheduler, tables, batch_size, case):
         **options,
     )
     assert mine.features == tables["columns"]
-    expected = reference.fit(
-        tables["data"],
-        keep,
-        momentum=0.9,
-        batch_size=batch_size,
-        epochs=options.get("epochs", 1),
-        drop_remainder=options.get("drop_remainder", False),
-        replicas=options.get("replicas", 1),
-        synchronized=layer_options["synchronized"],
+    _against_reference(
+        mine, tables["data"], keep, batch_size, options, layer_options["synchronized"]
     )
-    _against_reference(mine, expected)
 
 
 @pytest.mark.parametrize("tasks", [1, 2, 3, 8, 30, 300])
