@@ -1,5 +1,8 @@
 """bncli: Keras 3 BatchNormalization for data pipelines.
 
+The public names are imported on first use (PEP 562), so that ``bncli
+--help`` and other commands that need only part of the package start fast.
+
 Example:
     >>> import numpy as np, bncli
     >>> bn = bncli.BatchNormalization(momentum=0.9)
@@ -8,8 +11,33 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from bncli.layer import BatchNormalization, FitSummary, load
-
 __all__ = ["BatchNormalization", "FitSummary", "__version__", "load"]
+
+#: Public name -> the module that defines it.
+_LAZY = {
+    "BatchNormalization": "bncli.layer",
+    "FitSummary": "bncli.layer",
+    "load": "bncli.layer",
+}
+
+if TYPE_CHECKING:
+    from bncli.layer import BatchNormalization, FitSummary, load
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bncli' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -5,7 +5,8 @@ layer's variables are stored in and the dtype its outputs are computed in.
 The plain float names use one dtype for both; the ``mixed_*`` policies keep
 the variables in float32 and compute in half precision, as
 ``keras.dtype_policies.DTypePolicy`` does. bfloat16 comes from ``ml_dtypes``,
-the package JAX and Keras use for it.
+the package JAX and Keras use for it; it is imported only when a bfloat16
+dtype is asked for (importing it costs more than the rest of start-up).
 """
 
 from __future__ import annotations
@@ -14,17 +15,17 @@ import dataclasses
 import json
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 from bncli.errors import ConfigError
 
 __all__ = ["POLICY_NAMES", "DTypePolicy", "numpy_dtype", "parse_policy"]
 
-#: The float dtypes bncli stores variables and writes outputs in.
-_DTYPES: dict[str, np.dtype[Any]] = {
+#: The float dtypes bncli stores variables and writes outputs in; bfloat16's
+#: is filled in by :func:`numpy_dtype` on first use.
+_DTYPES: dict[str, np.dtype[Any] | None] = {
     "float16": np.dtype(np.float16),
-    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+    "bfloat16": None,
     "float32": np.dtype(np.float32),
     "float64": np.dtype(np.float64),
 }
@@ -63,12 +64,14 @@ def numpy_dtype(name: str) -> np.dtype[Any]:
         >>> numpy_dtype("bfloat16").itemsize
         2
     """
-    try:
-        return _DTYPES[name]
-    except (KeyError, TypeError):
-        raise ConfigError(
-            f"unknown dtype {name!r}; valid names: {', '.join(_DTYPES)}"
-        ) from None
+    if not isinstance(name, str) or name not in _DTYPES:
+        raise ConfigError(f"unknown dtype {name!r}; valid names: {', '.join(_DTYPES)}")
+    dtype = _DTYPES[name]
+    if dtype is None:
+        import ml_dtypes
+
+        dtype = _DTYPES[name] = np.dtype(ml_dtypes.bfloat16)
+    return dtype
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,104 @@
+"""What each command imports: start-up is paid on every call of a pipeline.
+
+``ml_dtypes`` alone costs more than the rest of start-up (0.5 s for 0.7.0),
+pyarrow, h5py and rich tens of milliseconds each. These tests pin which
+heavy modules each kind of call may import (a test of imports, not of time;
+``make bench`` measures the time).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+HEAVY = ("ml_dtypes", "pyarrow", "h5py", "rich", "dask", "distributed", "keras", "jax")
+
+
+def imported(args: list[str], cwd) -> set[str]:
+    """The heavy modules a CLI call imports, run as the console script runs it."""
+    code = (
+        "import json, sys\n"
+        "from bncli.cli.main import main\n"
+        "try:\n"
+        "    main(sys.argv[1:])\n"
+        "except SystemExit as e:\n"
+        "    code = e.code\n"
+        f"heavy = {HEAVY!r}\n"
+        "sys.__stderr__.write('\\nIMPORTED ' + json.dumps("
+        "[m for m in heavy if m in sys.modules]) + '\\n')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
+    line = done.stderr.rsplit("IMPORTED ", 1)[-1]
+    return set(json.loads(line))
+
+
+def test_import_bncli_imports_nothing_heavy():
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import sys, bncli; print([m for m in {HEAVY!r} if m in sys.modules])",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == "[]", done.stderr
+    # numpy is not needed either until a layer is used
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, bncli; print('numpy' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == "False"
+
+
+def test_public_names_import_on_first_use():
+    import bncli
+
+    assert bncli.BatchNormalization.__module__ == "bncli.layer"
+    assert callable(bncli.load)
+    assert set(bncli.__all__) <= set(dir(bncli))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        bncli.nope  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["--version"], ["fit", "--help"], ["transform", "--help"]],
+)
+def test_help_imports_nothing_heavy(args, tmp_path):
+    assert imported(args, tmp_path) == set()
+
+
+def test_small_npy_fit_and_transform_import_only_h5py(tmp_path):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(64, 3)))
+    assert imported(["fit", "s.h5", "x.npy", "--quiet"], tmp_path) == {"h5py"}
+    assert (tmp_path / "s.h5").exists()
+    assert imported(
+        ["transform", "s.h5", "x.npy", "-o", "y.npy", "--quiet"], tmp_path
+    ) == {"h5py"}
+    assert (tmp_path / "y.npy").exists()
+
+
+def test_bfloat16_imports_ml_dtypes_only_when_used(tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((8, 2)))
+    args = ["fit", "s.h5", "x.npy", "--quiet", "--dtype", "bfloat16"]
+    assert "ml_dtypes" in imported(args, tmp_path)
+    assert imported(["fit", "s.h5", "x.npy", "--quiet"], tmp_path) == {
+        "ml_dtypes",
+        "h5py",
+    }
