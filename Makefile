@@ -8,7 +8,7 @@ export KERAS_BACKEND := numpy
 PIP := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint format bench sample-data clean
+.PHONY: help run test test-fast lint format bench sample-data clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -40,8 +40,14 @@ run: $(VENV)/.installed-run  ## set up, fit on sample_data/, transform it, inspe
 	$(BIN)/bncli transform $(STATE) sample_data/features.parquet -o out/sample_normalized.parquet
 	$(BIN)/bncli inspect $(STATE)
 
+# The suite and the package's doctests (the docstrings' examples run as written).
+PYTEST := $(BIN)/python -m pytest -q -n 2 -p no:cacheprovider tests bncli --doctest-modules
+
 test: $(VENV)/.installed-dev  ## set up with the dev extras and run the whole suite
-	$(BIN)/python -m pytest -q -n 2 -p no:cacheprovider
+	$(PYTEST)
+
+test-fast: $(VENV)/.installed-dev  ## the suite without the subprocess-heavy tests marked slow (under a minute)
+	$(PYTEST) -m "not slow"
 
 lint: $(VENV)/.installed-dev  ## ruff and mypy
 	$(BIN)/ruff check bncli tests benchmarks
