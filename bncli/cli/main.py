@@ -86,7 +86,11 @@ def cli() -> None:
 
 
 def _error(message: str) -> None:
-    text = " ".join(str(message).split())
+    # One line, whatever the message holds: names from files may carry control
+    # characters (an ESC sequence, a forged "\r\nerror: ..."), shown as escapes.
+    from bncli.cli.text import printable
+
+    text = " ".join(printable(message).split())
     try:
         sys.stderr.write(f"error: {text}\n")
         sys.stderr.flush()

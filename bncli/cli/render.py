@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from bncli.cli.signals import check as check_interrupt
+from bncli.cli.text import cell, printable
 from bncli.progress import NullProgress, Progress
 
 #: Initializer share above which inspect warns.
@@ -35,13 +36,13 @@ def counted(n: int, noun: str, plural: str | None = None) -> str:
 
 
 def say(message: str) -> None:
-    """A line for people, on stderr."""
-    sys.stderr.write(message + "\n")
+    """A line for people, on stderr (control characters escaped)."""
+    sys.stderr.write(printable(message) + "\n")
 
 
 def warn(message: str) -> None:
-    """A warning for people, on stderr."""
-    sys.stderr.write(f"warning: {message}\n")
+    """A warning for people, on stderr (control characters escaped)."""
+    sys.stderr.write(f"warning: {printable(message)}\n")
 
 
 class RichProgress(Progress):
@@ -232,21 +233,25 @@ def print_state(layer: Any, path: str, drift: dict[str, Any] | None = None) -> N
 
     console = _console()
     config = layer.get_config()
-    head = Table(title=f"{path}", show_header=False, box=None, title_justify="left")
+    head = Table(title=cell(path), show_header=False, box=None, title_justify="left")
     head.add_column(style="bold")
     head.add_column()
-    head.add_row(
+
+    def add(label: str, value: str) -> None:
+        head.add_row(label, cell(value))
+
+    add(
         "layer",
         f"{config['name']} ({'frozen' if not layer.trainable else 'trainable'})",
     )
-    head.add_row(
+    add(
         "input",
         f"{layer.kind}, sample shape {tuple(layer.sample_shape)}, channel axis {layer.axis}",
     )
-    head.add_row("momentum / epsilon", f"{layer.momentum:g} / {layer.epsilon:g}")
-    head.add_row("center / scale", f"{layer.center} / {layer.scale}")
-    head.add_row("dtype policy", layer.dtype_policy.name)
-    head.add_row("synchronized", str(layer.synchronized))
+    add("momentum / epsilon", f"{layer.momentum:g} / {layer.epsilon:g}")
+    add("center / scale", f"{layer.center} / {layer.scale}")
+    add("dtype policy", layer.dtype_policy.name)
+    add("synchronized", str(layer.synchronized))
     inits = ", ".join(
         f"{k.removesuffix('_initializer')}={describe(config[k])}"
         for k in (
@@ -256,23 +261,23 @@ def print_state(layer: Any, path: str, drift: dict[str, Any] | None = None) -> N
             "moving_variance_initializer",
         )
     )
-    head.add_row("initializers", inits)
+    add("initializers", inits)
     penalties = layer.regularization_penalties()
-    head.add_row(
+    add(
         "regularizers",
         f"gamma {describe(layer.gamma_regularizer)} (penalty {penalties['gamma']:.6g}), "
         f"beta {describe(layer.beta_regularizer)} (penalty {penalties['beta']:.6g})",
     )
-    head.add_row(
+    add(
         "constraints",
         f"gamma {describe(layer.gamma_constraint)}, beta {describe(layer.beta_constraint)}",
     )
-    head.add_row(
+    add(
         "progress",
         f"{counted(layer.batches_seen, 'batch', 'batches')}, {counted(layer.samples_seen, 'sample')}, "
         f"{counted(layer.epochs, 'epoch')}",
     )
-    head.add_row("initializer share", f"{layer.initializer_share().max():.4%}")
+    add("initializer share", f"{layer.initializer_share().max():.4%}")
     console.print(head)
 
     table = Table(title="channels", title_justify="left")
@@ -303,7 +308,7 @@ def print_state(layer: Any, path: str, drift: dict[str, Any] | None = None) -> N
     flags = channel_flags(layer)
     for c, feature in enumerate(layer.features):
         row = [
-            feature,
+            cell(feature),
             f"{layer.moving_mean64[c]:.6g}",
             f"{std[c]:.6g}",
             bars[c],
@@ -349,7 +354,7 @@ def print_model(path: str, layers: list[Any]) -> None:
 
     console = _console()
     unsupported = sum(layer.problem is not None for layer in layers)
-    title = f"{path}: {len(layers)} BatchNormalization layer(s)"
+    title = f"{cell(path)}: {len(layers)} BatchNormalization layer(s)"
     if unsupported:
         title += f", {unsupported} unsupported"
     table = Table(title=title, title_justify="left")
@@ -368,15 +373,15 @@ def print_model(path: str, layers: list[Any]) -> None:
         settings = layer.config if layer.config is not None else layer.file_config
         center, scale = (settings or {}).get("center"), (settings or {}).get("scale")
         table.add_row(
-            doc["name"],
-            doc["path"],
+            cell(doc["name"]),
+            cell(doc["path"]),
             str(doc["channels"]),
             "?" if doc["momentum"] is None else f"{doc['momentum']:g}",
             "?" if doc["epsilon"] is None else f"{doc['epsilon']:g}",
             f"{center}/{scale}"
             if isinstance(center, bool) and isinstance(scale, bool)
             else "?",
-            doc["health"],
+            cell(doc["health"]),
             style=None if doc["supported"] else "yellow",
         )
     console.print(table)

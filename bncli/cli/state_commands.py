@@ -60,11 +60,20 @@ def _values(text: str, channels: int, flag: str) -> Any:
     if text.endswith(".npy") and Path(text).exists():
         import tokenize
 
+        with open(text, "rb") as f:
+            magic = f.read(6)
+        if magic != b"\x93NUMPY":
+            what = (
+                "a zip archive (an .npz?)" if magic[:2] == b"PK" else "not an NPY file"
+            )
+            raise UsageError(f"{flag}: cannot read {text}: {what}; give one .npy array")
         try:
             values = np.load(text, allow_pickle=False)
         except (ValueError, SyntaxError, tokenize.TokenError, OSError) as e:
             # What NumPy raises on a damaged header is not always a ValueError.
             raise UsageError(f"{flag}: cannot read {text} ({e})") from e
+        if values.dtype.kind not in "biuf":
+            raise UsageError(f"{flag}: {text} holds {values.dtype} values, not numbers")
         values = np.asarray(values, dtype=np.float64).ravel()
     else:
         try:

@@ -78,6 +78,9 @@ def template(tmp_path_factory):
     (d / "trunc.npy").write_bytes(whole[:-100])
     # '{' of the header dict made 'z': NumPy's header parser raises TokenError.
     (d / "header.npy").write_bytes(whole[:10] + b"z" + whole[11:])
+    np.savez(d / "pair.npz", gamma=np.ones(2))
+    os.replace(d / "pair.npz", d / "npz_as.npy")
+    np.save(d / "strings.npy", np.array(["1", "2"]))
 
     st = bncli.BatchNormalization()
     st.fit(d / "good.parquet")
@@ -222,6 +225,8 @@ CASES = [
     P(["set", "st.h5", "--gamma", "1e39,1"], 2, ["gamma: 1e+39 does not fit the float32 variables"], id="set-overflows-float32"),
     P(["set", "st.h5", "--gamma", "header.npy"], 2, ["--gamma", "cannot read header.npy"], id="set-damaged-npy"),
     P(["set", "st.h5", "--gamma", "obj.npy"], 2, ["--gamma", "cannot read obj.npy"], id="set-object-npy"),
+    P(["set", "st.h5", "--gamma", "npz_as.npy"], 2, ["--gamma", "cannot read npz_as.npy", "zip archive"], id="set-npz-named-npy"),
+    P(["set", "st.h5", "--gamma", "strings.npy"], 2, ["--gamma", "strings.npy", "not numbers"], id="set-string-npy"),
     # ------------------------------------------------------------ state: 4
     P(["transform", "none.h5", "good.parquet", "-o", "o.parquet"], 4, ["none.h5", "not found"], id="missing-state"),
     P(["inspect", "none.h5"], 4, ["none.h5"], id="missing-state-inspect"),
