@@ -8,7 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from bncli.cli.render import channel_flags, counted, share_warning, state_document
+from bncli.cli.render import (
+    channel_flags,
+    counted,
+    share_warning,
+    shown_channels,
+    state_document,
+)
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222}
@@ -31,7 +37,9 @@ def _chart(mean: float, std: float, data: dict[str, Any] | None) -> str:
     def path(mu: float, sigma: float) -> str:
         sigma = max(sigma, spread * 1e-3)
         ys = np.exp(-0.5 * ((xs - mu) / sigma) ** 2) / sigma
-        ys = ys / ys.max()
+        top = ys.max()
+        if top > 0:  # a dead channel's spike can fall between the grid's points
+            ys = ys / top
         points = " ".join(
             f"{(x - lo) / (hi - lo) * width:.1f},{height - 10 - y * (height - 20):.1f}"
             for x, y in zip(xs, ys, strict=True)
@@ -63,7 +71,11 @@ def render_report(layer: Any, title: str, drift: dict[str, Any] | None) -> str:
     std = np.sqrt(layer.moving_variance64)
     flags = channel_flags(layer)
     share = layer.initializer_share()
-    for c, feature in enumerate(layer.features):
+    shown = shown_channels(
+        flags, None if not drift else [ch["drift"] for ch in drift["channels"]]
+    )
+    for c in shown:
+        feature = layer.features[c]
         gamma = doc["variables"].get("gamma")
         beta = doc["variables"].get("beta")
         cells = [
@@ -99,7 +111,8 @@ def render_report(layer: Any, title: str, drift: dict[str, Any] | None) -> str:
     if drift:
         header += ["mean shift", "var ratio"]
     charts = []
-    for c, feature in enumerate(layer.features):
+    for c in shown:
+        feature = layer.features[c]
         data = drift["channels"][c] if drift else None
         if data is not None and not data["count"]:
             data = None  # no value of this channel in the data: nothing to draw
@@ -127,6 +140,7 @@ regularization penalties gamma {doc["regularization"]["gamma"]:.6g}, beta {doc["
 {f'<p class="warn">drift in {sum(ch["drift"] for ch in drift["channels"])} channel(s) of {drift["samples"]} samples</p>' if drift else ""}
 <table><tr>{"".join(f"<th>{h}</th>" for h in header)}</tr>
 {"".join(rows)}</table>
+{f"<p>{len(shown)} of {len(flags):,} channels shown (the flagged and drifting ones first); inspect --json lists them all.</p>" if len(shown) < len(flags) else ""}
 <p>{legend}</p>
 <div class="charts">{"".join(charts)}</div>
 </body></html>

@@ -155,6 +155,32 @@ def state_document(layer: Any) -> dict[str, Any]:
     }
 
 
+#: Channels a table or report shows one by one; wider states are summarized
+#: (``--json`` always lists every channel).
+SHOWN_CHANNELS = 200
+
+
+def shown_channels(flags: list[str], drifted: list[bool] | None = None) -> list[int]:
+    """The channels a table shows: all of them, or a summary of a wide state.
+
+    Beyond :data:`SHOWN_CHANNELS`, the flagged and drifting channels come
+    first (up to half of the rows), then the first channels fill the rest; the
+    indexes are returned in channel order.
+    """
+    total = len(flags)
+    if total <= SHOWN_CHANNELS:
+        return list(range(total))
+    notable = [
+        c for c in range(total) if flags[c] or (drifted is not None and drifted[c])
+    ][: SHOWN_CHANNELS // 2]
+    chosen = set(notable)
+    for c in range(total):
+        if len(chosen) >= SHOWN_CHANNELS:
+            break
+        chosen.add(c)
+    return sorted(chosen)
+
+
 def channel_flags(layer: Any) -> list[str]:
     """Per channel: "", "dead" (variance ~ 0) or "exploding" (variance huge)."""
     flags = []
@@ -306,7 +332,10 @@ def print_state(layer: Any, path: str, drift: dict[str, Any] | None = None) -> N
     beta = layer.beta
     share = layer.initializer_share()
     flags = channel_flags(layer)
-    for c, feature in enumerate(layer.features):
+    drifted = None if drift is None else [ch["drift"] for ch in drift["channels"]]
+    shown = shown_channels(flags, drifted)
+    for c in shown:
+        feature = layer.features[c]
         row = [
             cell(feature),
             f"{layer.moving_mean64[c]:.6g}",
@@ -328,6 +357,11 @@ def print_state(layer: Any, path: str, drift: dict[str, Any] | None = None) -> N
             else:
                 row += ["no data", "no data"]
         table.add_row(*row)
+    if len(shown) < len(flags):
+        table.caption = (
+            f"{len(shown)} of {len(flags):,} channels shown (the flagged and drifting "
+            "ones first); inspect --json lists them all"
+        )
     console.print(table)
     message = share_warning(layer)
     if message:

@@ -98,6 +98,8 @@ __all__ = [
 
 #: What to run when Dask is missing.
 INSTALL_COMMAND = "pip install 'bncli[dask]'"
+#: The address schemes of a scheduler that bncli can reach from its own process.
+SCHEDULER_SCHEMES = ("tcp", "tls", "ws", "wss")
 #: Seconds to wait for a scheduler to answer.
 CONNECT_TIMEOUT = 5.0
 #: About this many bytes of float64 samples per task, beyond one per worker.
@@ -142,8 +144,18 @@ def _probe(address: str) -> None:
     try:
         scheme, location = parse_address(address)
         get_backend(scheme)
-        if scheme not in ("tcp", "tls"):
-            return
+    except ValueError as e:
+        raise UsageError(f"bad scheduler address {address!r} ({e})") from e
+    if scheme not in SCHEDULER_SCHEMES:
+        # inproc:// lives in one process (bncli's has no scheduler), and ucx://
+        # needs UCX: both would only time out, with Dask's traceback.
+        raise UsageError(
+            f"scheduler address {address!r}: the {scheme}:// scheme is not "
+            f"supported; use one of {', '.join(s + '://' for s in SCHEDULER_SCHEMES)}"
+        )
+    if scheme not in ("tcp", "tls"):
+        return
+    try:
         host, port = parse_host_port(location, 8786)
     except ValueError as e:
         raise UsageError(f"bad scheduler address {address!r} ({e})") from e
@@ -155,13 +167,25 @@ def _probe(address: str) -> None:
         return  # a TLS handshake needs the client's credentials
 
     async def handshake() -> None:
-        comm = await connect(address, timeout=CONNECT_TIMEOUT)  # type: ignore[no-untyped-call]
+        # Dask bounds the connection but not its handshake: a service that
+        # accepts and then waits for a request of its own (an HTTP server, the
+        # dashboard's port) would hold the handshake forever.
+        comm = await asyncio.wait_for(
+            connect(address, timeout=CONNECT_TIMEOUT),  # type: ignore[no-untyped-call]
+            CONNECT_TIMEOUT,
+        )
         await comm.close()
 
     # In a thread of its own, as the caller may be running an event loop.
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         try:
             pool.submit(asyncio.run, handshake()).result()
+        except TimeoutError as e:
+            raise _unreachable(
+                address,
+                f"no Dask handshake within {CONNECT_TIMEOUT:g} s: what answers is "
+                "not a Dask scheduler",
+            ) from e
         except OSError as e:
             raise _unreachable(address, _first_line(e)) from e
         except Exception as e:

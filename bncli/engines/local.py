@@ -692,23 +692,56 @@ def transform_chunk(
         DataError: a NaN or infinity in the outputs, with ``nan_policy="error"``.
     """
     dtype = np.dtype(dtype)
-    if dtype.kind != "f" or dtype.itemsize < 4:
-        # Narrow outputs go through cast_output, which refuses an overflow.
-        y = normalize_chunk(chunk, layer, training, batch_size, replicas)
-        if nan_policy == "error" and not _all_finite(y):
-            chunk.raise_nonfinite()
-        narrow: npt.NDArray[Any] = layer.cast_output(
-            kernels.from_rows(y, chunk.data.shape, chunk.axis), dtype
-        )
-        return narrow
     rows = kernels.to_rows(chunk.data, chunk.axis)
-    if out is None:
-        out = output_rows(chunk, dtype)
-    _normalize_rows(chunk, rows, layer, training, batch_size, replicas, out)
-    if nan_policy == "error" and not _all_finite(out):
-        chunk.raise_nonfinite()
+    if dtype.kind != "f" or dtype.itemsize < 4:
+        # Narrow outputs: computed in float64, then cast.
+        y = normalize_chunk(chunk, layer, training, batch_size, replicas)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = y.astype(dtype)
+    else:
+        if out is None:
+            out = output_rows(chunk, dtype)
+        _normalize_rows(chunk, rows, layer, training, batch_size, replicas, out)
+    if not _all_finite(out):
+        _refuse_nonfinite_outputs(chunk, rows, out, nan_policy)
     result: npt.NDArray[Any] = kernels.from_rows(out, chunk.data.shape, chunk.axis)
     return result
+
+
+def _refuse_nonfinite_outputs(
+    chunk: Chunk,
+    rows: npt.NDArray[Any],
+    out: npt.NDArray[Any],
+    nan_policy: str,
+) -> None:
+    """Name the cause of a NaN or infinity in the outputs ``out`` (rows layout).
+
+    A NaN or infinity in the input is an error under ``nan_policy="error"``
+    (masked out, it stays NaN in the output); a finite input whose output is
+    not finite overflowed the output dtype, an error under every policy,
+    named with its file, column and row.
+    """
+    if nan_policy == "error":
+        bad_inputs = ~np.isfinite(rows)
+        if chunk.mask is not None:
+            bad_inputs &= chunk.mask
+        if bad_inputs.any():
+            chunk.raise_nonfinite()
+    overflow = ~np.isfinite(out) & np.isfinite(rows)
+    hits = np.argwhere(overflow)
+    if not len(hits):
+        return
+    sample, position, channel = (int(v) for v in hits[0])
+    path, row = chunk.locate(sample)
+    raise DataError(
+        f"the output overflows {out.dtype.name} (input value "
+        f"{float(rows[sample, position, channel]):.6g})",
+        path=path,
+        column=str(chunk.features[channel]),
+        row=row,
+        hint="use a wider output dtype: --output-dtype "
+        + ("float32" if out.dtype.itemsize < 4 else "float64"),
+    )
 
 
 def output_rows(chunk: Chunk, dtype: npt.DTypeLike) -> npt.NDArray[Any]:

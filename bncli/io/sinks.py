@@ -247,14 +247,14 @@ class TableSink(Sink):
             schema = source.schema  # type: ignore[attr-defined]
         else:
             schema = pa.schema([(name, self.arrow_type) for name in self.features])
+        self.index = {name: j for j, name in enumerate(self.features)}
         fields = [
             pa.field(f.name, self.arrow_type, nullable=True)
-            if f.name in self.features
+            if f.name in self.index
             else f
             for f in schema
         ]
         self.schema = pa.schema(fields, metadata=schema.metadata)
-        self.index = {name: j for j, name in enumerate(self.features)}
         sink_target = str(target) if isinstance(target, Path) else target
         if fmt == "parquet":
             import pyarrow.parquet as pq

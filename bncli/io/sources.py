@@ -13,6 +13,7 @@ the order given, whose channels (``features``) all files agree on.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 import tokenize
@@ -311,6 +312,7 @@ class ArraySource(Source):
         self._stream = stream
         self._file: BinaryIO | None = None
         if stream is None:
+            _check_npy_length(path)
             try:
                 self.array: Any = np.load(path, mmap_mode="r", allow_pickle=False)
             except _BAD_NPY as e:
@@ -392,6 +394,53 @@ class ArraySource(Source):
         return window
 
 
+def _check_npy_length(path: str) -> None:
+    """Refuse an NPY file whose header claims more data than the file holds.
+
+    The header is a few bytes anyone can write: ``(4, 2**40)`` must be an
+    error that names the file, not an attempt to map or allocate it.
+    """
+    from numpy.lib import format as npy
+
+    try:
+        with open(path, "rb") as f:
+            shape, _, dtype = _npy_header(f, npy)
+            offset = f.tell()
+            size = os.fstat(f.fileno()).st_size
+    except (*_BAD_NPY, OSError):
+        return  # a damaged header: np.load reports it, below
+    if any(d < 0 for d in shape):
+        raise DataError(f"corrupt NPY header (shape {shape})", path=path)
+    claimed = math.prod(shape) * np.dtype(dtype).itemsize
+    if size - offset < claimed:
+        raise DataError(
+            f"truncated NPY file: its header claims {claimed:,} bytes of data "
+            f"(shape {tuple(shape)}, {np.dtype(dtype)}), the file holds "
+            f"{max(size - offset, 0):,}",
+            path=path,
+        )
+
+
+def _npy_header(stream: BinaryIO, npy: Any) -> tuple[Any, bool, Any]:
+    version = npy.read_magic(stream)
+    if version == (1, 0):
+        return npy.read_array_header_1_0(stream)  # type: ignore[no-any-return]
+    return npy.read_array_header_2_0(stream)  # type: ignore[no-any-return]
+
+
+def check_channels(channels: int, path: str, where: str) -> None:
+    """Refuse no channel at all, or more than :data:`bncli.limits.MAX_CHANNELS`."""
+    from bncli.limits import MAX_CHANNELS
+
+    if channels < 1:
+        raise DataError(f"no channel: {where} is empty", path=path)
+    if channels > MAX_CHANNELS:
+        raise DataError(
+            f"{channels:,} channels ({where}); bncli takes at most {MAX_CHANNELS:,}",
+            path=path,
+        )
+
+
 def _read_exactly(stream: BinaryIO, size: int, path: str) -> bytes:
     parts = []
     got = 0
@@ -410,11 +459,7 @@ def _read_npy_header(
     from numpy.lib import format as npy
 
     try:
-        version = npy.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran, dtype = npy.read_array_header_1_0(stream)
-        else:
-            shape, fortran, dtype = npy.read_array_header_2_0(stream)
+        shape, fortran, dtype = _npy_header(stream, npy)
     except _BAD_NPY as e:
         raise DataError(f"corrupt NPY header ({_first_line(e)})", path=path) from e
     if fortran:
@@ -614,12 +659,14 @@ class Dataset:
             DataError: naming the first input that differs.
         """
         first = self.sources[0].schema  # type: ignore[attr-defined]
+        first_names = set(first.names)
+        channels = set(self.features)
         for source in self.sources[1:]:
             schema = source.schema  # type: ignore[attr-defined]
-            if set(schema.names) != set(first.names) or any(
+            if set(schema.names) != first_names or any(
                 schema.field(name).type != first.field(name).type
                 for name in first.names
-                if name not in self.features
+                if name not in channels
             ):
                 raise DataError(
                     f"columns differ from the first input's ({', '.join(first.names)});"
@@ -696,12 +743,12 @@ class Dataset:
         import pyarrow.compute as pc
 
         n = batch.num_rows
-        names = batch.schema.names
+        schema = batch.schema
         data = _channel_major(batch, self.features)
         columns = []
         nulls = None
         for j, name in enumerate([] if data is not None else self.features):
-            column = batch.column(names.index(name))
+            column = batch.column(schema.get_field_index(name))
             if column.null_count:
                 if nulls is None:
                     nulls = np.zeros((n, len(self.features)), dtype=bool)
@@ -719,7 +766,7 @@ class Dataset:
             data = by_column.T
         mask = None if nulls is None else ~nulls
         if self.mask_column is not None:
-            keep = batch.column(names.index(self.mask_column))
+            keep = batch.column(schema.get_field_index(self.mask_column))
             keep_np = pc.fill_null(keep.cast(pa.bool_()), False).to_numpy(
                 zero_copy_only=False
             )
@@ -869,16 +916,17 @@ def _open_tables(
 ) -> Dataset:
     first = sources[0]
     names = first.schema.names
+    present = set(names)  # membership tests stay O(1): tables may be 10^5 columns wide
     if columns and exclude:
         raise UsageError("--columns and --exclude cannot be used together")
-    if mask_column is not None and mask_column not in names:
+    if mask_column is not None and mask_column not in present:
         raise DataError(
             f"mask column {mask_column!r} not found (columns: {', '.join(names)})",
             path=first.path,
         )
     if features is not None:
         chosen = list(features)
-        missing = [c for c in chosen if c not in names]
+        missing = [c for c in chosen if c not in present]
         if missing:
             raise ChannelMismatchError(
                 f"column {missing[0]!r} of the state is missing "
@@ -888,7 +936,7 @@ def _open_tables(
     elif columns:
         chosen = list(columns)
         for name in chosen:
-            if name not in names:
+            if name not in present:
                 raise DataError(
                     f"column {name!r} not found (columns: {', '.join(names)})",
                     path=first.path,
@@ -897,7 +945,7 @@ def _open_tables(
             raise UsageError("--columns names a column twice")
     else:
         excluded = set(exclude or ())
-        unknown = sorted(excluded - set(names))
+        unknown = sorted(excluded - present)
         if unknown:
             raise DataError(
                 f"--exclude names column {unknown[0]!r}, which is not in the data "
@@ -911,12 +959,14 @@ def _open_tables(
         ]
         if not chosen:
             raise DataError("no numeric column to use as a channel", path=first.path)
-    if mask_column is not None and mask_column in chosen:
+    if mask_column is not None and mask_column in set(chosen):
         raise UsageError(f"the mask column {mask_column!r} cannot also be a channel")
+    check_channels(len(chosen), first.path, "the selected columns")
     for source in sources:
         schema = source.schema
+        in_schema = present if source is first else set(schema.names)
         for name in chosen:
-            if name not in schema.names:
+            if name not in in_schema:
                 raise ChannelMismatchError(
                     f"column {name!r} is missing (the first input has it)",
                     path=source.path,
@@ -930,7 +980,7 @@ def _open_tables(
                     column=name,
                 )
         if mask_column is not None:
-            if mask_column not in schema.names:
+            if mask_column not in in_schema:
                 raise DataError(
                     f"mask column {mask_column!r} not found", path=source.path
                 )
@@ -993,6 +1043,7 @@ def _open_arrays(
             path=first.path,
         )
     channels = shape[normalized - 1]
+    check_channels(channels, first.path, f"axis {axis} of shape {first.shape}")
     names = [str(i) for i in range(channels)] if features is None else list(features)
     if len(names) != channels:
         raise ChannelMismatchError(
