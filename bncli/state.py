@@ -41,7 +41,9 @@ import numpy.typing as npt
 from bncli import __version__
 from bncli.errors import StateError, StateLockedError, StateNotFoundError
 from bncli.interrupts import deferred
+from bncli.io import hdf5
 from bncli.io.atomic import atomic_path, remove_stale_temporaries
+from bncli.limits import MAX_CHANNELS
 
 __all__ = [
     "FORMAT",
@@ -56,7 +58,7 @@ __all__ = [
 FORMAT = "bncli-state"
 FORMAT_VERSION = 2
 VARIABLE_NAMES = ("gamma", "beta", "moving_mean", "moving_variance")
-_MAX_CHANNELS = 1 << 24
+_MAX_CHANNELS = MAX_CHANNELS
 
 
 @dataclasses.dataclass
@@ -213,7 +215,16 @@ def _read(f: Any, path: Path) -> State:
     config = json.loads(_attr_str(f.attrs["config"]))
     if not isinstance(config, dict):
         raise StateError("corrupt state (config is not a JSON object)", path=path)
-    features = [_attr_str(x) for x in f["features"][()]]
+    features = [
+        _attr_str(x)
+        for x in _corrupt_unless(
+            hdf5.read_dataset,
+            _child(f, "features", path),
+            "features",
+            path,
+            _MAX_CHANNELS,
+        )
+    ]
     channels = len(features)
     if not 0 < channels <= _MAX_CHANNELS:
         raise StateError(f"corrupt state ({channels} channels)", path=path)
@@ -231,14 +242,21 @@ def _read(f: Any, path: Path) -> State:
             "corrupt state (sample shape, axis and channels disagree)", path=path
         )
     variables: dict[str, npt.NDArray[Any]] = {}
+    group = _child(f, "variables", path)
     for name in VARIABLE_NAMES:
-        if name in f["variables"]:
-            variables[name] = _read_vector(f["variables"][name], channels, path, name)
-    acc = f["accumulators"]
-    moving_mean64 = _read_vector(acc["moving_mean"], channels, path, "moving_mean")
-    moving_variance64 = _read_vector(
-        acc["moving_variance"], channels, path, "moving_variance"
-    )
+        if name in group:
+            variables[name] = _read_vector(
+                _child(group, name, path), channels, path, f"variables/{name}"
+            )
+    acc = _child(f, "accumulators", path)
+
+    def read_accumulator(name: str) -> Any:
+        return _read_vector(
+            _child(acc, name, path), channels, path, f"accumulators/{name}"
+        )
+
+    moving_mean64 = read_accumulator("moving_mean")
+    moving_variance64 = read_accumulator("moving_variance")
     # Values are checked before use: no NaN, and finite float64 accumulators
     # (a float16 variable may overflow to infinity; a negative initializer may
     # make a moving variance negative, as in Keras).
@@ -249,10 +267,10 @@ def _read(f: Any, path: Path) -> State:
         accumulator = index >= len(variables)
         if np.isnan(value).any() or (accumulator and not np.isfinite(value).all()):
             raise StateError(f"corrupt state ({name} has invalid values)", path=path)
-    channel_batches = np.asarray(acc["channel_batches"][()], dtype=np.int64)
+    channel_batches = np.asarray(read_accumulator("channel_batches"), dtype=np.int64)
     if channel_batches.shape != (channels,) or (channel_batches < 0).any():
         raise StateError("corrupt state (channel_batches)", path=path)
-    progress = f["progress"].attrs
+    progress = _child(f, "progress", path).attrs
     resume = f.attrs.get("resume")
     state = State(
         config=config,
@@ -324,7 +342,21 @@ def _attr_str(value: Any) -> str:
     return str(value)
 
 
+def _corrupt_unless(check: Callable[..., Any], *args: Any) -> Any:
+    """``check(*args)``, its refusal worded as a corrupt state."""
+    try:
+        return check(*args)
+    except StateError as e:
+        raise StateError(f"corrupt state ({e.message})", path=e.path) from e
+
+
+def _child(parent: Any, name: str, path: Path) -> Any:
+    """A hard-linked group or dataset of the state (never a link out of it)."""
+    return _corrupt_unless(hdf5.plain_child, parent, name, path)
+
+
 def _read_vector(dataset: Any, channels: int, path: Path, name: str) -> Any:
+    _corrupt_unless(hdf5.check_dataset, dataset, name, path, _MAX_CHANNELS)
     if dataset.shape != (channels,):
         raise StateError(
             f"corrupt state ({name} has shape {dataset.shape}, expected ({channels},))",

@@ -24,6 +24,8 @@ equal lengths, matching the config) before it is returned.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import datetime
 import io
@@ -48,6 +50,8 @@ from bncli.errors import (
     UsageError,
 )
 from bncli.io.atomic import atomic_path
+from bncli.io.hdf5 import check_dataset, plain_child
+from bncli.limits import MAX_CHANNELS
 from bncli.state import HDF5_SIGNATURE, SEAL_MAGIC
 
 __all__ = [
@@ -84,7 +88,7 @@ _CONFIG_MAX_BYTES = 64 << 20
 _ZIP_BOMB_FLOOR_BYTES = 1 << 28
 _ZIP_MAX_EXPANSION = 100
 #: More channels than this is not a BatchNormalization layer but a corrupt file.
-_MAX_CHANNELS = 1 << 26
+_MAX_CHANNELS = MAX_CHANNELS
 #: Nested models deeper than this are refused (a crafted config could recurse).
 _MAX_DEPTH = 64
 #: Input shapes of higher rank are refused.
@@ -285,20 +289,21 @@ def read_batchnorm_layers(
         raise StateNotFoundError("no such Keras file", path=target)
     hints = {"center": center, "scale": scale}
     try:
-        kind = _sniff(target)
-        if kind == "dir":
-            return _read_keras_dir(target, hints)
-        if kind == "zip":
-            return _read_keras_zip(target, hints)
-        if kind == "hdf5":
-            with h5py.File(target, "r") as f:
-                return _read_hdf5(f, target, hints)
-        if kind == "state":
-            raise StateError(
-                "a bncli state, not a Keras model",
-                path=target,
-                hint="import reads .keras, .weights.h5 and .h5 files saved by Keras",
-            )
+        with _read_budget():
+            kind = _sniff(target)
+            if kind == "dir":
+                return _read_keras_dir(target, hints)
+            if kind == "zip":
+                return _read_keras_zip(target, hints)
+            if kind == "hdf5":
+                with h5py.File(target, "r") as f:
+                    return _read_hdf5(f, target, hints)
+            if kind == "state":
+                raise StateError(
+                    "a bncli state, not a Keras model",
+                    path=target,
+                    hint="import reads .keras, .weights.h5 and .h5 files saved by Keras",
+                )
     except StateError:
         raise
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
@@ -444,22 +449,36 @@ def _group(parent: h5py.Group, name: str, path: Path) -> h5py.Group:
 
 
 def _child(parent: h5py.Group, name: str, path: Path) -> h5py.Group | h5py.Dataset:
-    current: Any = parent
-    parts = [part for part in name.split("/") if part]
-    if not parts:
-        raise StateError(f"empty HDF5 path below {parent.name}", path=path)
-    for part in parts:
-        if not isinstance(current, h5py.Group) or part not in current:
-            raise StateError(f"{parent.name.rstrip('/')}/{name} is missing", path=path)
-        link = current.get(part, getlink=True)
-        if not isinstance(link, h5py.HardLink):
-            raise StateError(
-                f"{current.name.rstrip('/')}/{part} is a "
-                f"{type(link).__name__}; only plain groups and datasets are read",
-                path=path,
-            )
-        current = current[part]
-    return current
+    return plain_child(parent, name, path)
+
+
+#: Values a model file may make bncli read in all, over every layer: a
+#: crafted file can hard-link one large dataset into thousands of layers.
+_MAX_VALUES_READ = 1 << 25
+_values_left: contextvars.ContextVar[list[int]] = contextvars.ContextVar("_values_left")
+
+
+@contextlib.contextmanager
+def _read_budget() -> Iterator[None]:
+    """Bound the values read from one file (see :data:`_MAX_VALUES_READ`)."""
+    token = _values_left.set([_MAX_VALUES_READ])
+    try:
+        yield
+    finally:
+        _values_left.reset(token)
+
+
+def _spend(values: int, where: str, path: Path) -> None:
+    left = _values_left.get(None)
+    if left is None:
+        return
+    left[0] -= values
+    if left[0] < 0:
+        raise StateError(
+            f"{where}: the file's BatchNormalization variables hold more than "
+            f"{_MAX_VALUES_READ:,} values in all; refused as a crafted file",
+            path=path,
+        )
 
 
 def _attr_text(obj: h5py.HLObject, name: str) -> str | None:
@@ -502,15 +521,13 @@ def _attr_strings(obj: h5py.HLObject, name: str, path: Path) -> list[str]:
 
 
 def _read_array(dataset: Any, where: str, path: Path) -> np.ndarray:
-    if not isinstance(dataset, h5py.Dataset):
-        raise StateError(f"{where} is not a dataset", path=path)
+    check_dataset(dataset, where, path, max_elements=_MAX_CHANNELS)
     if len(dataset.shape or ()) != 1:
         raise StateError(
             f"{where} has shape {dataset.shape}; a BatchNormalization variable is 1-D",
             path=path,
         )
-    if dataset.shape[0] > _MAX_CHANNELS:
-        raise StateError(f"{where} has {dataset.shape[0]} channels", path=path)
+    _spend(dataset.size, where, path)
     bfloat16 = _attr_text(dataset, "dtype") == "bfloat16"
     if bfloat16 and dataset.dtype.itemsize == 2 and dataset.dtype.kind == "V":
         return np.asarray(dataset[()]).view(ml_dtypes.bfloat16)
