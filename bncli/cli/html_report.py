@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -148,11 +149,14 @@ regularization penalties gamma {doc["regularization"]["gamma"]:.6g}, beta {doc["
 
 
 def write_report(
-    path: str, layer: Any, title: str, drift: dict[str, Any] | None
+    target: Any, layer: Any, title: str, drift: dict[str, Any] | None
 ) -> None:
-    """Write the report atomically."""
-    from bncli.io.atomic import atomic_path
+    """Write the report to a checked output target, atomically (or as a stream)."""
+    from bncli.io.outputs import writing
 
-    text = render_report(layer, title, drift)
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    data = render_report(layer, title, drift).encode("utf-8")
+    with writing(target) as place:
+        if isinstance(place, Path):
+            place.write_bytes(data)
+        else:
+            place.write(data)

@@ -51,6 +51,7 @@ EXIT_DRIFT = 5
     default=None,
     help="Also write a self-contained HTML report.",
 )
+@click.option("--overwrite", is_flag=True, help="Replace the --html file if it exists.")
 @click.option(
     "--mask-column",
     default=None,
@@ -92,6 +93,13 @@ def inspect(target: str, more_data: tuple[str, ...], **options: Any) -> int:
     if options["fail_on_drift"] and not data:
         raise UsageError("inspect: --fail-on-drift needs --data")
     path = Path(target)
+    report = None
+    if options["html"]:
+        from bncli.io.outputs import check_output
+
+        # Checked before any work: never the state or a data file, never
+        # renamed over a FIFO or a device, and --overwrite to replace a file.
+        report = check_output(options["html"], [target, *data], options["overwrite"])
     kind = _kind(path)
     if kind == "model":
         if data or options["html"]:
@@ -135,10 +143,10 @@ def inspect(target: str, more_data: tuple[str, ...], **options: Any) -> int:
         render.emit_json(document)
     else:
         render.print_state(layer, str(path), drift)
-    if options["html"]:
+    if report is not None:
         from bncli.cli.html_report import write_report
 
-        write_report(options["html"], layer, str(path), drift)
+        write_report(report, layer, str(path), drift)
     if drift is not None and drift["drift"] and options["fail_on_drift"]:
         return EXIT_DRIFT
     return 0

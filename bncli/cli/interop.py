@@ -35,21 +35,16 @@ def export(state: str, output: str, overwrite: bool, debug: bool) -> None:
     """
     from bncli.cli.render import warn
     from bncli.errors import UsageError
+    from bncli.io.outputs import check_output
     from bncli.keras_compat.files import write_keras_model, write_weights_h5
     from bncli.layer import load
 
-    target = Path(output)
-    name = target.name.lower()
+    name = Path(output).name.lower()
     if not (name.endswith(".keras") or name.endswith(".weights.h5")):
         raise UsageError(f"{output}: export writes OUT.keras or OUT.weights.h5")
-    if not target.parent.is_dir():
-        raise UsageError(
-            f"{output}: the output's folder {target.parent} does not exist"
-        )
-    if target.exists() and not overwrite:
-        raise UsageError(f"{output}: output exists; pass --overwrite to replace it")
-    if target.exists() and target.resolve() == Path(state).resolve():
-        raise UsageError(f"{output}: the output is the state itself")
+    checked = check_output(output, [state], overwrite, streams=False)
+    assert checked.path is not None
+    target = checked.path
     layer = load(state)
     config = layer.get_config()
     if config["synchronized"]:
@@ -126,17 +121,14 @@ def import_(
     import numpy as np
 
     from bncli.errors import UsageError
+    from bncli.io.outputs import check_output
     from bncli.keras_compat.files import read_batchnorm_layers, select_layer
     from bncli.layer import BatchNormalization
     from bncli.state import lock
 
-    target = Path(output)
-    if not target.parent.is_dir():
-        raise UsageError(
-            f"{output}: the output's folder {target.parent} does not exist"
-        )
-    if target.exists() and not overwrite:
-        raise UsageError(f"{output}: output exists; pass --overwrite to replace it")
+    checked = check_output(output, [model], overwrite, streams=False)
+    assert checked.path is not None
+    target = checked.path
     given = {k: v for k, v in options.items() if v is not None and k != "seed"}
     layers = read_batchnorm_layers(
         model, center=given.get("center"), scale=given.get("scale")

@@ -272,11 +272,11 @@ def check_engine(options: dict[str, Any]) -> None:
 def engine_record(record: Callable[..., R], options: dict[str, Any]) -> R:
     """The engines' options record (FitOptions, TransformOptions) from a command's.
 
-    Each field takes the click option of its name; ``mask`` comes from the
-    repeated ``--mask`` (``masks``).
+    Each field takes the click option of its name (fields with no option keep
+    their defaults); ``mask`` comes from the repeated ``--mask`` (``masks``).
     """
     fields = [field.name for field in dataclasses.fields(record)]  # type: ignore[arg-type]
-    values = {name: options[name] for name in fields if name != "mask"}
+    values = {name: options[name] for name in fields if name in options}
     return record(**values, mask=list(options["masks"]) or None)
 
 

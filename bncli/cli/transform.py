@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import click
@@ -86,7 +87,9 @@ def transform(state: str, inputs: tuple[str, ...], **options: Any) -> None:
         )
     layer = load(state)
     progress = make_progress(options["quiet"], "transform")
-    transform_options = engine_record(TransformOptions, options)
+    transform_options = dataclasses.replace(
+        engine_record(TransformOptions, options), reads=(state,)
+    )
     if options["engine"] == "dask":
         from bncli.engines.dask_engine import transform_layer as dask_transform
 

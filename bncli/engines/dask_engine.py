@@ -926,16 +926,6 @@ def transform_task(task: Task, job: TransformJob) -> int:
     return samples
 
 
-def _refuse_output_over_inputs(output: str, dataset: Dataset) -> None:
-    """A folder output must not hold an input: replacing it would delete it."""
-    target = Path(output).resolve()
-    for source in dataset.sources:
-        if target in Path(source.path).resolve().parents:
-            raise UsageError(
-                f"{output}: the output folder holds the input {source.path}"
-            )
-
-
 def transform_layer(
     layer: Any,
     paths: Sequence[str | os.PathLike[str]],
@@ -992,8 +982,12 @@ def transform_layer(
             "or use --engine local for -o -"
         )
     _refuse_stdin(paths)
-    dataset = open_transform_dataset(layer, paths, output, options)
-    _refuse_output_over_inputs(output, dataset)
+    dataset, target = open_transform_dataset(layer, paths, output, options)
+    if target.stream or target.path is None:
+        raise UsageError(
+            f"{output}: --engine dask writes a file or a folder, not a FIFO or a "
+            "device; use --engine local"
+        )
     fmt = sink_format(output, dataset.kind)
     dtype = output_dtype_for(layer, options.output_dtype)
     sample_bytes = int(np.prod(dataset.sample_shape)) * 8
@@ -1036,13 +1030,13 @@ def transform_layer(
             return samples
 
         if fmt == "parquet" and not single_file:
-            with atomic_path(output, directory=True) as folder:
+            with atomic_path(target.path, directory=True) as folder:
                 samples = run(folder)
         else:
-            with scratch_folder(output) as folder:
+            with scratch_folder(target.path) as folder:
                 samples = run(folder)
                 parts = sorted(folder.glob(f"part-*{_PART_SUFFIX[fmt]}"))
-                with atomic_path(output) as tmp:
+                with atomic_path(target.path) as tmp:
                     _join(fmt, parts, tmp)
     progress.finish()
     return TransformSummary(samples, output, time.perf_counter() - started)

@@ -33,6 +33,7 @@ from bncli.errors import (
     UsageError,
 )
 from bncli.io.batching import batch_blocks, block_rows
+from bncli.io.outputs import OutputTarget
 from bncli.io.sources import ChannelMismatchError, Chunk, Dataset, open_dataset
 from bncli.progress import NullProgress, Progress
 
@@ -274,6 +275,8 @@ class TransformOptions:
     mask: Sequence[str | os.PathLike[str]] | None = None
     nan_policy: str = "error"
     workers: int | None = None
+    #: Other files the transform reads (its state): the output may not be one.
+    reads: Sequence[str | os.PathLike[str]] = ()
 
     def checked(self) -> TransformOptions:
         """These options, with every count checked to be a positive integer."""
@@ -797,17 +800,22 @@ def open_transform_dataset(
     paths: Sequence[str | os.PathLike[str]],
     output: str,
     options: TransformOptions,
-) -> Dataset:
+) -> tuple[Dataset, OutputTarget]:
     """Open a transform's inputs with the state's channels, and check ``output``.
 
     Every engine's transform starts here, so that they check alike.
+
+    Returns:
+        The dataset, and the output checked by
+        :func:`bncli.io.outputs.check_output` against every file read.
 
     Raises:
         UsageError: the output exists (without ``overwrite``), is an input,
             or its folder is missing; nothing is created.
         DataError: unreadable or empty inputs, or channels unlike the state's.
     """
-    from bncli.io.sinks import check_output, check_writable
+    from bncli.io.outputs import check_output
+    from bncli.io.sinks import check_writable
 
     dataset = open_dataset(
         paths,
@@ -820,13 +828,15 @@ def open_transform_dataset(
     )
     if dataset.kind == "table":
         dataset.check_same_columns()
-    check_output(output, [s.path for s in dataset.sources], options.overwrite)
+    reads: list[str | os.PathLike[str]] = [s.path for s in dataset.sources]
+    reads += [*(options.mask or ()), *options.reads]
+    target = check_output(output, reads, options.overwrite)
     check_writable(output, dataset)
     if dataset.num_samples == 0:
         raise DataError(
             "empty input: nothing to transform", path=dataset.sources[0].path
         )
-    return dataset
+    return dataset, target
 
 
 def transform_layer(
@@ -854,7 +864,7 @@ def transform_layer(
     workers = options.workers or default_workers()
     training = bool(options.training and layer.trainable)
     output = os.fspath(output)
-    dataset = open_transform_dataset(layer, paths, output, options)
+    dataset, target = open_transform_dataset(layer, paths, output, options)
     dtype = output_dtype_for(layer, options.output_dtype)
     rows = block_rows(
         batch_size if training else 1, *_chunk_bytes(dataset, outputs=True)
@@ -884,7 +894,7 @@ def transform_layer(
 
     progress.start(dataset.num_samples, dataset.sample_bytes)
     samples = 0
-    with open_sink(output, dataset, dtype) as sink:
+    with open_sink(target, dataset, dtype) as sink:
         for chunk, (y, out) in ordered_map(compute, chunks, workers):
             sink.write(chunk, y)
             if pool is not None and out is not None:

@@ -3,15 +3,14 @@
 A file output is written under a temporary name beside the target and
 renamed on success only (:func:`bncli.io.atomic.atomic_path`); an error
 leaves nothing behind. ``-`` writes an Arrow IPC stream (tables) or an NPY
-array (arrays) to stdout.
+array (arrays) to stdout; a FIFO or a device is written into as a stream.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -19,11 +18,10 @@ import numpy as np
 import numpy.typing as npt
 
 from bncli.errors import UsageError
-from bncli.io.atomic import atomic_path
+from bncli.io.outputs import OutputTarget, writing
 from bncli.io.sources import Chunk, Dataset
 
 __all__ = [
-    "check_output",
     "check_writable",
     "open_sink",
     "output_dtype_for",
@@ -52,23 +50,6 @@ def sink_format(output: str, kind: str) -> str:
             ".ipc, .csv, .npy or - (stdout)"
         )
     return fmt
-
-
-def check_output(output: str, inputs: Sequence[str], overwrite: bool) -> None:
-    """Refuse an output that exists, is an input, or has no folder (exit 2)."""
-    if output == "-":
-        return
-    path = Path(output)
-    for source in inputs:
-        if source != "-" and Path(source).resolve() == path.resolve():
-            raise UsageError(f"{output}: the output is one of the inputs")
-        if source != "-" and path.exists() and os.path.samefile(source, path):
-            raise UsageError(f"{output}: the output is one of the inputs")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"{output}: the output's folder {parent} does not exist")
-    if path.exists() and not overwrite:
-        raise UsageError(f"{output}: output exists; pass --overwrite to replace it")
 
 
 def output_dtype_for(layer: Any, name: str | None) -> np.dtype[Any]:
@@ -117,27 +98,29 @@ def check_writable(output: str, dataset: Dataset) -> None:
 
 
 @contextlib.contextmanager
-def open_sink(output: str, dataset: Dataset, dtype: np.dtype[Any]) -> Iterator[Sink]:
+def open_sink(
+    output: str | os.PathLike[str] | OutputTarget,
+    dataset: Dataset,
+    dtype: np.dtype[Any],
+) -> Iterator[Sink]:
     """A sink for ``output``, renamed into place when the block exits cleanly.
 
-    The engines have checked that the format can hold the data
+    ``output`` is an :class:`OutputTarget` that :func:`check_output` has
+    accepted (a stream is written in place), or a new file's path. The
+    engines have checked that the format can hold the data
     (:func:`check_writable`, from ``open_transform_dataset``).
     """
-    fmt = sink_format(output, dataset.kind)
+    if not isinstance(output, OutputTarget):
+        given = os.fspath(output)
+        stdout = given == "-"
+        output = OutputTarget(given, None if stdout else Path(given), stdout)
+    fmt = sink_format(output.given, dataset.kind)
     if fmt in ("npy", "npy-stream") and dataset.kind == "table":
         shape: tuple[int, ...] = (len(dataset.features),)
     else:
         shape = dataset.sample_shape
-    if output == "-":
-        sink = _make_sink(fmt, sys.stdout.buffer, dataset, dtype, shape)
-        try:
-            yield sink
-        finally:
-            sink.close()
-        sys.stdout.buffer.flush()
-        return
-    with atomic_path(output) as tmp:
-        sink = _make_sink(fmt, tmp, dataset, dtype, shape)
+    with writing(output) as place:
+        sink = _make_sink(fmt, place, dataset, dtype, shape)
         try:
             yield sink
         finally:

@@ -1,0 +1,127 @@
+"""Where an output may go: one set of rules for every command that writes one.
+
+An output is never a file the command reads (whatever its spelling: ``./x``,
+a symbolic or a hard link), nor a folder that holds one (replacing it would
+delete it). An existing file needs ``--overwrite``. A FIFO or a character
+device (``/dev/stdout``, ``/dev/null``, a named pipe) is written into as a
+stream: there is nothing to rename, and renaming over it would replace the
+device by a regular file. A symbolic link is written through, to its target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import stat
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from bncli.errors import UsageError
+from bncli.io.atomic import atomic_path
+
+__all__ = ["OutputTarget", "check_output", "writing"]
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputTarget:
+    """A checked output.
+
+    Attributes:
+        given: the output as the user gave it (for messages).
+        path: the file to write (symbolic links resolved); None for stdout.
+        stream: written in place, not renamed into place: stdout, a FIFO or
+            a character device.
+    """
+
+    given: str
+    path: Path | None
+    stream: bool
+
+
+def _same(a: str, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output(
+    output: str | os.PathLike[str],
+    reads: Sequence[str | os.PathLike[str]],
+    overwrite: bool,
+    *,
+    streams: bool = True,
+) -> OutputTarget:
+    """Check ``output`` against the rules above, before any work.
+
+    Args:
+        output: the output path, or ``-`` for stdout.
+        reads: every file the command reads (inputs, state, masks, model).
+        overwrite: whether an existing file may be replaced.
+        streams: whether the output may be a FIFO or character device (a
+            state or a model file may not).
+
+    Raises:
+        UsageError: the output is (or holds) a file the command reads, its
+            folder is missing, it exists without ``overwrite``, or it is a
+            kind of file that cannot be written.
+    """
+    given = os.fspath(output)
+    if given == "-":
+        if not streams:
+            raise UsageError("-: this output cannot be written to stdout")
+        return OutputTarget(given, None, True)
+    path = Path(os.path.realpath(given))
+    for read in reads:
+        read = os.fspath(read)
+        if read == "-":
+            continue
+        real = Path(os.path.realpath(read))
+        if real == path or _same(read, path):
+            raise UsageError(
+                f"{given}: the output is one of the inputs ({read}); write elsewhere"
+            )
+        if path in real.parents:
+            raise UsageError(
+                f"{given}: the output folder holds the input {read}; write elsewhere"
+            )
+    if not path.parent.is_dir():
+        folder = Path(given).parent
+        raise UsageError(f"{given}: the output's folder {folder} does not exist")
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return OutputTarget(given, path, False)
+    if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+        if not streams:
+            raise UsageError(f"{given}: not a regular file")
+        return OutputTarget(given, path, True)
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise UsageError(f"{given}: not a regular file, a folder, a FIFO or a device")
+    if not overwrite:
+        raise UsageError(f"{given}: output exists; pass --overwrite to replace it")
+    return OutputTarget(given, path, False)
+
+
+@contextlib.contextmanager
+def writing(target: OutputTarget, *, directory: bool = False) -> Iterator[Any]:
+    """Where to write ``target``: a temporary path renamed on success, or a stream.
+
+    Yields:
+        A :class:`pathlib.Path` to create (renamed over the target when the
+        block ends cleanly), or an open binary file for a stream.
+    """
+    if target.path is None:
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    if target.stream:
+        stream: BinaryIO
+        with open(target.path, "wb") as stream:
+            yield stream
+        return
+    with atomic_path(target.path, directory=directory) as tmp:
+        yield tmp
