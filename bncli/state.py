@@ -30,6 +30,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -107,6 +108,27 @@ def seal(path: str | os.PathLike[str]) -> None:
         f.write(SEAL_MAGIC + digest + b"\n")
 
 
+def state_path(path: str | os.PathLike[str]) -> Path:
+    """Where the state at ``path`` really is: symbolic links resolved once.
+
+    Every read-modify-write locks and replaces this path, so that two
+    spellings of one state (``link.h5 -> real/st.h5``) take the same lock and
+    a write goes through the link, never replacing it by a second state.
+
+    Raises:
+        StateError: something other than a regular file is there (a FIFO,
+            a device, a socket: opening one could block forever).
+    """
+    real = Path(os.path.realpath(path))
+    try:
+        mode = os.stat(real).st_mode
+    except OSError:
+        return real  # missing: created, or reported, by the caller
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise StateError("not a regular file; a state is one", path=path)
+    return real
+
+
 def _head(path: Path) -> bytes:
     with open(path, "rb") as f:
         return f.read(len(SEAL_MAGIC))
@@ -150,6 +172,7 @@ def read_state(path: str | os.PathLike[str]) -> State:
         raise StateNotFoundError(
             "state not found", path=path, hint="fit one first with: bncli fit"
         )
+    state_path(path)  # refuses a FIFO or a device before opening it
     if path.is_dir():
         raise StateError("is a folder, not a state file", path=path)
     try:
@@ -377,7 +400,7 @@ def write_state(path: str | os.PathLike[str], state: State) -> None:
     """Write ``state`` atomically: temporary file, fsync, rename, fsync folder."""
     import h5py
 
-    path = Path(path)
+    path = state_path(path)
     # A state is small: Ctrl-C waits the few milliseconds of the whole write,
     # so it never lands inside h5py (see bncli.interrupts).
     with deferred(), atomic_path(path) as tmp:
@@ -426,9 +449,12 @@ def _write_vector(group: Any, name: str, value: npt.NDArray[Any]) -> None:
         group.create_dataset(name, data=value)
 
 
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
 def lock_path(path: str | os.PathLike[str]) -> Path:
-    """The sidecar lock file of a state: ``STATE.lock``."""
-    path = Path(path)
+    """The sidecar lock file of a state: ``STATE.lock``, beside the real file."""
+    path = state_path(path)
     return path.with_name(path.name + ".lock")
 
 
@@ -456,9 +482,20 @@ def lock(path: str | os.PathLike[str], *, wait: bool = False) -> Iterator[None]:
     try:
         while True:
             try:
-                fd = os.open(sidecar, os.O_RDWR | os.O_CREAT, 0o644)
+                # O_NOFOLLOW: a planted STATE.lock -> /some/path must not make
+                # bncli create or open that path.
+                fd = os.open(sidecar, _LOCK_FLAGS, 0o644)
             except FileNotFoundError as e:
                 raise StateError("folder does not exist", path=sidecar.parent) from e
+            except OSError as e:
+                if e.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                    raise
+                raise StateError(
+                    "the lock file is not a regular file (a symbolic link, a "
+                    "folder or a device)",
+                    path=f"{os.fspath(path)}.lock",
+                    hint="remove it if no bncli is running on this state",
+                ) from e
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except OSError as e:
@@ -478,7 +515,7 @@ def lock(path: str | os.PathLike[str], *, wait: bool = False) -> Iterator[None]:
             os.close(fd)
             fd = -1
             time.sleep(0.001)
-        remove_stale_temporaries(path)
+        remove_stale_temporaries(state_path(path))
         yield
     finally:
         # Also on Ctrl-C or an error while taking the lock: let go of it and
@@ -498,7 +535,7 @@ def _remove_unheld_sidecar(sidecar: Path) -> None:
     import fcntl
 
     try:
-        fd = os.open(sidecar, os.O_RDWR)
+        fd = os.open(sidecar, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return
     try:

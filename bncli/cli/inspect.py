@@ -156,10 +156,11 @@ def _kind(path: Path) -> str:
     """ "state", "model" or "other", by content."""
     from bncli.errors import StateError, StateNotFoundError
     from bncli.keras_compat.files import is_keras_file
-    from bncli.state import is_state
+    from bncli.state import is_state, state_path
 
     if not path.exists():
         raise StateNotFoundError("no such file", path=path)
+    state_path(path)  # a FIFO or a device: refused, never opened
     if path.is_file():
         try:
             with open(path, "rb"):

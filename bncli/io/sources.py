@@ -280,6 +280,13 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
             paths.extend(str(p) for p in files)
         elif not path.exists():
             raise InputNotFoundError("no such file", path=path)
+        elif not path.is_file():
+            # A pipe (a FIFO, process substitution's /dev/fd/N) cannot be
+            # read twice, and its format is told by reading its first bytes.
+            raise UsageError(
+                f"{text}: not a regular file (a pipe or a device) cannot be read "
+                f"as a named input; give it as stdin: - < {text}"
+            )
         else:
             paths.append(text)
     if not paths:
