@@ -21,6 +21,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "InputNotFoundError",
+    "OutputError",
     "StateError",
     "StateFrozenError",
     "StateLockedError",
@@ -94,6 +95,10 @@ class DataError(BncliError, ValueError):
 
 class InputNotFoundError(DataError, FileNotFoundError):
     """An input file that does not exist (exit 3)."""
+
+
+class OutputError(BncliError, OSError):
+    """An output that cannot be written: stdout closed, or its reader gone (exit 1)."""
 
 
 class StateError(BncliError, ValueError):

@@ -90,7 +90,7 @@ def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
       bncli fit state.h5 data/*.parquet --exclude id --momentum 0.9
       bncli fit images.h5 images.npy --axis -1 --batch-size 64 --epochs 3
     """
-    from bncli.cli.render import counted, emit_json, make_progress, say
+    from bncli.cli.render import after_commit, counted, emit_json, make_progress, say
     from bncli.engines.local import FitOptions, fit_layer
     from bncli.errors import UsageError
     from bncli.layer import BatchNormalization, load
@@ -152,14 +152,15 @@ def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
         "batches_seen": layer.batches_seen,
         "samples_seen": layer.samples_seen,
     }
-    if options["as_json"]:
-        emit_json(result)
-    elif not options["quiet"]:
-        say(
-            f"fitted {path}: {counted(summary.batches, 'batch', 'batches')}, "
-            f"{counted(summary.samples, 'sample')} in {summary.seconds:.2f}s "
-            f"({counted(layer.batches_seen, 'batch', 'batches')} seen in all)"
-        )
+    with after_commit():
+        if options["as_json"]:
+            emit_json(result)
+        elif not options["quiet"]:
+            say(
+                f"fitted {path}: {counted(summary.batches, 'batch', 'batches')}, "
+                f"{counted(summary.samples, 'sample')} in {summary.seconds:.2f}s "
+                f"({counted(layer.batches_seen, 'batch', 'batches')} seen in all)"
+            )
 
 
 @contextlib.contextmanager

@@ -5,9 +5,12 @@ rich is imported here only, and only when something is drawn.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -26,8 +29,42 @@ EXPLODING_VARIANCE = 1e12
 
 def emit_json(document: Any) -> None:
     """Print one JSON document to stdout (floats at full precision)."""
-    sys.stdout.write(json.dumps(document, allow_nan=True) + "\n")
-    sys.stdout.flush()
+    stdout = _stdout()
+    stdout.write(json.dumps(document, allow_nan=True) + "\n")
+    stdout.flush()
+
+
+def _stdout() -> Any:
+    """sys.stdout, or an error when the command was started with it closed."""
+    if sys.stdout is None:
+        from bncli.errors import OutputError
+
+        raise OutputError("standard output is closed", path="-")
+    return sys.stdout
+
+
+@contextlib.contextmanager
+def after_commit() -> Iterator[None]:
+    """Report what was committed: a report that cannot be written fails nothing.
+
+    Once a state or an output is in place, the command has done its job: a
+    caller that retried on a non-zero exit would fit the same data twice. A
+    reader that went away (a broken pipe) is quiet; any other failure to
+    write the report is one warning on stderr, and the exit code stays 0.
+    """
+    try:
+        yield
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            os.dup2(devnull, sys.stdout.fileno())
+    except OSError as e:
+        # sys.stdout would fail again at exit: point it at nothing.
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        reason = e.strerror or getattr(e, "message", None) or str(e)
+        warn(f"committed, but the report could not be written to stdout: {reason}")
 
 
 def counted(n: int, noun: str, plural: str | None = None) -> str:
@@ -222,6 +259,7 @@ def _console() -> Any:
     """A stdout console; wide enough for the tables when not a terminal."""
     from rich.console import Console
 
+    _stdout()  # rich would draw into nothing
     console = Console(highlight=False)
     if not console.is_terminal:
         console = Console(highlight=False, width=160)

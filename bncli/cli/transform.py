@@ -75,12 +75,14 @@ def transform(state: str, inputs: tuple[str, ...], **options: Any) -> None:
       bncli transform state.h5 data.parquet -o normalized.parquet
       cat batch.arrows | bncli transform state.h5 - -o - > out.arrows
     """
-    from bncli.cli.render import counted, emit_json, make_progress, say
+    from bncli.cli.render import after_commit, counted, emit_json, make_progress, say
     from bncli.engines.local import TransformOptions, transform_layer
     from bncli.errors import UsageError
     from bncli.layer import load
 
     check_engine(options)
+    if options["as_json"] and options["output"] == "-":
+        raise UsageError("--json cannot share stdout with -o -")
     if options["exclude"] or options["columns"]:
         raise UsageError(
             "transform: the state's channels are used; --columns and --exclude are for fit"
@@ -111,12 +113,11 @@ def transform(state: str, inputs: tuple[str, ...], **options: Any) -> None:
         "samples": summary.samples,
         "seconds": round(summary.seconds, 6),
     }
-    if options["as_json"]:
-        if summary.output == "-":
-            raise UsageError("--json cannot share stdout with -o -")
-        emit_json(result)
-    elif not options["quiet"]:
-        say(
-            f"wrote {summary.output}: {counted(summary.samples, 'sample')} "
-            f"in {summary.seconds:.2f}s"
-        )
+    with after_commit():
+        if options["as_json"]:
+            emit_json(result)
+        elif not options["quiet"]:
+            say(
+                f"wrote {summary.output}: {counted(summary.samples, 'sample')} "
+                f"in {summary.seconds:.2f}s"
+            )

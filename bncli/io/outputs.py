@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from bncli.errors import UsageError
+from bncli.errors import OutputError, UsageError
 from bncli.io.atomic import atomic_path
 
 __all__ = ["OutputTarget", "check_output", "writing"]
@@ -115,8 +115,21 @@ def writing(target: OutputTarget, *, directory: bool = False) -> Iterator[Any]:
         block ends cleanly), or an open binary file for a stream.
     """
     if target.path is None:
-        yield sys.stdout.buffer
-        sys.stdout.buffer.flush()
+        if sys.stdout is None:  # started with stdout closed (``>&-``)
+            raise OutputError("standard output is closed", path="-")
+        try:
+            yield sys.stdout.buffer
+            sys.stdout.buffer.flush()
+        except BrokenPipeError as e:
+            # Nothing more can reach the reader; keep Python's exit-time flush
+            # from reporting the same pipe again.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise OutputError(
+                "the reader closed standard output (broken pipe); the output is "
+                "incomplete",
+                path="-",
+            ) from e
         return
     if target.stream:
         stream: BinaryIO
