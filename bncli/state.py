@@ -449,6 +449,16 @@ def _write_vector(group: Any, name: str, value: npt.NDArray[Any]) -> None:
         group.create_dataset(name, data=value)
 
 
+def checkpoint_path(path: str | os.PathLike[str]) -> Path:
+    """Where a fit checkpoints the state at ``path``: ``STATE.checkpoint``, beside it.
+
+    A checkpoint is a whole state with the position reached; the state itself
+    changes only when a fit ends well.
+    """
+    path = state_path(path)
+    return path.with_name(path.name + ".checkpoint")
+
+
 _LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 

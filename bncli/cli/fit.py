@@ -90,11 +90,18 @@ def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
       bncli fit state.h5 data/*.parquet --exclude id --momentum 0.9
       bncli fit images.h5 images.npy --axis -1 --batch-size 64 --epochs 3
     """
-    from bncli.cli.render import after_commit, counted, emit_json, make_progress, say
-    from bncli.engines.local import FitOptions, fit_layer
+    from bncli.cli.render import (
+        after_commit,
+        counted,
+        emit_json,
+        make_progress,
+        say,
+        warn,
+    )
+    from bncli.engines.local import RESUMED_OPTIONS, FitOptions, fit_layer
     from bncli.errors import UsageError
     from bncli.layer import BatchNormalization, load
-    from bncli.state import lock
+    from bncli.state import checkpoint_path, lock
 
     given = {k: options.pop(k) for k in LAYER_OPTIONS}
     seed = options.pop("seed")
@@ -106,7 +113,11 @@ def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
     if not folder.is_dir():
         raise UsageError(f"{state}: the state's folder {folder} does not exist")
     with _naming_state(path), lock(path, wait=options["wait"]):
-        if path.exists():
+        checkpoint = checkpoint_path(path)
+        if options["resume"] and checkpoint.exists():
+            layer = load(checkpoint)  # the state, with the position reached
+            _check_against_state(layer, given, path)
+        elif path.exists():
             layer = load(path)
             _check_against_state(layer, given, path)
         else:
@@ -118,7 +129,14 @@ def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
                 )
             kwargs = {k: v for k, v in given.items() if v is not None}
             layer = BatchNormalization(**kwargs, seed=seed)
+        if not options["resume"] and checkpoint.exists():
+            warn(
+                f"{checkpoint} holds an unfinished fit's checkpoint; this fit "
+                "starts from the state as it is and replaces it (use --resume "
+                "to continue that fit instead)"
+            )
         fit_options = engine_record(FitOptions, options)
+        explicit = _given_on_the_command_line(RESUMED_OPTIONS)
         progress = make_progress(options["quiet"], "fit")
         if options["engine"] == "dask":
             from bncli.engines.dask_engine import fit_layer as dask_fit
@@ -138,11 +156,15 @@ def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
                 list(inputs),
                 fit_options,
                 checkpoint_every=options["checkpoint_every"],
-                checkpoint=lambda current: current.save(path),
+                # Beside the state, never in it: a fit that fails leaves the
+                # state as it was (and its checkpoint, for --resume).
+                checkpoint=lambda current: current.save(checkpoint),
                 progress=progress,
                 resume=options["resume"],
+                given=explicit,
             )
         layer.save(path)
+        checkpoint.unlink(missing_ok=True)
     result = {
         "state": str(path),
         "batches": summary.batches,
@@ -161,6 +183,20 @@ def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
                 f"{counted(summary.samples, 'sample')} in {summary.seconds:.2f}s "
                 f"({counted(layer.batches_seen, 'batch', 'batches')} seen in all)"
             )
+
+
+def _given_on_the_command_line(names: tuple[str, ...]) -> frozenset[str]:
+    """Which of the fit options ``names`` the user gave (not their defaults)."""
+    from click.core import ParameterSource
+
+    context = click.get_current_context()
+    aliases = {"mask": "masks"}
+    return frozenset(
+        name
+        for name in names
+        if context.get_parameter_source(aliases.get(name, name))
+        not in (None, ParameterSource.DEFAULT)
+    )
 
 
 @contextlib.contextmanager

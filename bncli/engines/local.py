@@ -17,7 +17,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -247,6 +247,17 @@ class FitOptions:
 
 
 #: The options a checkpoint records and ``fit --resume`` restores.
+#: Options a resumed fit may change: they change nothing already folded.
+RESUMABLE_CHANGES = frozenset({"nan_policy"})
+
+
+def _as_record(key: str, value: Any) -> Any:
+    """An option's value as a resume record stores it (masks as absolute paths)."""
+    if key == "mask":
+        return None if not value else [str(Path(m).resolve()) for m in value]
+    return value
+
+
 RESUMED_OPTIONS = (
     "batch_size",
     "epochs",
@@ -459,11 +470,16 @@ def fit_layer(
     checkpoint: Callable[[Any], None] | None = None,
     progress: Progress | None = None,
     resume: bool = False,
+    given: Collection[str] = (),
 ) -> Any:
     """Fit ``layer`` on files; see :meth:`bncli.BatchNormalization.fit`.
 
     With ``resume``, the options of :data:`RESUMED_OPTIONS`, the position and
     (unless ``paths`` are given) the inputs come from ``layer.resume``.
+    ``given`` names the options of ``options`` the caller set on purpose:
+    with ``resume``, ``nan_policy`` given wins over the record (it changes
+    nothing already folded), and any other one given that differs from the
+    record is a usage error, never silently ignored.
     """
     from bncli.layer import FitSummary
 
@@ -480,9 +496,20 @@ def fit_layer(
                 hint="run fit without --resume",
             )
         paths = paths or resumed["inputs"]
-        options = dataclasses.replace(
-            options, **{key: resumed[key] for key in RESUMED_OPTIONS}
-        )
+        restored = {}
+        for key in RESUMED_OPTIONS:
+            value, recorded = getattr(options, key), resumed[key]
+            if key in given and key in RESUMABLE_CHANGES:
+                continue
+            if key in given and _as_record(key, value) != recorded:
+                flag = "--" + ("mask" if key == "mask" else key.replace("_", "-"))
+                raise UsageError(
+                    f"{flag} {_as_record(key, value)!r} differs from the interrupted "
+                    f"fit's {recorded!r}; --resume continues that fit as it was "
+                    f"(leave {flag} out, or fit again without --resume)"
+                )
+            restored[key] = recorded
+        options = dataclasses.replace(options, **restored)
         start_epoch, start_sample = resumed["epoch"], resumed["sample"]
     options = options.checked()
     batch_size, epochs = options.batch_size, options.epochs

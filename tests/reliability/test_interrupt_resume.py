@@ -67,8 +67,10 @@ def test_interrupt_then_resume_equals_an_uninterrupted_fit(workdir, setting, run
         "--checkpoint-every", "1", cwd=workdir,
     )  # fmt: skip
 
+    checkpoint = workdir / "state.h5.checkpoint"
+
     def checkpointed() -> bool:
-        return state.exists() and bncli.load(state).resume is not None
+        return checkpoint.exists() and bncli.load(checkpoint).resume is not None
 
     seconds, err = _interrupt(process, after=checkpointed)
     assert process.returncode == 130, err
@@ -76,8 +78,10 @@ def test_interrupt_then_resume_equals_an_uninterrupted_fit(workdir, setting, run
     assert seconds < STOP_WITHIN
     assert helpers.temporaries(workdir) == []
     assert not (workdir / "state.h5.lock").exists()
+    # The interrupted fit created no state: a failed fit changes none.
+    assert not state.exists()
 
-    partial = bncli.load(state)  # whole, with the position of the last checkpoint
+    partial = bncli.load(checkpoint)  # whole, with the position of the last checkpoint
     record = partial.resume
     assert record["inputs"] == [str((workdir / "long.parquet").resolve())]
     assert (record["batch_size"], record["epochs"]) == (50, EPOCHS)
@@ -90,6 +94,7 @@ def test_interrupt_then_resume_equals_an_uninterrupted_fit(workdir, setting, run
     got = bncli.load(state)
     assert_same_state(got, uninterrupted)
     assert got.resume is None
+    assert not checkpoint.exists()
 
     result = run_cli("fit", "state.h5", "--resume")
     assert result.exit_code == 4
@@ -222,11 +227,11 @@ class _Crash(Exception):
 
 
 def _checkpointed_then_crashed(workdir):
-    """A state holding the checkpoint of a fit on ``long.parquet`` that never ended."""
+    """The checkpoint, beside ``state.h5``, of a fit on ``long.parquet`` that never ended."""
     state = workdir / "state.h5"
 
     def save_then_crash(layer):
-        layer.save(state)
+        layer.save(workdir / "state.h5.checkpoint")
         raise _Crash
 
     layer = bncli.BatchNormalization(momentum=0.9, epsilon=0.01)
@@ -239,8 +244,8 @@ def _checkpointed_then_crashed(workdir):
 
 
 def test_the_checkpoint_records_what_it_read(workdir):
-    state = _checkpointed_then_crashed(workdir)
-    (entry,) = bncli.load(state).resume["files"]
+    _checkpointed_then_crashed(workdir)
+    (entry,) = bncli.load(workdir / "state.h5.checkpoint").resume["files"]
     status = (workdir / "long.parquet").stat()
     assert entry == {
         "path": str((workdir / "long.parquet").resolve()),
@@ -281,3 +286,70 @@ def test_resume_from_inputs_that_moved(workdir, setting, run_cli):
     result = run_cli("fit", "state.h5", "moved/long.parquet", "--resume")
     assert result.exit_code == 0, result.stderr
     assert_same_state(bncli.load(state), uninterrupted)
+
+
+def test_a_failed_fit_leaves_the_state_as_it_was(workdir, run_cli):
+    # A fit that checkpoints, then meets NaN in a later file: exit 3, and the
+    # state is the one it started from (no samples counted twice on a re-run).
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    assert (
+        run_cli("fit", "state.h5", "small.parquet", "--exclude", "id", "-q").exit_code
+        == 0
+    )
+    table = pq.read_table(workdir / "small.parquet")
+    name = next(n for n in table.column_names if n != "id")
+    values = table.column(name).to_numpy().copy()
+    values[7] = np.nan
+    index = table.schema.get_field_index(name)
+    pq.write_table(
+        table.set_column(index, name, pa.array(values)), workdir / "nan.parquet"
+    )
+    before = helpers.snapshot(workdir)
+    started = bncli.load(workdir / "state.h5").samples_seen
+    result = run_cli(
+        "fit", "state.h5", "long.parquet", "nan.parquet", "--exclude", "id",
+        "--batch-size", "50", "--checkpoint-every", "10",
+    )  # fmt: skip
+    assert result.exit_code == 3, result.stderr
+    assert bncli.load(workdir / "state.h5").samples_seen == started
+    checkpoint = workdir / "state.h5.checkpoint"
+    assert checkpoint.exists()
+    after = helpers.snapshot(workdir)
+    assert after.pop("state.h5.checkpoint") and after == before
+
+    # --resume takes a new --nan-policy (it changes nothing already folded)...
+    result = run_cli("fit", "state.h5", "--resume", "--nan-policy", "mask", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert not checkpoint.exists()
+    # every sample of both files counted once, on top of the state's own
+    assert bncli.load(workdir / "state.h5").samples_seen == started + LONG_ROWS + 100
+
+
+def test_resume_refuses_an_option_that_would_change_what_was_folded(workdir, run_cli):
+    _checkpointed_then_crashed(workdir)
+    before = helpers.snapshot(workdir)
+    result = run_cli("fit", "state.h5", "--resume", "--batch-size", "64")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: --batch-size 64 differs from the interrupted fit's 50; --resume "
+        "continues that fit as it was (leave --batch-size out, or fit again "
+        "without --resume)\n"
+    )
+    assert helpers.snapshot(workdir) == before
+    # the same value as the record is fine
+    assert (
+        run_cli("fit", "state.h5", "--resume", "--batch-size", "50", "-q").exit_code
+        == 0
+    )
+
+
+def test_a_plain_fit_beside_a_checkpoint_warns_and_counts_once(workdir, run_cli):
+    _checkpointed_then_crashed(workdir)
+    result = run_cli("fit", "state.h5", "small.parquet", "--exclude", "id")
+    assert result.exit_code == 0, result.stderr
+    assert "holds an unfinished fit's checkpoint" in result.stderr
+    assert bncli.load(workdir / "state.h5").samples_seen == 100
+    assert not (workdir / "state.h5.checkpoint").exists()
