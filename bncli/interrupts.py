@@ -18,37 +18,44 @@ from types import FrameType
 __all__ = ["deferred"]
 
 
+#: Held back alike: Ctrl-C, and the signals the CLI stops on as it does.
+HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 @contextmanager
 def deferred() -> Iterator[None]:
-    """Hold back Ctrl-C (SIGINT) for the block, then deliver it.
+    """Hold back SIGINT (and SIGTERM, SIGHUP) for the block, then deliver them.
 
-    Keep the block short and free of waits: Ctrl-C does nothing inside it.
-    Only the main thread receives signals, so elsewhere this does nothing.
-    Sections nest: an inner one delivers to the outer one, which records.
+    Keep the block short and free of waits: those signals do nothing inside
+    it. Only the main thread receives signals, so elsewhere this does
+    nothing. Sections nest: an inner one delivers to the outer one, which
+    records.
     """
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is None  # not Python's: cannot restore
-    ):
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    received: list[FrameType | None] = []
+    # A handler not installed from Python (None) cannot be restored: leave
+    # that signal alone.
+    held = [s for s in HELD_SIGNALS if signal.getsignal(s) is not None]
+    received: list[tuple[int, FrameType | None]] = []
 
     def record(signum: int, frame: FrameType | None) -> None:
-        received.append(frame)
+        received.append((signum, frame))
 
-    previous = signal.signal(signal.SIGINT, record)
+    previous = {signum: signal.signal(signum, record) for signum in held}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         if received:
-            _deliver(previous, received[0])
+            first, frame = received[0]
+            _deliver(previous[signal.Signals(first)], first, frame)
 
 
-def _deliver(handler: object, frame: FrameType | None) -> None:
-    """Act on a held-back SIGINT as ``handler`` would have."""
+def _deliver(handler: object, signum: int, frame: FrameType | None) -> None:
+    """Act on a held-back signal as ``handler`` would have."""
     if callable(handler):
-        handler(signal.SIGINT, frame)
+        handler(signum, frame)
     elif handler == signal.SIG_DFL:
-        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signum)

@@ -9,6 +9,7 @@ stdout quietly, anything else as exit 1 pointing to ``--debug``.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -18,9 +19,15 @@ import click
 
 from bncli import __version__
 from bncli.cli.lazy import LazyGroup
-from bncli.cli.signals import catching_interrupts
+from bncli.cli.signals import catching_interrupts, received
 
 EXIT_INTERRUPTED = 130
+#: The error line of each stop signal; the exit code is 128 + its number.
+_STOP_WORDS: dict[int, str] = {
+    signal.SIGINT: "interrupted",
+    signal.SIGTERM: "terminated",
+    signal.SIGHUP: "hangup",
+}
 
 
 class Interrupted(BaseException):
@@ -114,8 +121,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except (Interrupted, KeyboardInterrupt, click.exceptions.Abort):
         if debug:
             traceback.print_exc()
-        _error("interrupted")
-        code = EXIT_INTERRUPTED
+        signum = received()
+        _error(_STOP_WORDS.get(signum, "interrupted"))
+        code = 128 + signum
     except click.UsageError as e:
         if debug:
             traceback.print_exc()

@@ -18,21 +18,46 @@ from types import FrameType
 from typing import Any
 
 _requested = threading.Event()
+_received: list[int] = []
+
+#: The signals that stop a command as Ctrl-C does, with the same cleanup
+#: (temporaries and lock files removed): SIGINT, SIGTERM (kill, timeout,
+#: a scheduler), SIGHUP (the terminal went away).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where KeyboardInterrupt would be: same cleanup."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int) -> KeyboardInterrupt:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
+    _received.append(signum)
     _requested.set()
-    raise KeyboardInterrupt
+    raise _stop(signum)
+
+
+def received() -> int:
+    """The first stop signal received in this command (SIGINT if none)."""
+    return _received[0] if _received else int(signal.SIGINT)
 
 
 @contextmanager
 def catching_interrupts() -> Iterator[None]:
     """Install the SIGINT handler for the block (main thread only)."""
     _requested.clear()
+    _received.clear()
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, _handler)
+    previous = {signum: signal.signal(signum, _handler) for signum in STOP_SIGNALS}
     previous_hook = sys.unraisablehook
 
     def quiet_about_interrupts(unraisable: Any) -> None:
@@ -45,11 +70,12 @@ def catching_interrupts() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         sys.unraisablehook = previous_hook
 
 
 def check() -> None:
     """Raise KeyboardInterrupt if Ctrl-C was pressed, even if it was swallowed."""
     if _requested.is_set():
-        raise KeyboardInterrupt
+        raise _stop(received())
