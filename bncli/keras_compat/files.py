@@ -33,6 +33,8 @@ import json
 import math
 import os
 import re
+import shutil
+import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -87,6 +89,9 @@ _CONFIG_MAX_BYTES = 64 << 20
 #: own ``_reject_zip_bomb`` does).
 _ZIP_BOMB_FLOOR_BYTES = 1 << 28
 _ZIP_MAX_EXPANSION = 100
+#: A weights member is decompressed into memory up to this size, else into a
+#: temporary file.
+_SPOOL_BYTES = 64 << 20
 #: More channels than this is not a BatchNormalization layer but a corrupt file.
 _MAX_CHANNELS = MAX_CHANNELS
 #: Nested models deeper than this are refused (a crafted config could recurse).
@@ -348,15 +353,19 @@ def _read_keras_zip(path: Path, hints: dict[str, bool | None]) -> list[KerasBatc
             raise StateError("the archive has no model.weights.h5", path=path)
         info = zf.getinfo("model.weights.h5")
         _check_member_size(info, None, path)
-        # Read once to its end first: zipfile checks the member's CRC-32
-        # there, so a damaged member is refused before libhdf5 parses it
-        # (libhdf5 loops forever on some damaged files: HDFGroup/hdf5#1707).
-        with zf.open(info) as member:
-            while member.read(1 << 20):
-                pass
-        # A zip member is seekable: h5py reads only the groups asked for.
-        with zf.open(info) as member, h5py.File(member, "r") as f:
-            return _read_with_config(model, f, path, hints)
+        # Decompressed once, to its end, into memory (a temporary file past
+        # 64 MiB): zipfile checks the member's CRC-32 at the end, so a damaged
+        # member is refused before libhdf5 parses it (libhdf5 loops forever on
+        # some damaged files: HDFGroup/hdf5#1707), and libhdf5's seeks are
+        # then cheap. Seeking in the deflated member itself restarts the
+        # decompression at every backward seek: a crafted layout made that
+        # minutes of work.
+        with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as copy:
+            with zf.open(info) as member:
+                shutil.copyfileobj(member, copy, 1 << 20)
+            copy.seek(0)
+            with h5py.File(copy, "r") as f:
+                return _read_with_config(model, f, path, hints)
 
 
 def _read_keras_dir(path: Path, hints: dict[str, bool | None]) -> list[KerasBatchNorm]:

@@ -170,3 +170,33 @@ def test_a_legitimate_round_trip_still_works(run_cli, state, tmp_path):
     original = json.loads(run_cli("inspect", "s.h5", "--json").stdout)
     imported = json.loads(run_cli("inspect", "i.h5", "--json").stdout)
     assert imported["variables"] == original["variables"]
+
+
+def test_a_deflated_weights_member_is_decompressed_once(
+    run_cli, state, tmp_path, monkeypatch
+):
+    # libhdf5 seeks back and forth; in a deflated zip member every backward
+    # seek restarts the decompression, which a crafted layout turned into
+    # minutes. The member is decompressed once, whatever the layout.
+    assert run_cli("export", "s.h5", "m.keras").exit_code == 0
+    with zipfile.ZipFile(tmp_path / "m.keras") as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    with zipfile.ZipFile(tmp_path / "d.keras", "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    size = len(members["model.weights.h5"])
+    decompressed = []
+    original = zipfile.ZipExtFile.read
+
+    def counting_read(self, n=-1):
+        data = original(self, n)
+        if self.name == "model.weights.h5":
+            decompressed.append(len(data))
+        return data
+
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", counting_read)
+    from bncli.keras_compat.files import read_batchnorm_layers
+
+    (layer,) = read_batchnorm_layers(tmp_path / "d.keras")
+    assert layer.channels == 2
+    assert sum(decompressed) == size
