@@ -43,7 +43,7 @@ from bncli import __version__
 from bncli.errors import StateError, StateLockedError, StateNotFoundError
 from bncli.interrupts import deferred
 from bncli.io import hdf5
-from bncli.io.atomic import atomic_path, remove_stale_temporaries
+from bncli.io.atomic import atomic_path, remove_stale_temporaries, sidecar
 from bncli.limits import MAX_CHANNELS
 
 __all__ = [
@@ -455,8 +455,7 @@ def checkpoint_path(path: str | os.PathLike[str]) -> Path:
     A checkpoint is a whole state with the position reached; the state itself
     changes only when a fit ends well.
     """
-    path = state_path(path)
-    return path.with_name(path.name + ".checkpoint")
+    return sidecar(state_path(path), ".checkpoint")
 
 
 _LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -464,8 +463,7 @@ _LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBL
 
 def lock_path(path: str | os.PathLike[str]) -> Path:
     """The sidecar lock file of a state: ``STATE.lock``, beside the real file."""
-    path = state_path(path)
-    return path.with_name(path.name + ".lock")
+    return sidecar(state_path(path), ".lock")
 
 
 @contextlib.contextmanager

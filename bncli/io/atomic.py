@@ -9,7 +9,9 @@ fsynced so that the rename itself is durable.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
+import hashlib
 import os
 import shutil
 import socket
@@ -17,6 +19,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from bncli.errors import BncliError, OutputError, UsageError
 from bncli.interrupts import deferred
 
 __all__ = [
@@ -25,11 +28,12 @@ __all__ = [
     "fsync_path",
     "remove_stale_temporaries",
     "scratch_folder",
+    "sidecar",
 ]
 
 #: Temporaries are named ``.NAME.bncli-tmp-HOST-PID-XXXX`` beside their target.
 TEMP_MARKER = ".bncli-tmp-"
-_HOST = socket.gethostname().replace("-", "_") or "host"
+_HOST = (socket.gethostname().replace("-", "_") or "host")[:64]
 
 
 def fsync_path(path: str | os.PathLike[str]) -> None:
@@ -80,19 +84,61 @@ def atomic_path(
     try:
         with deferred():
             remove_stale_temporaries(target)
-            tmp = _create(prefix, folder, directory)
+            try:
+                tmp = _create(prefix, folder, directory)
+            except OSError as e:
+                raise _unwritable(e, target, folder) from e
             # mkstemp and mkdtemp create 0600/0700; give the result the mode
             # a plain open() would (or the replaced file's own), not a private one.
             os.chmod(tmp, _mode_for(target, directory))
-        yield tmp
-        fsync_path(tmp)  # may take long on a large output: stays interruptible
-        with deferred():
-            _replace(tmp, target, prefix, folder, directory)
+        try:
+            yield tmp
+            fsync_path(tmp)  # may take long on a large output: stays interruptible
+            with deferred():
+                _replace(tmp, target, prefix, folder, directory)
+        except (OSError, RuntimeError) as e:  # h5py reports write errors as both
+            raise _write_failed(e, target) from e
     except BaseException:
         with deferred():
             if tmp is not None:
                 _remove(tmp)
         raise
+
+
+#: What a failed write says, by errno or (where a library keeps only the text,
+#: as libhdf5 and Arrow do) by the C library's own words.
+_WRITE_ERRORS = {
+    errno.ENOSPC: "No space left on device",
+    errno.EDQUOT: "Disk quota exceeded",
+    errno.EROFS: "Read-only file system",
+    errno.EIO: "Input/output error",
+    errno.EFBIG: "File too large",
+}
+
+
+def _unwritable(e: OSError, target: Path, folder: Path) -> BaseException:
+    """A temporary that cannot be created: the folder is not writable (exit 2)."""
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return UsageError(
+            f"{target}: the folder {folder} is not writable ({e.strerror})"
+        )
+    return _write_failed(e, target)
+
+
+def _write_failed(e: OSError | RuntimeError, target: Path) -> BaseException:
+    """A write that failed for want of room or a working disk: name the target,
+    never the temporary."""
+    if isinstance(e, BncliError):
+        return e
+    reason = _WRITE_ERRORS.get(getattr(e, "errno", None) or 0)
+    if reason is None:
+        text = str(e)
+        reason = next(
+            (words for words in _WRITE_ERRORS.values() if words in text), None
+        )
+    if reason is None:
+        return e
+    return OutputError(f"cannot write: {reason.lower()}", path=target)
 
 
 @contextlib.contextmanager
@@ -118,8 +164,36 @@ def _folder(target: Path) -> Path:
     return target.parent if str(target.parent) else Path(".")
 
 
+#: Longest file name most file systems take (NAME_MAX).
+_NAME_MAX = 255
+
+
+def _stem(name: str) -> str:
+    """``.NAME``, shortened (a prefix and a hash) where a temporary's name would
+    not fit in NAME_MAX: a 250-character target still gets a temporary."""
+    room = _NAME_MAX - len(TEMP_MARKER) - len(_HOST) - 30  # "-PID-" + mkstemp's 8
+    encoded = name.encode()
+    if len(encoded) + 1 <= room:
+        return f".{name}"
+    digest = hashlib.sha256(encoded).hexdigest()[:16]
+    head = encoded[: room - 1 - 17].decode(errors="ignore")
+    return f".{head}~{digest}"
+
+
+def sidecar(path: Path, suffix: str) -> Path:
+    """``PATH.suffix`` beside ``path`` (a lock, a checkpoint), its name shortened
+    with a hash where ``NAME.suffix`` would exceed NAME_MAX."""
+    name = path.name + suffix
+    if len(name.encode()) <= _NAME_MAX:
+        return path.with_name(name)
+    digest = hashlib.sha256(path.name.encode()).hexdigest()[:16]
+    room = _NAME_MAX - len(suffix.encode()) - 17
+    head = path.name.encode()[:room].decode(errors="ignore")
+    return path.with_name(f"{head}~{digest}{suffix}")
+
+
 def _prefix(target: Path) -> str:
-    return f".{target.name}{TEMP_MARKER}{_HOST}-{os.getpid()}-"
+    return f"{_stem(target.name)}{TEMP_MARKER}{_HOST}-{os.getpid()}-"
 
 
 def _create(prefix: str, folder: Path, directory: bool) -> Path:
@@ -199,7 +273,7 @@ def remove_stale_temporaries(target: str | os.PathLike[str]) -> list[Path]:
     """
     target = Path(target)
     folder = _folder(target)
-    marker = f".{target.name}{TEMP_MARKER}"
+    marker = f"{_stem(target.name)}{TEMP_MARKER}"
     removed = []
     for tmp in folder.glob(f"{glob.escape(marker)}*"):
         if not _is_stale(tmp.name, marker):

@@ -156,3 +156,89 @@ def test_a_folder_output_holding_an_input_keeps_the_input(run_cli, workdir):
     result = run_cli("transform", "a.h5", "data/x.npy", "-o", "data", "--overwrite")
     _refused(result, "holds the input data/x.npy")
     assert (workdir / "data" / "x.npy").exists()
+
+
+def test_names_up_to_name_max_work_and_their_temporaries_are_cleaned(run_cli, workdir):
+    # The temporary's name is longer than its target's: a 250-character name
+    # must still get one, and the stale ones of a dead writer still be found.
+    import subprocess
+    from unittest import mock
+
+    from bncli.io import atomic
+
+    state = "s" * 247 + ".h5"  # 250 characters
+    output = "o" * 246 + ".npy"
+    assert (
+        run_cli("fit", state, "x.npy", "--quiet", "--checkpoint-every", "1").exit_code
+        == 0
+    )
+    assert run_cli("transform", state, "x.npy", "-o", output).exit_code == 0
+    assert np.load(workdir / output).shape == (64, 3)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    with mock.patch.object(atomic.os, "getpid", lambda: dead.pid):
+        stale = atomic._create(
+            atomic._prefix(workdir / state), workdir, directory=False
+        )
+    assert len(stale.name) <= 255 and stale.exists()
+    again = run_cli("fit", state, "x.npy", "--quiet")
+    assert again.exit_code == 0, again.stderr
+    assert not stale.exists()
+    assert sorted(p.name for p in workdir.iterdir() if len(p.name) > 200) == sorted(
+        [state, output]
+    )
+
+
+def test_a_full_disk_names_the_output_not_its_temporary(run_cli, workdir, monkeypatch):
+    import errno
+
+    from bncli.io import atomic
+
+    def full(path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(atomic, "fsync_path", full)
+    before = snapshot(workdir)
+    result = run_cli("transform", "a.h5", "x.npy", "-o", "y.npy")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: {workdir / 'y.npy'}: cannot write: no space left on device\n"
+    )
+    assert snapshot(workdir) == before  # no temporary left
+
+
+def test_libhdf5_write_errors_are_told_too(run_cli, workdir, monkeypatch):
+    from bncli.io import atomic
+
+    def failed(path):
+        raise RuntimeError(
+            "Disable slist on flush dest failure failed (file write failed: "
+            "errno = 28, error message = 'No space left on device')"
+        )
+
+    monkeypatch.setattr(atomic, "fsync_path", failed)
+    before = snapshot(workdir)
+    result = run_cli("fit", "s.h5", "d.parquet", "--quiet")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: {workdir / 's.h5'}: cannot write: no space left on device\n"
+    )
+    assert snapshot(workdir) == before
+
+
+def test_a_folder_that_is_not_writable_is_a_usage_error(run_cli, workdir, monkeypatch):
+    import errno
+    import tempfile
+
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    before = snapshot(workdir)
+    result = run_cli("transform", "a.h5", "x.npy", "-o", "y.npy")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"error: {workdir / 'y.npy'}: the folder {workdir} is not writable "
+        "(Permission denied)\n"
+    )
+    assert snapshot(workdir) == before
