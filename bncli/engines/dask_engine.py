@@ -982,7 +982,10 @@ def transform_layer(
             "or use --engine local for -o -"
         )
     _refuse_stdin(paths)
-    dataset, target = open_transform_dataset(layer, paths, output, options)
+    parts_folder = not single_file and sink_format(output, "table") == "parquet"
+    dataset, target = open_transform_dataset(
+        layer, paths, output, options, folder=parts_folder
+    )
     if target.stream or target.path is None:
         raise UsageError(
             f"{output}: --engine dask writes a file or a folder, not a FIFO or a "

@@ -827,6 +827,8 @@ def open_transform_dataset(
     paths: Sequence[str | os.PathLike[str]],
     output: str,
     options: TransformOptions,
+    *,
+    folder: bool = False,
 ) -> tuple[Dataset, OutputTarget]:
     """Open a transform's inputs with the state's channels, and check ``output``.
 
@@ -857,7 +859,7 @@ def open_transform_dataset(
         dataset.check_same_columns()
     reads: list[str | os.PathLike[str]] = [s.path for s in dataset.sources]
     reads += [*(options.mask or ()), *options.reads]
-    target = check_output(output, reads, options.overwrite)
+    target = check_output(output, reads, options.overwrite, folder=folder)
     check_writable(output, dataset)
     if dataset.num_samples == 0:
         raise DataError(

@@ -54,6 +54,7 @@ def check_output(
     overwrite: bool,
     *,
     streams: bool = True,
+    folder: bool = False,
 ) -> OutputTarget:
     """Check ``output`` against the rules above, before any work.
 
@@ -63,6 +64,8 @@ def check_output(
         overwrite: whether an existing file may be replaced.
         streams: whether the output may be a FIFO or character device (a
             state or a model file may not).
+        folder: whether the output is a folder (Dask's Parquet parts), which
+            may replace a folder; a file never replaces one.
 
     Raises:
         UsageError: the output is (or holds) a file the command reads, its
@@ -89,8 +92,8 @@ def check_output(
                 f"{given}: the output folder holds the input {read}; write elsewhere"
             )
     if not path.parent.is_dir():
-        folder = Path(given).parent
-        raise UsageError(f"{given}: the output's folder {folder} does not exist")
+        parent = Path(given).parent
+        raise UsageError(f"{given}: the output's folder {parent} does not exist")
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -99,6 +102,11 @@ def check_output(
         if not streams:
             raise UsageError(f"{given}: not a regular file")
         return OutputTarget(given, path, True)
+    if stat.S_ISDIR(mode) and not folder:
+        raise UsageError(
+            f"{given}: is a folder; the output is a file (remove the folder, or "
+            "write elsewhere)"
+        )
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         raise UsageError(f"{given}: not a regular file, a folder, a FIFO or a device")
     if not overwrite:

@@ -242,3 +242,14 @@ def test_a_folder_that_is_not_writable_is_a_usage_error(run_cli, workdir, monkey
         "(Permission denied)\n"
     )
     assert snapshot(workdir) == before
+
+
+def test_a_file_output_never_replaces_a_folder(run_cli, workdir):
+    (workdir / "kept").mkdir()
+    (workdir / "kept" / "a.txt").write_text("mine")
+    (workdir / "link.npy").symlink_to(workdir / "kept")
+    for output in ("kept", "link.npy"):
+        result = run_cli("transform", "a.h5", "x.npy", "-o", output, "--overwrite")
+        assert result.exit_code == 2
+        assert "is a folder; the output is a file" in result.stderr
+    assert (workdir / "kept" / "a.txt").read_text() == "mine"
