@@ -877,12 +877,33 @@ def _normalize_object(
         config = {}
     if not isinstance(config, dict):
         raise StateError(f"layer {layer!r}: {key} config is not a dict", path=path)
-    return {
+    normalized = {
         "module": module,
         "class_name": _CLASS_ALIASES.get(class_name, class_name),
         "config": dict(config),
         "registered_name": None,
     }
+    # The layer is usable only if bncli's own parser takes the object, as
+    # import will: a name that is no Keras built-in (Lambda, a custom class
+    # registered without a package name) or arguments it refuses make the
+    # layer unsupported here, so inspect and import agree.
+    from bncli.errors import ConfigError
+    from bncli.keras_compat import specs
+
+    parse = {
+        "keras.initializers": specs.parse_initializer,
+        "keras.regularizers": specs.parse_regularizer,
+        "keras.constraints": specs.parse_constraint,
+    }[module]
+    try:
+        parse(normalized)
+    except ConfigError as e:
+        raise UnsupportedLayerError(
+            f"layer {layer!r}: {key} {class_name!r} is not supported ({e.message})",
+            reason=f"{key} {class_name!r} is not a Keras built-in bncli reads",
+            path=path,
+        ) from e
+    return normalized
 
 
 def _normalize_policy(value: Any, layer: str, path: Path | None) -> dict[str, Any]:

@@ -200,3 +200,38 @@ def test_a_deflated_weights_member_is_decompressed_once(
     (layer,) = read_batchnorm_layers(tmp_path / "d.keras")
     assert layer.channels == 2
     assert sum(decompressed) == size
+
+
+def test_a_lambda_regularizer_is_unsupported_alike_in_inspect_and_import(
+    run_cli, state, tmp_path
+):
+    assert run_cli("export", "s.h5", "m.keras").exit_code == 0
+    with zipfile.ZipFile(tmp_path / "m.keras") as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    config = json.loads(members["config.json"])
+    (layer,) = [
+        layer
+        for layer in config["config"]["layers"]
+        if layer["class_name"] == "BatchNormalization"
+    ]
+    layer["config"]["gamma_regularizer"] = {
+        "module": "keras.regularizers",
+        "class_name": "Lambda",
+        "config": {"function": "lambda x: 0"},
+        "registered_name": "Lambda",
+    }
+    members["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(tmp_path / "lam.keras", "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    listed = json.loads(run_cli("inspect", "lam.keras", "--json").stdout)
+    (entry,) = listed["layers"]
+    assert entry["supported"] is False
+    assert "gamma_regularizer 'Lambda'" in entry["problem"]
+    result = run_cli("import", "lam.keras", "-o", "i.h5")
+    assert result.exit_code == 4
+    assert result.stderr.startswith(
+        "error: lam.keras: layer 'batch_normalization': gamma_regularizer 'Lambda' "
+        "is not supported"
+    )
+    assert not (tmp_path / "i.h5").exists()
