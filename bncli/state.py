@@ -151,10 +151,20 @@ def is_state(path: str | os.PathLike[str]) -> bool:
             return True
         if not head.startswith(HDF5_SIGNATURE):
             return False
-        with h5py.File(path, "r") as f:
-            return _attr_str(f.attrs.get("format")) == FORMAT
+        # Any HDF5 file gets here: parsed in a child bounded in time, since
+        # libhdf5 loops forever on some damaged files (bncli.io.child).
+        from bncli.io.child import bounded
+
+        def unsealed_state() -> bool:
+            with h5py.File(path, "r") as f:
+                return _attr_str(f.attrs.get("format")) == FORMAT
+
+        found: bool = bounded(unsealed_state, path=path, encode=bool, decode=bool)
+        return found
     except (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError):
         return False  # damaged: read_state() says why
+    except StateError:
+        return False  # not parsed in time: nothing says it is a state
 
 
 def read_state(path: str | os.PathLike[str]) -> State:

@@ -46,6 +46,7 @@ import ml_dtypes
 import numpy as np
 
 from bncli.errors import (
+    BncliError,
     StateError,
     StateNotFoundError,
     UnsupportedLayerError,
@@ -230,8 +231,16 @@ def is_keras_file(path: str | os.PathLike[str]) -> bool:
                 names = set(zf.namelist())
             return bool(names & {"config.json", "model.weights.h5"})
         if kind == "hdf5":
-            with h5py.File(target, "r") as f:
-                return _hdf5_kind(f) is not None
+            from bncli.io.child import bounded
+
+            def classify() -> bool:
+                with h5py.File(target, "r") as f:
+                    return _hdf5_kind(f) is not None
+
+            keras: bool = bounded(classify, path=target, encode=bool, decode=bool)
+            return keras
+    except BncliError:
+        return False
     except (
         OSError,
         ValueError,
@@ -297,12 +306,11 @@ def read_batchnorm_layers(
         with _read_budget():
             kind = _sniff(target)
             if kind == "dir":
-                return _read_keras_dir(target, hints)
+                return _in_child(lambda: _read_keras_dir(target, hints), target)
             if kind == "zip":
                 return _read_keras_zip(target, hints)
             if kind == "hdf5":
-                with h5py.File(target, "r") as f:
-                    return _read_hdf5(f, target, hints)
+                return _in_child(lambda: _read_hdf5_file(target, hints), target)
             if kind == "state":
                 raise StateError(
                     "a bncli state, not a Keras model",
@@ -326,6 +334,73 @@ def read_batchnorm_layers(
         path=target,
         hint="give a .keras, .weights.h5 or .h5 file saved by Keras",
     )
+
+
+def _read_hdf5_file(path: Path, hints: dict[str, bool | None]) -> list[KerasBatchNorm]:
+    with h5py.File(path, "r") as f:
+        return _read_hdf5(f, path, hints)
+
+
+def _in_child(
+    parse: Callable[[], list[KerasBatchNorm]], path: Path
+) -> list[KerasBatchNorm]:
+    """``parse()`` of a file without a checksum, in a child bounded in time
+    (see :mod:`bncli.io.child`): libhdf5 can loop forever on a damaged one."""
+    from bncli.io import child
+
+    def wrapped() -> list[KerasBatchNorm]:
+        try:
+            return parse()
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise StateError(
+                f"not a readable Keras model or weights file ({_reason(exc)})",
+                path=path,
+            ) from exc
+
+    layers: list[KerasBatchNorm] = child.bounded(
+        wrapped, path=path, encode=_encode_layers, decode=_decode_layers
+    )
+    return layers
+
+
+def _encode_layers(layers: list[KerasBatchNorm]) -> list[dict[str, Any]]:
+    from bncli.io.child import encode_array, encode_error
+
+    return [
+        {
+            "name": layer.name,
+            "path": layer.path,
+            "config": layer.config,
+            "variables": {k: encode_array(v) for k, v in layer.variables.items()},
+            "input_shape": None
+            if layer.input_shape is None
+            else list(layer.input_shape),
+            "problem": None if layer.problem is None else encode_error(layer.problem),
+            "file_config": layer.file_config,
+        }
+        for layer in layers
+    ]
+
+
+def _decode_layers(data: list[dict[str, Any]]) -> list[KerasBatchNorm]:
+    from bncli.io.child import decode_array, decode_error
+
+    layers = []
+    for item in data:
+        problem = None if item["problem"] is None else decode_error(item["problem"])
+        shape = item["input_shape"]
+        layers.append(
+            KerasBatchNorm(
+                name=item["name"],
+                path=item["path"],
+                config=item["config"],
+                variables={k: decode_array(v) for k, v in item["variables"].items()},
+                input_shape=None if shape is None else tuple(shape),
+                problem=problem,  # type: ignore[arg-type]
+                file_config=item["file_config"],
+            )
+        )
+    return layers
 
 
 def _reason(exc: BaseException) -> str:

@@ -235,3 +235,63 @@ def test_a_lambda_regularizer_is_unsupported_alike_in_inspect_and_import(
         "is not supported"
     )
     assert not (tmp_path / "i.h5").exists()
+
+
+def test_a_parse_that_never_ends_is_killed_and_refused(
+    run_cli, state, tmp_path, monkeypatch
+):
+    # What libhdf5 does on some damaged files (HDFGroup/hdf5#1707): loop
+    # forever in C. Here the parse sleeps instead; the child that runs it is
+    # killed at the deadline and the file refused, naming it.
+    import os
+    import time
+
+    from bncli.io import child
+    from bncli.keras_compat import files
+
+    assert run_cli("export", "s.h5", "m.weights.h5").exit_code == 0
+    children = []
+    real_fork = os.fork
+
+    def fork():
+        pid = real_fork()
+        if pid:
+            children.append(pid)
+        return pid
+
+    def forever(*args, **kwargs):
+        time.sleep(3600)
+
+    monkeypatch.setattr(child, "PARSE_SECONDS", 1.0)
+    monkeypatch.setattr(child.os, "fork", fork)
+    monkeypatch.setattr(files, "_read_hdf5", forever)
+    result = run_cli("inspect", "m.weights.h5")
+    assert result.exit_code == 4
+    assert result.stderr == (
+        "error: m.weights.h5: not parsed within 1 s: the file is damaged in a way "
+        "that makes libhdf5 loop (HDFGroup/hdf5#1707)\n"
+    )
+    assert children  # and every one of them reaped: none left running
+    for pid in children:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        raise AssertionError(f"child {pid} still runs")
+
+
+def test_the_child_sends_back_exactly_what_the_parse_read(run_cli, state, tmp_path):
+    # Values cross the process boundary as bytes (no pickle): bit for bit.
+    import h5py as h5
+
+    from bncli.keras_compat.files import read_batchnorm_layers
+
+    assert run_cli("export", "s.h5", "m.weights.h5").exit_code == 0
+    (layer,) = read_batchnorm_layers(tmp_path / "m.weights.h5")
+    with h5.File(tmp_path / "m.weights.h5") as f:
+        stored = [f[f"layers/batch_normalization/vars/{i}"][()] for i in range(4)]
+    got = [
+        layer.variables[k] for k in ("gamma", "beta", "moving_mean", "moving_variance")
+    ]
+    for a, b in zip(got, stored, strict=True):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
