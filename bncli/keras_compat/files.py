@@ -95,6 +95,8 @@ _ZIP_MAX_EXPANSION = 100
 _SPOOL_BYTES = 64 << 20
 #: More channels than this is not a BatchNormalization layer but a corrupt file.
 _MAX_CHANNELS = MAX_CHANNELS
+#: Groups a weights file's walk may visit (a model's weights have one or two per layer).
+_MAX_GROUPS = 20_000
 #: Nested models deeper than this are refused (a crafted config could recurse).
 _MAX_DEPTH = 64
 #: Input shapes of higher rank are refused.
@@ -1512,11 +1514,27 @@ def _natural_key(name: str) -> tuple[str, int]:
 
 
 def _scan_weights(
-    group: h5py.Group, prefix: str, depth: int, path: Path
+    group: h5py.Group,
+    prefix: str,
+    depth: int,
+    path: Path,
+    visits: list[int] | None = None,
 ) -> Iterator[tuple[str, h5py.Group]]:
-    """Yield (weights path, vars group) of every batch_normalization[_k] group."""
+    """Yield (weights path, vars group) of every batch_normalization[_k] group.
+
+    At most :data:`_MAX_GROUPS` groups are visited: hard links can make a
+    small file a graph whose paths are exponential in its depth.
+    """
+    if visits is None:
+        visits = [_MAX_GROUPS]
     if depth > _MAX_DEPTH:
         raise StateError(f"groups nested over {_MAX_DEPTH} deep", path=path)
+    visits[0] -= 1
+    if visits[0] < 0:
+        raise StateError(
+            f"more than {_MAX_GROUPS:,} groups to walk; refused as a crafted file",
+            path=path,
+        )
     for key in sorted(group.keys(), key=_natural_key):
         if key == "vars" or not isinstance(group.get(key, getlink=True), h5py.HardLink):
             continue
@@ -1527,7 +1545,7 @@ def _scan_weights(
         if _BN_SEGMENT.match(key) and "vars" in child:
             yield here, _group(child, "vars", path)
         else:
-            yield from _scan_weights(child, f"{here}/", depth + 1, path)
+            yield from _scan_weights(child, f"{here}/", depth + 1, path, visits)
 
 
 def _read_bare_weights(

@@ -271,3 +271,25 @@ def test_damaged_keras_file(run_cli, inputs, draw, kind, command, monkeypatch):
         assert snapshot(inputs) == before
         assert name in result.stderr
     (inputs / "imported.h5").unlink(missing_ok=True)
+
+
+@given(
+    shape=st.lists(
+        st.one_of(st.integers(0, 8), st.integers(0, 2**62)), min_size=1, max_size=4
+    ).map(tuple),
+    stored=st.integers(0, 512),
+)
+def test_npy_headers_claiming_any_shape(run_cli, inputs, shape, stored):
+    """An NPY header may claim any shape: checked against the bytes there are
+    and the channel limit before anything is allocated from it."""
+    text = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape!r}, }}"
+    text += " " * (64 - (10 + len(text) + 1) % 64) + "\n"
+    header = b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode()
+    name = f"h{next(_names)}.npy"
+    (inputs / name).write_bytes(header + bytes(stored))
+    before = snapshot(inputs)
+    result = run_cli("fit", "new.h5", name)
+    _check_answer(result)
+    if result.exit_code:
+        assert snapshot(inputs) == before
+    (inputs / "new.h5").unlink(missing_ok=True)

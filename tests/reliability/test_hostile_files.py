@@ -295,3 +295,17 @@ def test_the_child_sends_back_exactly_what_the_parse_read(run_cli, state, tmp_pa
     ]
     for a, b in zip(got, stored, strict=True):
         assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def test_a_hard_link_graph_of_exponential_paths_is_bounded(run_cli, tmp_path):
+    # 40 groups, each holding the next twice: 2**40 paths to walk.
+    path = tmp_path / "graph.weights.h5"
+    with h5py.File(path, "w") as f:
+        groups = [f.create_group(f"g{i}") for i in range(40)]
+        for i in range(39):
+            groups[i]["a"] = groups[i + 1]
+            groups[i]["b"] = groups[i + 1]
+        f["layers"] = groups[0]
+    result = run_cli("inspect", "graph.weights.h5")
+    assert result.exit_code == 4
+    assert "groups to walk; refused as a crafted file" in result.stderr
