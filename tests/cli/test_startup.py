@@ -102,3 +102,15 @@ def test_bfloat16_imports_ml_dtypes_only_when_used(tmp_path):
         "ml_dtypes",
         "h5py",
     }
+
+
+def test_inspect_and_import_of_a_float32_model_do_not_import_ml_dtypes(tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((8, 2)))
+    assert "ml_dtypes" not in imported(["fit", "s.h5", "x.npy", "--quiet"], tmp_path)
+    for args in (
+        ["export", "s.h5", "m.weights.h5"],
+        ["inspect", "m.weights.h5"],
+        ["import", "m.weights.h5", "-o", "i.h5"],
+    ):
+        assert "ml_dtypes" not in imported(args, tmp_path), args
+    assert (tmp_path / "i.h5").exists()
