@@ -388,7 +388,18 @@ class BatchNormalization:
 
     @moving_variance.setter
     def moving_variance(self, value: npt.ArrayLike) -> None:
-        self.moving_variance64 = self._vector(value, "moving_variance")
+        array = self._vector(value, "moving_variance")
+        # Inference divides by sqrt(moving_variance + epsilon): a value below
+        # -epsilon would make every output of its channel NaN.
+        low = np.flatnonzero(array + self.epsilon <= 0)
+        if low.size:
+            channel = int(low[0])
+            raise ConfigError(
+                f"moving_variance must be non-negative: channel {channel} has "
+                f"{array[channel]:g} (with epsilon {self.epsilon:g}, the outputs "
+                "would be NaN)"
+            )
+        self.moving_variance64 = array
 
     def _vector(self, value: npt.ArrayLike, name: str) -> npt.NDArray[np.float64]:
         self._require_built()

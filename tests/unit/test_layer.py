@@ -218,3 +218,18 @@ def test_output_dtypes_follow_the_policy():
         ("mixed_bfloat16", "bfloat16"),
     ]:
         assert bncli.BatchNormalization(dtype=policy)(x).dtype.name == dtype
+
+
+def test_a_negative_moving_variance_is_refused_by_the_library():
+    bn = bncli.BatchNormalization(epsilon=1e-3)
+    bn(np.random.default_rng(0).normal(size=(8, 3)), training=True)
+    before = bn.moving_variance64.copy()
+    with pytest.raises(ConfigError, match="channel 0 has -5"):
+        bn.moving_variance = [-5, 1, 1]
+    np.testing.assert_array_equal(bn.moving_variance64, before)
+    y = bn(np.ones((2, 3)))
+    assert np.isfinite(y).all()
+    # within epsilon of zero stays allowed: the denominator is still positive
+    # (Keras's E[x^2] - E[x]^2 can leave such values in a model file)
+    bn.moving_variance = [-1e-4, 1, 1]
+    assert np.isfinite(bn(np.ones((2, 3)))).all()
