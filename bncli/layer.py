@@ -10,7 +10,6 @@ statistics and the progress counters) are kept apart from the config.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bncli import kernels
+from bncli.engines.base import FitSummary
 from bncli.errors import ConfigError, DataError, StateError
 from bncli.keras_compat import dtypes, specs
 
@@ -54,16 +54,6 @@ CONFIG_KEYS = (
     "renorm_clipping",
     "renorm_momentum",
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class FitSummary:
-    """What one call of :meth:`BatchNormalization.fit` did."""
-
-    batches: int
-    samples: int
-    epochs: int
-    seconds: float
 
 
 def _check_bool(name: str, value: Any) -> bool:
@@ -402,7 +392,7 @@ class BatchNormalization:
         self.moving_variance64 = array
 
     def _vector(self, value: npt.ArrayLike, name: str) -> npt.NDArray[np.float64]:
-        self._require_built()
+        self.require_built()
         array = np.asarray(value, dtype=np.float64)
         if array.shape != (self.channels,):
             raise ConfigError(
@@ -412,7 +402,8 @@ class BatchNormalization:
             raise ConfigError(f"{name} has NaN or infinite values")
         return array
 
-    def _require_built(self) -> None:
+    def require_built(self) -> None:
+        """Raise ConfigError unless the variables exist (built by data or a fit)."""
         if not self.built:
             raise ConfigError("the layer is not built: call it on data or fit it")
 
@@ -572,7 +563,8 @@ class BatchNormalization:
             StateFrozenError: the layer is frozen.
             DataError: unreadable or inconsistent inputs.
         """
-        from bncli.engines.local import FitOptions, fit_layer
+        from bncli.engines.base import FitOptions
+        from bncli.engines.local import fit_layer
 
         paths = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
         options = FitOptions(
@@ -608,7 +600,7 @@ class BatchNormalization:
         """The layer as a :class:`bncli.state.State` record."""
         from bncli.state import State
 
-        self._require_built()
+        self.require_built()
         variables = {}
         if self._gamma is not None:
             variables["gamma"] = self._gamma

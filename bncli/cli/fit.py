@@ -98,7 +98,8 @@ def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
         say,
         warn,
     )
-    from bncli.engines.local import RESUMED_OPTIONS, FitOptions, fit_layer
+    from bncli.engines.base import RESUMED_OPTIONS, FitOptions
+    from bncli.engines.local import fit_layer
     from bncli.errors import UsageError
     from bncli.layer import BatchNormalization, load
     from bncli.state import checkpoint_path, lock

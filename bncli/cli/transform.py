@@ -76,7 +76,8 @@ def transform(state: str, inputs: tuple[str, ...], **options: Any) -> None:
       cat batch.arrows | bncli transform state.h5 - -o - > out.arrows
     """
     from bncli.cli.render import after_commit, counted, emit_json, make_progress, say
-    from bncli.engines.local import TransformOptions, transform_layer
+    from bncli.engines.base import TransformOptions
+    from bncli.engines.local import transform_layer
     from bncli.errors import UsageError
     from bncli.layer import load
 

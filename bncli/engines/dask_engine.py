@@ -54,12 +54,15 @@ import numpy as np
 import numpy.typing as npt
 
 from bncli import kernels
-from bncli.engines.local import (
+from bncli.engines.base import (
     FitOptions,
     FitParams,
+    FitSummary,
     TransformOptions,
     TransformSummary,
-    _check_positive,
+    check_positive,
+)
+from bncli.engines.local import (
     default_workers,
     fold_block,
     open_fit_dataset,
@@ -806,7 +809,6 @@ def fit_layer(
         BncliError: an unreachable scheduler (exit 1).
         StateFrozenError, StateMismatchError, DataError: as the local engine.
     """
-    from bncli.layer import FitSummary
 
     started = time.perf_counter()
     progress = progress or NullProgress()
@@ -825,7 +827,7 @@ def fit_layer(
     options = (options or FitOptions()).checked()
     batch_size, epochs, workers = options.batch_size, options.epochs, options.workers
     if tasks is not None:
-        tasks = _check_positive("tasks", tasks)
+        tasks = check_positive("tasks", tasks)
     _refuse_stdin(paths)
     dataset = open_fit_dataset(layer, paths, options, replay=True)
     params = FitParams(
@@ -969,11 +971,11 @@ def transform_layer(
     started = time.perf_counter()
     progress = progress or NullProgress()
     distributed = _import_distributed()
-    layer._require_built()
+    layer.require_built()
     options = (options or TransformOptions()).checked()
     batch_size, workers = options.batch_size, options.workers
     if tasks is not None:
-        tasks = _check_positive("tasks", tasks)
+        tasks = check_positive("tasks", tasks)
     training = bool(options.training and layer.trainable)
     output = os.fspath(output)
     if output == "-":

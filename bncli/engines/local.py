@@ -25,6 +25,16 @@ import numpy as np
 import numpy.typing as npt
 
 from bncli import kernels
+from bncli.engines.base import (
+    RESUMABLE_CHANGES,
+    RESUMED_OPTIONS,
+    FitOptions,
+    FitParams,
+    FitSummary,
+    TransformOptions,
+    TransformSummary,
+    check_positive,
+)
 from bncli.errors import (
     DataError,
     StateError,
@@ -152,12 +162,6 @@ def prefetched(items: Iterable[T], depth: int) -> Iterator[T]:
         reader.join(timeout=10)
 
 
-def _check_positive(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise UsageError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 # ---------------------------------------------------------------------- math
 
 
@@ -202,103 +206,11 @@ def _batched(
     return x, m.reshape(n // per_batch, per_batch * positions, m.shape[-1])
 
 
-@dataclasses.dataclass(frozen=True)
-class FitParams:
-    """What a worker needs to fold a block."""
-
-    batch_size: int
-    momentum: float
-    replicas: int
-    synchronized: bool
-    channels: int
-
-
-@dataclasses.dataclass(frozen=True)
-class FitOptions:
-    """How a fit reads and batches its inputs: the data options of ``bncli fit``.
-
-    One record for the CLI, the Python API and both engines (the layer's own
-    options, momentum and the rest, live on the layer). ``workers`` left at
-    ``None`` means every core.
-    """
-
-    batch_size: int = 32
-    epochs: int = 1
-    drop_remainder: bool = False
-    columns: Sequence[str] | None = None
-    exclude: Sequence[str] | None = None
-    mask_column: str | None = None
-    mask: Sequence[str | os.PathLike[str]] | None = None
-    replicas: int = 1
-    nan_policy: str = "error"
-    workers: int | None = None
-
-    def checked(self) -> FitOptions:
-        """These options, with every count checked to be a positive integer."""
-        return dataclasses.replace(
-            self,
-            batch_size=_check_positive("batch size", self.batch_size),
-            epochs=_check_positive("epochs", self.epochs),
-            replicas=_check_positive("replicas", self.replicas),
-            workers=None
-            if self.workers is None
-            else _check_positive("workers", self.workers),
-        )
-
-
-#: The options a checkpoint records and ``fit --resume`` restores.
-#: Options a resumed fit may change: they change nothing already folded.
-RESUMABLE_CHANGES = frozenset({"nan_policy"})
-
-
 def _as_record(key: str, value: Any) -> Any:
     """An option's value as a resume record stores it (masks as absolute paths)."""
     if key == "mask":
         return None if not value else [str(Path(m).resolve()) for m in value]
     return value
-
-
-RESUMED_OPTIONS = (
-    "batch_size",
-    "epochs",
-    "drop_remainder",
-    "replicas",
-    "mask_column",
-    "mask",
-    "nan_policy",
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class TransformOptions:
-    """How a transform normalizes its inputs: the options of ``bncli transform``.
-
-    ``training`` on a frozen layer runs as inference, as in Keras.
-    ``workers`` left at ``None`` means every core.
-    """
-
-    training: bool = False
-    batch_size: int = 32
-    replicas: int = 1
-    output_dtype: str | None = None
-    overwrite: bool = False
-    mask_column: str | None = None
-    mask: Sequence[str | os.PathLike[str]] | None = None
-    nan_policy: str = "error"
-    workers: int | None = None
-    #: Other files the transform reads (its state): the output may not be one.
-    reads: Sequence[str | os.PathLike[str]] = ()
-
-    def checked(self) -> TransformOptions:
-        """These options, with every count checked to be a positive integer."""
-        return dataclasses.replace(
-            self,
-            batch_size=_check_positive("batch size", self.batch_size),
-            replicas=_check_positive("replicas", self.replicas),
-            workers=None
-            if self.workers is None
-            else _check_positive("workers", self.workers),
-        )
 
 
 _scratch = threading.local()
@@ -481,8 +393,6 @@ def fit_layer(
     nothing already folded), and any other one given that differs from the
     record is a usage error, never silently ignored.
     """
-    from bncli.layer import FitSummary
-
     started = time.perf_counter()
     progress = progress or NullProgress()
     options = options or FitOptions()
@@ -515,7 +425,7 @@ def fit_layer(
     batch_size, epochs = options.batch_size, options.epochs
     workers = options.workers or default_workers()
     if checkpoint_every is not None:
-        checkpoint_every = _check_positive("checkpoint interval", checkpoint_every)
+        checkpoint_every = check_positive("checkpoint interval", checkpoint_every)
     dataset = open_fit_dataset(layer, paths, options, replay=epochs > 1 or resume)
     params = FitParams(
         batch_size, layer.momentum, options.replicas, layer.synchronized, layer.channels
@@ -608,15 +518,6 @@ def _check_unchanged(then: list[dict[str, Any]], now: list[dict[str, Any]]) -> N
 
 
 # ----------------------------------------------------------------- transform
-
-
-@dataclasses.dataclass(frozen=True)
-class TransformSummary:
-    """What one transform did."""
-
-    samples: int
-    output: str
-    seconds: float
 
 
 @quiet_nonfinite
@@ -887,7 +788,7 @@ def transform_layer(
 
     started = time.perf_counter()
     progress = progress or NullProgress()
-    layer._require_built()
+    layer.require_built()
     options = (options or TransformOptions()).checked()
     batch_size, replicas = options.batch_size, options.replicas
     workers = options.workers or default_workers()

@@ -1,0 +1,144 @@
+"""What every engine shares: the option records, the summaries, the checks.
+
+Engines see a layer only through these records and its public methods; the
+layer imports the engines, never the other way round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from bncli.errors import UsageError
+
+__all__ = [
+    "RESUMABLE_CHANGES",
+    "RESUMED_OPTIONS",
+    "FitOptions",
+    "FitParams",
+    "FitSummary",
+    "TransformOptions",
+    "TransformSummary",
+    "check_positive",
+]
+
+
+def check_positive(name: str, value: int) -> int:
+    """``value`` as an int, or a usage error unless it is a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise UsageError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class FitSummary:
+    """What one call of :meth:`BatchNormalization.fit` did."""
+
+    batches: int
+    samples: int
+    epochs: int
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class FitParams:
+    """What a worker needs to fold a block."""
+
+    batch_size: int
+    momentum: float
+    replicas: int
+    synchronized: bool
+    channels: int
+
+
+@dataclasses.dataclass(frozen=True)
+class FitOptions:
+    """How a fit reads and batches its inputs: the data options of ``bncli fit``.
+
+    One record for the CLI, the Python API and both engines (the layer's own
+    options, momentum and the rest, live on the layer). ``workers`` left at
+    ``None`` means every core.
+    """
+
+    batch_size: int = 32
+    epochs: int = 1
+    drop_remainder: bool = False
+    columns: Sequence[str] | None = None
+    exclude: Sequence[str] | None = None
+    mask_column: str | None = None
+    mask: Sequence[str | os.PathLike[str]] | None = None
+    replicas: int = 1
+    nan_policy: str = "error"
+    workers: int | None = None
+
+    def checked(self) -> FitOptions:
+        """These options, with every count checked to be a positive integer."""
+        return dataclasses.replace(
+            self,
+            batch_size=check_positive("batch size", self.batch_size),
+            epochs=check_positive("epochs", self.epochs),
+            replicas=check_positive("replicas", self.replicas),
+            workers=None
+            if self.workers is None
+            else check_positive("workers", self.workers),
+        )
+
+
+#: The options a checkpoint records and ``fit --resume`` restores.
+#: Options a resumed fit may change: they change nothing already folded.
+RESUMABLE_CHANGES = frozenset({"nan_policy"})
+
+
+RESUMED_OPTIONS = (
+    "batch_size",
+    "epochs",
+    "drop_remainder",
+    "replicas",
+    "mask_column",
+    "mask",
+    "nan_policy",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformOptions:
+    """How a transform normalizes its inputs: the options of ``bncli transform``.
+
+    ``training`` on a frozen layer runs as inference, as in Keras.
+    ``workers`` left at ``None`` means every core.
+    """
+
+    training: bool = False
+    batch_size: int = 32
+    replicas: int = 1
+    output_dtype: str | None = None
+    overwrite: bool = False
+    mask_column: str | None = None
+    mask: Sequence[str | os.PathLike[str]] | None = None
+    nan_policy: str = "error"
+    workers: int | None = None
+    #: Other files the transform reads (its state): the output may not be one.
+    reads: Sequence[str | os.PathLike[str]] = ()
+
+    def checked(self) -> TransformOptions:
+        """These options, with every count checked to be a positive integer."""
+        return dataclasses.replace(
+            self,
+            batch_size=check_positive("batch size", self.batch_size),
+            replicas=check_positive("replicas", self.replicas),
+            workers=None
+            if self.workers is None
+            else check_positive("workers", self.workers),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformSummary:
+    """What one transform did."""
+
+    samples: int
+    output: str
+    seconds: float
