@@ -555,7 +555,7 @@ def _normalize_rows(
     (:func:`bncli.kernels.normalize` with ``out``) and rounded once to
     ``out``'s dtype.
     """
-    gamma, beta, eps = layer._gamma, layer._beta, layer.epsilon
+    gamma, beta, eps = layer.gamma, layer.beta, layer.epsilon
     if not training:
         kernels.normalize(
             rows,
