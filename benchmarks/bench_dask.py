@@ -28,8 +28,8 @@ def _time_fits(
     from distributed import LocalCluster
 
     import bncli
+    from bncli.engines.base import FitOptions
     from bncli.engines.dask_engine import fit_layer
-    from bncli.engines.local import FitOptions
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Port .* is already in use", UserWarning)

@@ -130,7 +130,8 @@ def bncli_transform(
     state: Path, path: Path, output: Path, workers: int | None = None
 ) -> None:
     import bncli
-    from bncli.engines.local import TransformOptions, transform_layer
+    from bncli.engines.base import TransformOptions
+    from bncli.engines.local import transform_layer
 
     options = TransformOptions(overwrite=True, workers=workers)
     transform_layer(bncli.load(state), [path], output, options)

@@ -549,12 +549,17 @@ class BatchNormalization:
         checkpoint: Callable[[BatchNormalization], None] | None = None,
         progress: Any = None,
         resume: bool = False,
+        engine: str = "local",
+        scheduler: str | None = None,
     ) -> FitSummary:
         """Stream batches from files and update the moving statistics as Keras.
 
-        The same as ``bncli fit``: batches of exactly ``batch_size`` consecutive
-        samples across file and row-group boundaries, each epoch batched on its
-        own, a final partial batch counted unless ``drop_remainder``.
+        The same as ``bncli fit`` (the same fit session, :mod:`bncli.engines.session`):
+        batches of exactly ``batch_size`` consecutive samples across file and
+        row-group boundaries, each epoch batched on its own, a final partial
+        batch counted unless ``drop_remainder``. ``engine="dask"`` computes
+        on a Dask cluster (``scheduler``, or a local one of ``workers``
+        processes).
 
         Returns:
             A :class:`FitSummary`.
@@ -564,7 +569,8 @@ class BatchNormalization:
             DataError: unreadable or inconsistent inputs.
         """
         from bncli.engines.base import FitOptions
-        from bncli.engines.local import fit_layer
+        from bncli.engines.registry import make_engine
+        from bncli.engines.session import fit_layer
 
         paths = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
         options = FitOptions(
@@ -579,16 +585,16 @@ class BatchNormalization:
             nan_policy=nan_policy,
             workers=workers,
         )
-        summary: FitSummary = fit_layer(
+        return fit_layer(
             self,
             paths,
             options,
+            make_engine(engine, scheduler=scheduler, workers=workers),
             checkpoint_every=checkpoint_every,
             checkpoint=checkpoint,
             progress=progress,
             resume=resume,
         )
-        return summary
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the layer to a state file, atomically."""

@@ -64,12 +64,14 @@ def fit_state(
         checkpoint_every, resume: as ``bncli fit``.
         wait: wait for another process's lock instead of failing.
         given: names of ``options`` set on purpose (see
-            :func:`bncli.engines.local.fit_layer`).
+            :func:`bncli.engines.session.fit_layer`).
         progress: receives the samples done.
 
     Raises:
         UsageError, DataError, StateError: as ``bncli fit`` exits 2, 3, 4.
     """
+    from bncli.engines.registry import make_engine
+    from bncli.engines.session import fit_layer
     from bncli.layer import BatchNormalization, load
     from bncli.state import checkpoint_path, lock
 
@@ -93,33 +95,19 @@ def fit_state(
                 )
             kwargs = {k: v for k, v in layer_options.items() if v is not None}
             layer = BatchNormalization(**kwargs, seed=seed)
-        if engine == "dask":
-            from bncli.engines.dask_engine import fit_layer as dask_fit
-
-            summary = dask_fit(
-                layer,
-                list(inputs),
-                options,
-                scheduler=scheduler,
-                checkpoint_every=checkpoint_every,  # refused there
-                resume=resume,  # refused there
-                progress=progress,
-            )
-        else:
-            from bncli.engines.local import fit_layer
-
-            summary = fit_layer(
-                layer,
-                list(inputs),
-                options,
-                checkpoint_every=checkpoint_every,
-                # Beside the state, never in it: a fit that fails leaves the
-                # state as it was (and its checkpoint, for --resume).
-                checkpoint=lambda current: current.save(checkpoint),
-                progress=progress,
-                resume=resume,
-                given=given,
-            )
+        summary = fit_layer(
+            layer,
+            list(inputs),
+            options,
+            make_engine(engine, scheduler=scheduler, workers=options.workers),
+            checkpoint_every=checkpoint_every,
+            # Beside the state, never in it: a fit that fails leaves the
+            # state as it was (and its checkpoint, for --resume).
+            checkpoint=lambda current: current.save(checkpoint),
+            progress=progress,
+            resume=resume,
+            given=given,
+        )
         layer.save(path)
         checkpoint.unlink(missing_ok=True)
     return FitResult(path, summary, layer.batches_seen, layer.samples_seen)

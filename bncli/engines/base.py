@@ -1,7 +1,9 @@
-"""What every engine shares: the option records, the summaries, the checks.
+"""What every engine shares: the option records, the summaries, the checks,
+and :class:`EngineLayer`, all an engine may know of a layer.
 
-Engines see a layer only through these records and its public methods; the
-layer imports the engines, never the other way round.
+Engines see a layer only through :class:`EngineLayer` (which
+:class:`bncli.BatchNormalization` satisfies) and never import
+:mod:`bncli.layer`: the layer imports the engines, never the other way round.
 """
 
 from __future__ import annotations
@@ -9,21 +11,111 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
-from bncli.errors import UsageError
+from bncli import kernels
+from bncli.errors import StateFrozenError, UsageError
 
 __all__ = [
     "RESUMABLE_CHANGES",
     "RESUMED_OPTIONS",
+    "BlockFold",
+    "EngineLayer",
     "FitOptions",
     "FitParams",
     "FitSummary",
     "TransformOptions",
     "TransformSummary",
     "check_positive",
+    "require_trainable",
 ]
+
+
+class EngineLayer(Protocol):
+    """What an engine needs of a layer, and all it may touch.
+
+    :class:`bncli.BatchNormalization` is one. The config and shape come
+    first, then the statistics in float64, and the two things a fit changes:
+    :meth:`apply_fold` and the progress record (``epochs``, ``resume``).
+    """
+
+    @property
+    def axis(self) -> int: ...
+    @property
+    def momentum(self) -> float: ...
+    @property
+    def epsilon(self) -> float: ...
+    @property
+    def synchronized(self) -> bool: ...
+    @property
+    def trainable(self) -> bool: ...
+    @property
+    def built(self) -> bool: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def features(self) -> list[str]: ...
+    @property
+    def sample_shape(self) -> tuple[int, ...]: ...
+    @property
+    def channels(self) -> int: ...
+    @property
+    def gamma(self) -> npt.NDArray[Any] | None: ...
+    @property
+    def beta(self) -> npt.NDArray[Any] | None: ...
+    @property
+    def moving_mean64(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def moving_variance64(self) -> npt.NDArray[np.float64]: ...
+
+    #: Epochs fitted in all.
+    epochs: int
+    #: The record of an interrupted fit (see :data:`RESUMED_OPTIONS`), or None.
+    resume: dict[str, Any] | None
+
+    def require_built(self) -> None:
+        """Raise a state error unless the layer has its variables."""
+
+    def build(
+        self,
+        sample_shape: Sequence[int],
+        features: Sequence[str] | None = None,
+        kind: str = "array",
+    ) -> None:
+        """Allocate the variables for samples of ``sample_shape``."""
+
+    def apply_fold(self, fold: kernels.Fold, *, batches: int, samples: int) -> None:
+        """Advance the moving statistics by ``fold``, and the counters."""
+
+
+def require_trainable(layer: EngineLayer) -> None:
+    """Refuse to fit a frozen layer (exit 4)."""
+    if not layer.trainable:
+        raise StateFrozenError(
+            "state is frozen (trainable=False), so fit would not change it",
+            hint="unfreeze it first with: bncli unfreeze STATE",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockFold:
+    """What an engine hands the fit session for a run of whole batches.
+
+    Attributes:
+        fold: the affine map of the batches on the moving statistics.
+        batches: how many batches it sums up.
+        samples: how many samples they hold.
+        end: the stream position just after them, in the epoch (where a
+            checkpoint taken after them resumes).
+    """
+
+    fold: kernels.Fold
+    batches: int
+    samples: int
+    end: int
 
 
 def check_positive(name: str, value: int) -> int:

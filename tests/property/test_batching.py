@@ -23,6 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import bncli
+import bncli.engines.base
 import bncli.engines.local
 import bncli.io.batching
 from tests import reference
@@ -224,7 +225,7 @@ def test_transform_outputs_do_not_depend_on_chunks(stream, chunk, tiny_chunks):
                 bn,
                 paths,
                 out,
-                bncli.engines.local.TransformOptions(
+                bncli.engines.base.TransformOptions(
                     training=training,
                     batch_size=stream["batch_size"],
                     mask=masks if training else None,

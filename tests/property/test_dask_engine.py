@@ -31,7 +31,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import bncli
-from bncli.engines import dask_engine, local
+from bncli.engines import dask_engine, dask_tasks, local
+from bncli.engines.base import FitOptions, FitParams, TransformOptions
+from bncli.engines.blocks import EpochFold, FitPlan
 from bncli.errors import (
     DataError,
     StateFrozenError,
@@ -49,14 +51,14 @@ def _dask_fit(
 ):  # fmt: skip
     """The Dask engine's fit, with the fit options as keywords."""
     return dask_engine.fit_layer(
-        layer, paths, local.FitOptions(**options), scheduler=scheduler, tasks=tasks,
+        layer, paths, FitOptions(**options), scheduler=scheduler, tasks=tasks,
         resume=resume, checkpoint_every=checkpoint_every,
     )  # fmt: skip
 
 
 def _local_fit(layer, paths, **options):
     """The local engine's fit, with the fit options as keywords."""
-    return local.fit_layer(layer, paths, local.FitOptions(**options))
+    return local.fit_layer(layer, paths, FitOptions(**options))
 
 
 def _dask_transform(
@@ -64,16 +66,14 @@ def _dask_transform(
 ):
     """The Dask engine's transform, with the transform options as keywords."""
     return dask_engine.transform_layer(
-        layer, paths, output, local.TransformOptions(**options), scheduler=scheduler,
+        layer, paths, output, TransformOptions(**options), scheduler=scheduler,
         single_file=single_file, tasks=tasks,
     )  # fmt: skip
 
 
 def _local_transform(layer, paths, output, **options):
     """The local engine's transform, with the transform options as keywords."""
-    return local.transform_layer(
-        layer, paths, output, local.TransformOptions(**options)
-    )
+    return local.transform_layer(layer, paths, output, TransformOptions(**options))
 
 
 pytestmark = pytest.mark.dask
@@ -398,11 +398,11 @@ def test_task_results_combine_for_any_boundaries(
     total = N_A + N_B
     edges = [0, *sorted(set(cuts)), total]
     ranges = list(itertools.pairwise(edges))
-    files = dask_engine._input_files(dataset, [N_A, N_B], mask)
-    tasks = dask_engine._tasks(ranges, files, dataset, rows=batch_size * 3)
-    params = local.FitParams(batch_size, 0.8, replicas, False, 3)
-    plan = dask_engine.FitPlan(params, total)
-    epoch = dask_engine.EpochFold(plan)
+    files = dask_tasks.input_files(dataset, [N_A, N_B], mask)
+    tasks = dask_tasks.make_tasks(ranges, files, dataset, rows=batch_size * 3)
+    params = FitParams(batch_size, 0.8, replicas, False, 3)
+    plan = FitPlan(params, total)
+    epoch = EpochFold(plan)
     for task in tasks:
         epoch.add(dask_engine.fit_task(task, plan))
     fold, batches = epoch.finish()
@@ -421,7 +421,7 @@ def test_task_results_combine_for_any_boundaries(
     step=st.integers(1, 300),
 )
 def test_plan_ranges_cover_the_stream_in_order(total, tasks, step):
-    ranges = dask_engine.plan_ranges(total, tasks, lambda p: p // step * step)
+    ranges = dask_tasks.plan_ranges(total, tasks, lambda p: p // step * step)
     assert ranges[0][0] == 0 and ranges[-1][1] == total
     assert all(lo < hi for lo, hi in ranges)
     assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
@@ -431,8 +431,8 @@ def test_plan_ranges_cover_the_stream_in_order(total, tasks, step):
 
 def test_tasks_start_on_row_groups(tables):
     dataset = open_dataset(tables["paths"], columns=tables["columns"])
-    files = dask_engine._input_files(dataset, [sum(g) for g in ROW_GROUPS], None)
-    snap = dask_engine._snap_to_units(dataset, files)
+    files = dask_tasks.input_files(dataset, [sum(g) for g in ROW_GROUPS], None)
+    snap = dask_tasks.snap_to_units(dataset, files)
     starts = {0}
     offset = 0
     for groups in ROW_GROUPS:
@@ -440,7 +440,7 @@ def test_tasks_start_on_row_groups(tables):
             starts.add(offset)
             offset += size
     for count in (2, 3, 4, 8, 50):
-        ranges = dask_engine.plan_ranges(offset, count, snap)
+        ranges = dask_tasks.plan_ranges(offset, count, snap)
         assert {lo for lo, _ in ranges} <= starts
 
 

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bncli import kernels
-from bncli.engines.local import _all_finite
+from bncli.engines.blocks import all_finite
 from tests.conftest import FAST
 
 
@@ -214,14 +214,14 @@ def test_blocked_normalize_keeps_data_far_from_zero_exact():
     np.testing.assert_array_equal(out.ravel(), [0.5, -1.5])
 
 
-def test_all_finite():
-    assert _all_finite(np.ones((3, 4), np.float32))
+def testall_finite():
+    assert all_finite(np.ones((3, 4), np.float32))
     big = np.full(4, 3e38, np.float32)  # the sum overflows, the values are finite
-    assert _all_finite(big)
+    assert all_finite(big)
     for bad in (np.nan, np.inf, -np.inf):
         a = np.ones(10)
         a[7] = bad
-        assert not _all_finite(a)
+        assert not all_finite(a)
 
 
 # ------------------------------------------------- reused memory, layouts
@@ -269,7 +269,7 @@ def test_fold_without_validity_equals_all_valid(momentum):
 
 
 def test_outputs_follow_the_input_layout():
-    from bncli.engines.local import _OutputPool, output_rows
+    from bncli.engines.blocks import OutputPool, output_rows
     from bncli.io.sources import Chunk, Segment
 
     def chunk(data, axis):
@@ -281,7 +281,7 @@ def test_outputs_follow_the_input_layout():
     array = output_rows(chunk(np.zeros((4, 5, 6)), 1), np.float64)
     assert array.shape == (4, 6, 5) and array.flags.c_contiguous
 
-    pool = _OutputPool()
+    pool = OutputPool()
     first = pool.take(chunk(by_column.T, 1), np.float32)
     pool.give(first)
     assert pool.take(chunk(by_column.T, 1), np.float32) is first
@@ -326,7 +326,7 @@ def test_table_channels_in_one_copy_equal_column_by_column():
 def test_prefetched_keeps_order_raises_in_order_and_stops():
     import threading
 
-    from bncli.engines.local import prefetched
+    from bncli.engines.threads import prefetched
 
     assert list(prefetched(iter(range(100)), 3)) == list(range(100))
 

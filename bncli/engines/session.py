@@ -1,0 +1,253 @@
+"""One fit session for every engine: resume, fingerprints, epochs, checkpoints.
+
+An engine's part of a fit is a :class:`FoldStream`: for each epoch, from a
+given sample, the :class:`BlockFold` of its whole batches in stream order.
+The session does everything else, once for all engines: it restores an
+interrupted fit's options, opens and checks the inputs (building the layer
+on a first fit), records what a checkpoint needs to resume, applies the
+folds, checkpoints, counts epochs and sums up. So the local engine and the
+Dask engine differ only in where the folds are computed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from bncli.engines.base import (
+    RESUMABLE_CHANGES,
+    RESUMED_OPTIONS,
+    BlockFold,
+    EngineLayer,
+    FitOptions,
+    FitParams,
+    FitSummary,
+    check_positive,
+    require_trainable,
+)
+from bncli.engines.inputs import open_fit_dataset
+from bncli.errors import DataError, StateError, StateMismatchError, UsageError
+from bncli.io.sources import Dataset
+from bncli.progress import NullProgress, Progress
+
+__all__ = [
+    "FitEngine",
+    "FoldStream",
+    "fit_layer",
+]
+
+
+class FoldStream(Protocol):
+    """An engine's side of one fit, open on its inputs."""
+
+    @property
+    def samples(self) -> int | None:
+        """Samples fitted per epoch, when known before reading."""
+        ...  # pragma: no cover - a protocol
+
+    def epoch(self, first: int) -> Iterator[BlockFold]:
+        """The folds of an epoch from sample ``first``, in stream order."""
+        ...  # pragma: no cover - a protocol
+
+
+class FitEngine(Protocol):
+    """Where the folds of a fit are computed."""
+
+    def refuse(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        *,
+        resume: bool,
+        checkpoint_every: int | None,
+    ) -> None:
+        """Raise a usage error for what this engine cannot do, before any work."""
+        ...  # pragma: no cover - a protocol
+
+    def open(
+        self, dataset: Dataset, params: FitParams, options: FitOptions
+    ) -> contextlib.AbstractContextManager[FoldStream]:
+        """The engine's fold stream over ``dataset``, for the session's length."""
+        ...  # pragma: no cover - a protocol
+
+
+def fit_layer(
+    layer: EngineLayer,
+    paths: Sequence[str | os.PathLike[str]],
+    options: FitOptions,
+    engine: FitEngine,
+    *,
+    checkpoint_every: int | None = None,
+    checkpoint: Callable[[Any], None] | None = None,
+    progress: Progress | None = None,
+    resume: bool = False,
+    given: Collection[str] = (),
+) -> FitSummary:
+    """Fit ``layer`` on ``paths`` with ``engine``; see :meth:`bncli.BatchNormalization.fit`.
+
+    With ``resume``, the options of :data:`RESUMED_OPTIONS`, the position and
+    (unless ``paths`` are given) the inputs come from ``layer.resume``.
+    ``given`` names the options of ``options`` the caller set on purpose:
+    with ``resume``, ``nan_policy`` given wins over the record (it changes
+    nothing already folded), and any other one given that differs from the
+    record is a usage error, never silently ignored. Every
+    ``checkpoint_every`` batches, ``checkpoint(layer)`` is called with
+    ``layer.resume`` set to where the fit has got to.
+    """
+    started = time.perf_counter()
+    progress = progress or NullProgress()
+    engine.refuse(paths, resume=resume, checkpoint_every=checkpoint_every)
+    require_trainable(layer)
+    start_epoch = start_sample = 0
+    if resume:
+        paths, options, start_epoch, start_sample = _resumed(
+            layer, paths, options, given
+        )
+    options = options.checked()
+    epochs = options.epochs
+    if checkpoint_every is not None:
+        checkpoint_every = check_positive("checkpoint interval", checkpoint_every)
+    dataset = open_fit_dataset(layer, paths, options, replay=epochs > 1 or resume)
+    params = FitParams(
+        options.batch_size,
+        layer.momentum,
+        options.replicas,
+        layer.synchronized,
+        layer.channels,
+    )
+    record = _resume_record(options, paths, dataset)
+    if resume and layer.resume and "files" in layer.resume:  # absent from old records
+        _check_unchanged(layer.resume["files"], record["files"])
+    batches = samples = since_checkpoint = 0
+    with engine.open(dataset, params, options) as stream:
+        total = stream.samples
+        progress.start(
+            None if total is None else total * (epochs - start_epoch) - start_sample,
+            dataset.sample_bytes,
+        )
+        for epoch in range(start_epoch, epochs):
+            first = start_sample if epoch == start_epoch else 0
+            for block in stream.epoch(first):
+                layer.apply_fold(
+                    block.fold, batches=block.batches, samples=block.samples
+                )
+                batches += block.batches
+                samples += block.samples
+                since_checkpoint += block.batches
+                progress.advance(block.samples)
+                if (
+                    checkpoint
+                    and checkpoint_every
+                    and since_checkpoint >= checkpoint_every
+                ):
+                    layer.resume = {**record, "epoch": epoch, "sample": block.end}
+                    checkpoint(layer)
+                    since_checkpoint = 0
+            layer.epochs += 1
+    if samples == 0 and start_sample == 0:
+        raise DataError("empty input: no sample to fit", path=dataset.sources[0].path)
+    layer.resume = None
+    progress.finish()
+    return FitSummary(
+        batches, samples, epochs - start_epoch, time.perf_counter() - started
+    )
+
+
+# ------------------------------------------------------------------- resume
+
+
+def _resumed(
+    layer: EngineLayer,
+    paths: Sequence[str | os.PathLike[str]],
+    options: FitOptions,
+    given: Collection[str],
+) -> tuple[Sequence[str | os.PathLike[str]], FitOptions, int, int]:
+    """The inputs, options, epoch and sample an interrupted fit goes on from."""
+    recorded_fit = layer.resume
+    if not recorded_fit:
+        raise StateError(
+            "nothing to resume: the state records no interrupted fit",
+            hint="run fit without --resume",
+        )
+    restored = {}
+    for key in RESUMED_OPTIONS:
+        value, recorded = getattr(options, key), recorded_fit[key]
+        if key in given and key in RESUMABLE_CHANGES:
+            continue
+        if key in given and _as_recorded(key, value) != recorded:
+            flag = "--" + ("mask" if key == "mask" else key.replace("_", "-"))
+            raise UsageError(
+                f"{flag} {_as_recorded(key, value)!r} differs from the interrupted "
+                f"fit's {recorded!r}; --resume continues that fit as it was "
+                f"(leave {flag} out, or fit again without --resume)"
+            )
+        restored[key] = recorded
+    return (
+        paths or recorded_fit["inputs"],
+        dataclasses.replace(options, **restored),
+        recorded_fit["epoch"],
+        recorded_fit["sample"],
+    )
+
+
+def _as_recorded(key: str, value: Any) -> Any:
+    """An option's value as a resume record stores it (masks as absolute paths)."""
+    if key == "mask":
+        return None if not value else [str(Path(m).resolve()) for m in value]
+    return value
+
+
+def _resume_record(
+    options: FitOptions, paths: Sequence[str | os.PathLike[str]], dataset: Dataset
+) -> dict[str, Any]:
+    """What a checkpoint records to resume: options, inputs, their fingerprints."""
+    return {
+        **{key: getattr(options, key) for key in RESUMED_OPTIONS},
+        "inputs": [
+            text if text == "-" else str(Path(text).resolve())
+            for text in (os.fspath(p) for p in paths)
+        ],
+        "mask": _as_recorded("mask", options.mask),
+        "files": _fingerprints(dataset, options.mask),
+    }
+
+
+def _fingerprints(
+    dataset: Dataset, mask: Sequence[str | os.PathLike[str]] | None
+) -> list[dict[str, Any]]:
+    """Path, size and modification time of every file read, for ``--resume``."""
+    paths = [source.path for source in dataset.sources] + list(map(str, mask or ()))
+    files = []
+    for text in paths:
+        if text == "-":
+            continue
+        status = os.stat(text)
+        files.append(
+            {
+                "path": str(Path(text).resolve()),
+                "size": status.st_size,
+                "mtime_ns": status.st_mtime_ns,
+            }
+        )
+    return files
+
+
+def _check_unchanged(then: list[dict[str, Any]], now: list[dict[str, Any]]) -> None:
+    """Refuse to resume on inputs that differ from the checkpoint's."""
+    hint = "restore the inputs, or fit again without --resume"
+    if len(then) != len(now):
+        raise StateMismatchError(
+            f"the inputs are {len(now)} files, the checkpoint read {len(then)}",
+            hint=hint,
+        )
+    for old, new in zip(then, now, strict=True):
+        if (old["size"], old["mtime_ns"]) != (new["size"], new["mtime_ns"]):
+            raise StateMismatchError(
+                "changed since the checkpoint (size or modification time differs)",
+                path=new["path"],
+                hint=hint,
+            )
