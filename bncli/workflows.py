@@ -1,8 +1,17 @@
 """What each command does, as one library call: the CLI parses, calls, renders.
 
-``fit_state`` is ``bncli fit``: load or create the state file, check the
-layer options against it, lock it, run an engine, checkpoint beside it and
-commit it.
+- :func:`fit_state` is ``bncli fit``: load or create the state file, check
+  the layer options against it, lock it, run an engine, checkpoint beside it
+  and commit it.
+- :func:`transform_state` is ``bncli transform``: normalize files with a
+  state file, on either engine.
+- :func:`keras_layer` reads a Keras file's BatchNormalization layer as a
+  :class:`bncli.BatchNormalization`; :func:`import_state` is ``bncli import``,
+  which writes it as a state file.
+- :func:`export_state` is ``bncli export``: a state file as a Keras model or
+  weights file.
+
+The health of a state is :func:`bncli.health.state_health`.
 """
 
 from __future__ import annotations
@@ -15,11 +24,24 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bncli.engines.base import FitOptions, FitSummary
+from bncli.engines.base import (
+    FitOptions,
+    FitSummary,
+    TransformOptions,
+    TransformSummary,
+)
 from bncli.errors import StateError, StateMismatchError, StateNotFoundError, UsageError
 from bncli.progress import Progress
 
-__all__ = ["FitResult", "fit_state"]
+__all__ = [
+    "ExportResult",
+    "FitResult",
+    "export_state",
+    "fit_state",
+    "import_state",
+    "keras_layer",
+    "transform_state",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,3 +178,232 @@ def _show(value: Any) -> str:
     if isinstance(value, dict):
         return json.dumps(value.get("class_name", value))
     return json.dumps(value) if not isinstance(value, str) else value
+
+
+# ----------------------------------------------------------------- transform
+
+
+def transform_state(
+    state: str | os.PathLike[str],
+    inputs: Sequence[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    options: TransformOptions | None = None,
+    *,
+    engine: str = "local",
+    scheduler: str | None = None,
+    single_file: bool = False,
+    progress: Progress | None = None,
+) -> TransformSummary:
+    """Normalize ``inputs`` with the state file ``state`` into ``output``.
+
+    As ``bncli transform``: the output is never the state or an input, and
+    is written atomically. ``engine="dask"`` runs on a Dask cluster
+    (``scheduler``, or a local one), writing a Parquet output as a folder of
+    parts unless ``single_file``.
+
+    Raises:
+        UsageError, DataError, StateError: as ``bncli transform`` exits 2, 3, 4.
+    """
+    from bncli.layer import load
+
+    layer = load(state)
+    options = dataclasses.replace(
+        options or TransformOptions(),
+        reads=(*(options.reads if options else ()), state),
+    )
+    if engine == "dask":
+        from bncli.engines.dask_engine import transform_layer as dask_transform
+
+        return dask_transform(
+            layer,
+            list(inputs),
+            output,
+            options,
+            scheduler=scheduler,
+            single_file=single_file,
+            progress=progress,
+        )
+    if scheduler is not None or single_file:
+        raise UsageError("a scheduler and single_file are options of the dask engine")
+    from bncli.engines.local import transform_layer
+
+    return transform_layer(layer, list(inputs), output, options, progress=progress)
+
+
+# -------------------------------------------------------------- import, export
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """What ``export_state`` wrote, and what a user should know of it."""
+
+    path: Path
+    notes: list[str]
+
+
+def export_state(
+    state: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+) -> ExportResult:
+    """Write a state file as a Keras 3 model (``.keras``) or weights file (``.weights.h5``).
+
+    The model is an Input of the state's per-sample shape and one stock
+    BatchNormalization with the state's config and weights. Written
+    atomically; never over the state.
+
+    Raises:
+        UsageError: another suffix, or an output that exists (without
+            ``overwrite``) or is the state.
+        StateError: an unreadable state.
+    """
+    from bncli.io.outputs import check_output
+    from bncli.keras_compat.files import write_keras_model, write_weights_h5
+    from bncli.layer import load
+
+    name = Path(output).name.lower()
+    if not (name.endswith(".keras") or name.endswith(".weights.h5")):
+        raise UsageError(f"{output}: export writes OUT.keras or OUT.weights.h5")
+    checked = check_output(output, [state], overwrite, streams=False)
+    assert checked.path is not None  # streams=False: always a path
+    layer = load(state)
+    config = layer.get_config()
+    notes = []
+    if config["synchronized"]:
+        notes.append(
+            "synchronized=True is exported as false: Keras refuses it on every "
+            "backend but TensorFlow, and inference is the same either way"
+        )
+        config["synchronized"] = False
+    variables = layer.to_state().variables
+    if name.endswith(".keras"):
+        sample_shape = tuple(None if d < 0 else d for d in layer.sample_shape)
+        write_keras_model(checked.path, config, variables, sample_shape)
+    else:
+        write_weights_h5(checked.path, config, variables)
+    return ExportResult(checked.path, notes)
+
+
+def keras_layer(
+    model: str | os.PathLike[str],
+    layer: str | None = None,
+    *,
+    features: Sequence[str] | None = None,
+    input_shape: Sequence[int | str] | None = None,
+    **layer_options: Any,
+) -> Any:
+    """A BatchNormalization layer of a Keras file, as a built :class:`bncli.BatchNormalization`.
+
+    Args:
+        model: a Keras 3 ``.keras`` archive or folder, a ``.weights.h5``
+            file, or a Keras 2 / tf.keras legacy ``.h5`` file.
+        layer: the layer's name (needed when the file has several).
+        features: names of the channels, so that tables select them by name.
+        input_shape: the per-sample input shape where the file does not tell.
+        layer_options: for a weights-only file (no config), what the layer
+            was: ``momentum``, ``epsilon``, ``center``, ``scale``...
+
+    Raises:
+        UsageError: a layer option for a file that has the config, a wrong
+            number of feature names, an input shape without the channels.
+        StateError: an unreadable or unsupported file or layer.
+    """
+    import numpy as np
+
+    from bncli.keras_compat.files import read_batchnorm_layers, select_layer
+    from bncli.layer import BatchNormalization
+
+    given = {k: v for k, v in layer_options.items() if v is not None and k != "seed"}
+    layers = read_batchnorm_layers(
+        model, center=given.get("center"), scale=given.get("scale")
+    )
+    found = select_layer(layers, layer, path=os.fspath(model))
+    if found.config is not None:
+        clash = sorted(set(given) - {"axis"} if found.config else given)
+        if clash:
+            raise UsageError(
+                f"{model}: the file has the layer's config; --{clash[0].replace('_', '-')} "
+                "applies only to weights-only files"
+            )
+        # renorm=True never gets here: select_layer raised the layer's problem.
+        built = BatchNormalization.from_config(dict(found.config))
+    else:
+        built = BatchNormalization(**given)
+    channels = len(found.variables["moving_mean"])
+    shape = _sample_shape(found.input_shape, input_shape, channels, built.axis, model)
+    if features is not None and len(features) != channels:
+        raise UsageError(f"--features: {len(features)} names for {channels} channels")
+    built.build(
+        shape,
+        None if features is None else list(features),
+        "table" if features is not None else "array",
+    )
+    variables = {k: np.asarray(v, dtype=np.float64) for k, v in found.variables.items()}
+    if built.scale:
+        built.gamma = variables["gamma"]
+    if built.center:
+        built.beta = variables["beta"]
+    built.moving_mean = variables["moving_mean"]
+    built.moving_variance = variables["moving_variance"]
+    return built
+
+
+def import_state(
+    model: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    layer: str | None = None,
+    *,
+    overwrite: bool = False,
+    features: Sequence[str] | None = None,
+    input_shape: Sequence[int | str] | None = None,
+    **layer_options: Any,
+) -> Path:
+    """Write a Keras file's BatchNormalization layer as a new state file.
+
+    As ``bncli import``; see :func:`keras_layer` for the arguments. The state
+    is written atomically, under its lock, never over ``model``.
+
+    Returns:
+        The state's path.
+    """
+    from bncli.io.outputs import check_output
+    from bncli.state import lock
+
+    checked = check_output(output, [model], overwrite, streams=False)
+    assert checked.path is not None  # streams=False: always a path
+    built = keras_layer(
+        model, layer, features=features, input_shape=input_shape, **layer_options
+    )
+    with lock(checked.path):
+        built.save(checked.path)
+    return checked.path
+
+
+def _sample_shape(
+    from_file: tuple[int | None, ...] | None,
+    given: Sequence[int | str] | None,
+    channels: int,
+    axis: int,
+    model: str | os.PathLike[str],
+) -> tuple[int, ...]:
+    """The per-sample shape: ``given``, else the file's, else ``(C,)``."""
+    if given is not None:
+        try:
+            shape = tuple(int(d) for d in given)
+        except ValueError as e:
+            raise UsageError(
+                f"--input-shape: expected integers, got {','.join(map(str, given))}"
+            ) from e
+    elif from_file is not None:
+        shape = tuple(-1 if d is None else int(d) for d in from_file[1:])
+    else:
+        shape = (channels,)
+    ndim = len(shape) + 1
+    index = axis + ndim if axis < 0 else axis
+    if not 1 <= index < ndim or shape[index - 1] not in (channels, -1):
+        raise UsageError(
+            f"{model}: input shape {shape} does not have the layer's {channels} channels "
+            f"on axis {axis}; give --input-shape"
+        )
+    return (*shape[: index - 1], channels, *shape[index:])

@@ -6,7 +6,6 @@ No Keras at run time: the files are written and read as zip, JSON and HDF5
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
@@ -34,31 +33,10 @@ def export(state: str, output: str, overwrite: bool, debug: bool) -> None:
       bncli export state.h5 normalizer.weights.h5
     """
     from bncli.cli.render import warn
-    from bncli.errors import UsageError
-    from bncli.io.outputs import check_output
-    from bncli.keras_compat.files import write_keras_model, write_weights_h5
-    from bncli.layer import load
+    from bncli.workflows import export_state
 
-    name = Path(output).name.lower()
-    if not (name.endswith(".keras") or name.endswith(".weights.h5")):
-        raise UsageError(f"{output}: export writes OUT.keras or OUT.weights.h5")
-    checked = check_output(output, [state], overwrite, streams=False)
-    assert checked.path is not None
-    target = checked.path
-    layer = load(state)
-    config = layer.get_config()
-    if config["synchronized"]:
-        warn(
-            "synchronized=True is exported as false: Keras refuses it on every "
-            "backend but TensorFlow, and inference is the same either way"
-        )
-        config["synchronized"] = False
-    variables = layer.to_state().variables
-    if name.endswith(".keras"):
-        sample_shape = tuple(None if d < 0 else d for d in layer.sample_shape)
-        write_keras_model(target, config, variables, sample_shape)
-    else:
-        write_weights_h5(target, config, variables)
+    for note in export_state(state, output, overwrite=overwrite).notes:
+        warn(note)
 
 
 @click.command(
@@ -118,77 +96,14 @@ def import_(
       bncli import model.keras --layer bn_first -o bn_first.h5
       bncli import weights.h5 --momentum 0.9 -o state.h5
     """
-    import numpy as np
+    from bncli.workflows import import_state
 
-    from bncli.errors import UsageError
-    from bncli.io.outputs import check_output
-    from bncli.keras_compat.files import read_batchnorm_layers, select_layer
-    from bncli.layer import BatchNormalization
-    from bncli.state import lock
-
-    checked = check_output(output, [model], overwrite, streams=False)
-    assert checked.path is not None
-    target = checked.path
-    given = {k: v for k, v in options.items() if v is not None and k != "seed"}
-    layers = read_batchnorm_layers(
-        model, center=given.get("center"), scale=given.get("scale")
+    import_state(
+        model,
+        output,
+        layer_name,
+        overwrite=overwrite,
+        features=features,
+        input_shape=input_shape,
+        **options,
     )
-    found = select_layer(layers, layer_name, path=model)
-    if found.config is not None:
-        clash = sorted(set(given) - {"axis"} if found.config else given)
-        if clash:
-            raise UsageError(
-                f"{model}: the file has the layer's config; --{clash[0].replace('_', '-')} "
-                "applies only to weights-only files"
-            )
-        # renorm=True never gets here: select_layer raised the layer's problem.
-        layer = BatchNormalization.from_config(dict(found.config))
-    else:
-        layer = BatchNormalization(**given)
-    channels = len(found.variables["moving_mean"])
-    shape = _sample_shape(found.input_shape, input_shape, channels, layer, model)
-    names = features if features is not None else None
-    if names is not None and len(names) != channels:
-        raise UsageError(f"--features: {len(names)} names for {channels} channels")
-    layer.build(shape, names, "table" if names is not None else "array")
-    if layer.scale:
-        layer.gamma = np.asarray(found.variables["gamma"], dtype=np.float64)
-    if layer.center:
-        layer.beta = np.asarray(found.variables["beta"], dtype=np.float64)
-    layer.moving_mean = np.asarray(found.variables["moving_mean"], dtype=np.float64)
-    layer.moving_variance = np.asarray(
-        found.variables["moving_variance"], dtype=np.float64
-    )
-    with lock(target):
-        layer.save(target)
-
-
-def _sample_shape(
-    from_file: tuple[int | None, ...] | None,
-    given: list[str] | None,
-    channels: int,
-    layer: Any,
-    model: str,
-) -> tuple[int, ...]:
-    """The per-sample shape: --input-shape, else the file's, else (C,)."""
-    from bncli.errors import UsageError
-
-    if given is not None:
-        try:
-            shape = tuple(int(d) for d in given)
-        except ValueError as e:
-            raise UsageError(
-                f"--input-shape: expected integers, got {','.join(given)}"
-            ) from e
-    elif from_file is not None:
-        shape = tuple(-1 if d is None else int(d) for d in from_file[1:])
-    else:
-        shape = (channels,)
-    ndim = len(shape) + 1
-    axis = layer.axis + ndim if layer.axis < 0 else layer.axis
-    if not 1 <= axis < ndim or shape[axis - 1] not in (channels, -1):
-        raise UsageError(
-            f"{model}: input shape {shape} does not have the layer's {channels} channels "
-            f"on axis {layer.axis}; give --input-shape"
-        )
-    return (*shape[: axis - 1], channels, *shape[axis:])

@@ -19,13 +19,6 @@ from bncli.cli.signals import check as check_interrupt
 from bncli.cli.text import cell, printable
 from bncli.progress import NullProgress, Progress
 
-#: Initializer share above which inspect warns.
-SHARE_WARNING = 0.01
-#: A channel is "dead" when its moving variance is under this share of epsilon
-#: (epsilon then dominates the denominator), "exploding" above EXPLODING_VARIANCE.
-DEAD_SHARE_OF_EPSILON = 0.01
-EXPLODING_VARIANCE = 1e12
-
 
 def emit_json(document: Any) -> None:
     """Print one JSON document to stdout (floats at full precision)."""
@@ -219,40 +212,17 @@ def shown_channels(flags: list[str], drifted: list[bool] | None = None) -> list[
 
 
 def channel_flags(layer: Any) -> list[str]:
-    """Per channel: "", "dead" (variance ~ 0) or "exploding" (variance huge)."""
-    flags = []
-    for value in np.asarray(layer.moving_variance64):
-        if value < DEAD_SHARE_OF_EPSILON * layer.epsilon:
-            flags.append("dead")
-        elif value > EXPLODING_VARIANCE or not math.isfinite(value):
-            flags.append("exploding")
-        else:
-            flags.append("")
-    return flags
+    """Per channel: "", "dead" or "exploding" (:func:`bncli.health.channel_flags`)."""
+    from bncli.health import channel_flags as flags
+
+    return flags(layer.moving_variance64, layer.epsilon)
 
 
 def share_warning(layer: Any) -> str | None:
-    """The warning about the initializer's share, or None when all is below 1%."""
-    share = layer.initializer_share()
-    high = [f for f, s in zip(layer.features, share, strict=True) if s > SHARE_WARNING]
-    if not high:
-        return None
-    listed = ", ".join(high[:8]) + (
-        f" and {len(high) - 8} more" if len(high) > 8 else ""
-    )
-    return (
-        f"the initializers still weigh {share.max():.1%} in the moving statistics of "
-        f"{listed}; fit on more batches (momentum {layer.momentum} needs about "
-        f"{_batches_needed(layer.momentum)} batches to fall under 1%)"
-    )
+    """The advice to fit on more batches, or None (:func:`bncli.health.state_health`)."""
+    from bncli.health import state_health
 
-
-def _batches_needed(momentum: float) -> int:
-    if momentum <= 0:
-        return 1
-    if momentum >= 1:
-        return 0
-    return math.ceil(math.log(SHARE_WARNING) / math.log(momentum))
+    return state_health(layer).warning
 
 
 def _console() -> Any:
@@ -481,23 +451,12 @@ def model_layer_document(layer: Any) -> dict[str, Any]:
             "supported": False,
             "problem": layer.problem.reason,
         }
-    variance = np.asarray(layer.variables.get("moving_variance", []), dtype=np.float64)
+    from bncli.health import variables_health
+
+    variance = layer.variables.get("moving_variance", [])
     channels = len(variance)
     epsilon = 1e-3 if layer.config is None else float(layer.config["epsilon"])
-    dead = int((variance < DEAD_SHARE_OF_EPSILON * epsilon).sum())
-    exploding = int(((variance > EXPLODING_VARIANCE) | ~np.isfinite(variance)).sum())
-    untouched = bool(
-        channels
-        and np.all(variance == 1.0)
-        and np.all(np.asarray(layer.variables.get("moving_mean", [])) == 0.0)
-    )
-    if untouched:
-        health = "moving statistics at their initial values (never trained?)"
-    elif dead or exploding:
-        health = f"{dead} dead, {exploding} exploding channel(s)"
-    else:
-        std = np.sqrt(variance)
-        health = f"ok: moving std {std.min():.3g} .. {std.max():.3g}"
+    health = variables_health(layer.variables.get("moving_mean", []), variance, epsilon)
     config = layer.config
     return {
         "name": layer.name,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import click
@@ -77,9 +76,8 @@ def transform(state: str, inputs: tuple[str, ...], **options: Any) -> None:
     """
     from bncli.cli.render import after_commit, counted, emit_json, make_progress, say
     from bncli.engines.base import TransformOptions
-    from bncli.engines.local import transform_layer
     from bncli.errors import UsageError
-    from bncli.layer import load
+    from bncli.workflows import transform_state
 
     check_engine(options)
     if options["as_json"] and options["output"] == "-":
@@ -88,27 +86,16 @@ def transform(state: str, inputs: tuple[str, ...], **options: Any) -> None:
         raise UsageError(
             "transform: the state's channels are used; --columns and --exclude are for fit"
         )
-    layer = load(state)
-    progress = make_progress(options["quiet"], "transform")
-    transform_options = dataclasses.replace(
-        engine_record(TransformOptions, options), reads=(state,)
+    summary = transform_state(
+        state,
+        list(inputs),
+        options["output"],
+        engine_record(TransformOptions, options),
+        engine=options["engine"],
+        scheduler=options["scheduler"],
+        single_file=options["single_file"],
+        progress=make_progress(options["quiet"], "transform"),
     )
-    if options["engine"] == "dask":
-        from bncli.engines.dask_engine import transform_layer as dask_transform
-
-        summary = dask_transform(
-            layer,
-            list(inputs),
-            options["output"],
-            transform_options,
-            scheduler=options["scheduler"],
-            single_file=options["single_file"],
-            progress=progress,
-        )
-    else:
-        summary = transform_layer(
-            layer, list(inputs), options["output"], transform_options, progress=progress
-        )
     result = {
         "output": summary.output,
         "samples": summary.samples,

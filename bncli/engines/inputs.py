@@ -64,7 +64,18 @@ def open_layer_inputs(
                 f"channels differ from the state's ({e.message})", path=e.path
             ) from e
         raise
+    _require_values(dataset)
     return dataset
+
+
+def _require_values(dataset: Dataset) -> None:
+    """Refuse samples of no values (an empty axis beside the channels)."""
+    if 0 in dataset.sample_shape:
+        # Every batch would be empty: no moment to fold, nothing to normalize.
+        raise DataError(
+            f"samples of shape {tuple(dataset.sample_shape)} hold no values",
+            path=dataset.sources[0].path,
+        )
 
 
 def open_fit_dataset(
@@ -147,6 +158,8 @@ def open_transform_dataset(
     from bncli.io.outputs import check_output
     from bncli.io.sinks import check_writable
 
+    # A state's channels unlike the inputs' are a data error here (exit 3),
+    # where a fit refuses to change the state (exit 4).
     dataset = open_dataset(
         paths,
         axis=layer.axis,
@@ -156,6 +169,7 @@ def open_transform_dataset(
         masks=options.mask,
         nan_policy=options.nan_policy,
     )
+    _require_values(dataset)
     if dataset.kind == "table":
         dataset.check_same_columns()
     reads: list[str | os.PathLike[str]] = [s.path for s in dataset.sources]

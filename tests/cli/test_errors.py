@@ -72,6 +72,7 @@ def template(tmp_path_factory):
     np.save(d / "arr4.npy", rng.normal(size=(10, 4)))
     np.save(d / "one.npy", rng.normal(size=5))
     np.save(d / "empty.npy", np.zeros((0, 3)))
+    np.save(d / "hollow.npy", np.zeros((6, 0, 3)))
     np.save(d / "obj.npy", np.array([{"a": 1}] * 4, dtype=object), allow_pickle=True)
     np.save(d / "mask_bad.npy", np.ones(49, dtype=bool))
     whole = (d / "arr.npy").read_bytes()
@@ -161,6 +162,7 @@ CASES = [
     P(["fit", "n.h5", "empty.parquet"], 3, ["empty.parquet", "empty file"], id="empty-file"),
     P(["fit", "n.h5", "zero.parquet"], 3, ["zero.parquet", "empty input"], id="empty-table"),
     P(["fit", "n.h5", "empty.npy"], 3, ["empty.npy", "empty input"], id="empty-array"),
+    P(["fit", "n.h5", "hollow.npy"], 3, ["hollow.npy", "samples of shape (0, 3) hold no values"], id="samples-without-values"),
     P(["fit", "st.h5", "zero.parquet"], 3, ["zero.parquet", "empty input"], id="empty-input-with-state"),
     P(["transform", "st.h5", "zero.parquet", "-o", "o.parquet"], 3, ["zero.parquet", "empty input"], id="empty-input-transform"),
     P(["fit", "n.h5", "sub"], 3, ["sub", "no data files"], id="empty-folder"),
