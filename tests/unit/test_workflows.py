@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 
 import bncli
-from bncli.engines.base import FitOptions
-from bncli.errors import StateMismatchError
-from bncli.workflows import fit_state
+from bncli.engines.base import FitOptions, TransformOptions
+from bncli.errors import StateMismatchError, UsageError
+from bncli.workflows import (
+    export_state,
+    fit_state,
+    import_state,
+    keras_layer,
+    transform_state,
+)
 from tests.conftest import PRECISE
 
 
@@ -42,3 +48,77 @@ def test_fit_state_refuses_options_that_contradict_the_state(tmp_path):
             state, [tmp_path / "x.npy"], FitOptions(), layer_options={"momentum": 0.5}
         )
     assert state.read_bytes() == before
+
+
+def test_an_unknown_engine_is_a_usage_error(tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((4, 2)))
+    layer = bncli.BatchNormalization()
+    with pytest.raises(
+        UsageError, match="unknown engine 'spark'; choose one of local, dask"
+    ):
+        layer.fit(tmp_path / "x.npy", engine="spark")
+    assert not layer.built
+
+
+def test_a_scheduler_needs_the_dask_engine(tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((4, 2)))
+    with pytest.raises(UsageError, match="options of the dask engine"):
+        bncli.BatchNormalization().fit(tmp_path / "x.npy", scheduler="tcp://x:1")
+
+
+# ------------------------------------------------- transform, import, export
+
+
+def test_transform_state_normalizes_with_the_state_file(tmp_path):
+    x = np.random.default_rng(3).normal(5.0, 2.0, (40, 3))
+    np.save(tmp_path / "x.npy", x)
+    fit_state(tmp_path / "s.h5", [tmp_path / "x.npy"], FitOptions(batch_size=8))
+    layer = bncli.load(tmp_path / "s.h5")
+    summary = transform_state(
+        tmp_path / "s.h5", [tmp_path / "x.npy"], tmp_path / "y.npy"
+    )
+    expected = (x - layer.moving_mean64) / np.sqrt(layer.moving_variance64 + 1e-3)
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-6)
+    assert summary.samples == 40
+
+
+def test_transform_state_never_writes_over_its_state(tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((4, 2)))
+    fit_state(tmp_path / "s.npy", [tmp_path / "x.npy"], FitOptions())
+    before = (tmp_path / "s.npy").read_bytes()
+    with pytest.raises(UsageError):
+        transform_state(
+            tmp_path / "s.npy",
+            [tmp_path / "x.npy"],
+            tmp_path / "s.npy",
+            TransformOptions(overwrite=True),
+        )
+    assert (tmp_path / "s.npy").read_bytes() == before
+
+
+def test_export_then_import_gives_the_state_back(tmp_path):
+    np.save(tmp_path / "x.npy", np.random.default_rng(4).normal(size=(30, 2)))
+    fit_state(
+        tmp_path / "s.h5",
+        [tmp_path / "x.npy"],
+        FitOptions(batch_size=4),
+        layer_options={"momentum": 0.7, "synchronized": True},
+    )
+    result = export_state(tmp_path / "s.h5", tmp_path / "m.keras")
+    assert result.path == (tmp_path / "m.keras").resolve()
+    assert result.notes and "synchronized=True is exported as false" in result.notes[0]
+    layer = keras_layer(tmp_path / "m.keras")
+    fitted = bncli.load(tmp_path / "s.h5")
+    np.testing.assert_allclose(layer.moving_mean, fitted.moving_mean)
+    np.testing.assert_allclose(layer.moving_variance, fitted.moving_variance)
+    assert layer.momentum == 0.7
+    path = import_state(tmp_path / "m.keras", tmp_path / "back.h5")
+    np.testing.assert_allclose(bncli.load(path).moving_mean, fitted.moving_mean)
+
+
+def test_keras_layer_refuses_layer_options_where_the_file_has_the_config(tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((4, 2)))
+    fit_state(tmp_path / "s.h5", [tmp_path / "x.npy"], FitOptions())
+    export_state(tmp_path / "s.h5", tmp_path / "m.keras")
+    with pytest.raises(UsageError, match="--momentum applies only to weights-only"):
+        keras_layer(tmp_path / "m.keras", momentum=0.5)
