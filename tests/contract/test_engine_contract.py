@@ -176,7 +176,9 @@ class EngineContract:
         layer = bncli.BatchNormalization()
         self.fit(layer, data["arrays"][:1])
         before = layer.moving_mean64.copy()
-        with pytest.raises(StateMismatchError, match="channels differ from the state's"):
+        with pytest.raises(
+            StateMismatchError, match="channels differ from the state's"
+        ):
             self.fit(layer, [data["table"]], exclude=["id"])
         np.testing.assert_array_equal(layer.moving_mean64, before)
 
