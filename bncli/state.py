@@ -415,11 +415,11 @@ def write_state(path: str | os.PathLike[str], state: State) -> None:
     # so it never lands inside h5py (see bncli.interrupts).
     with deferred(), atomic_path(path) as tmp:
         with h5py.File(tmp, "w", userblock_size=USERBLOCK_SIZE) as f:
-            _write(f, state)
+            write_contents(f, state)
         seal(tmp)
 
 
-def _write(f: Any, state: State) -> None:
+def write_contents(f: Any, state: State) -> None:
     """The state's attributes, groups and datasets, into an open HDF5 file."""
     import h5py
 
@@ -440,7 +440,7 @@ def _write(f: Any, state: State) -> None:
     group = f.create_group("variables")
     for name in VARIABLE_NAMES:
         if name in state.variables:
-            _write_vector(group, name, state.variables[name])
+            write_vector(group, name, state.variables[name])
     acc = f.create_group("accumulators")
     acc.create_dataset("moving_mean", data=state.moving_mean64)
     acc.create_dataset("moving_variance", data=state.moving_variance64)
@@ -451,7 +451,8 @@ def _write(f: Any, state: State) -> None:
     progress.attrs["epochs"] = state.epochs
 
 
-def _write_vector(group: Any, name: str, value: npt.NDArray[Any]) -> None:
+def write_vector(group: Any, name: str, value: npt.NDArray[Any]) -> None:
+    """One variable into ``group`` (bfloat16 stored as float32, marked so)."""
     if value.dtype.name == "bfloat16":
         dataset = group.create_dataset(name, data=value.astype(np.float32))
         dataset.attrs["dtype"] = "bfloat16"

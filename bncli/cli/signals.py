@@ -39,9 +39,17 @@ def _stop(signum: int) -> KeyboardInterrupt:
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
+    request_stop(signum)
+    raise _stop(signum)
+
+
+def request_stop(signum: int = signal.SIGINT) -> None:
+    """Record a stop request, as the handler does before it raises.
+
+    :func:`check` then raises it, wherever the handler's own exception went.
+    """
     _received.append(signum)
     _requested.set()
-    raise _stop(signum)
 
 
 def received() -> int:

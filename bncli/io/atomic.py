@@ -33,7 +33,8 @@ __all__ = [
 
 #: Temporaries are named ``.NAME.bncli-tmp-HOST-PID-XXXX`` beside their target.
 TEMP_MARKER = ".bncli-tmp-"
-_HOST = (socket.gethostname().replace("-", "_") or "host")[:64]
+#: This machine, as temporaries name it (a stale one is removed only on its host).
+HOST = (socket.gethostname().replace("-", "_") or "host")[:64]
 
 
 def fsync_path(path: str | os.PathLike[str]) -> None:
@@ -76,7 +77,7 @@ def atomic_path(
         ``target`` changes.
     """
     target = Path(target)
-    folder, prefix = _folder(target), _prefix(target)
+    folder, prefix = _folder(target), temp_prefix(target)
     tmp: Path | None = None
     # Ctrl-C is held back while the temporary comes into being and while it
     # is renamed or removed: it can only land where the except clause below
@@ -85,7 +86,7 @@ def atomic_path(
         with deferred():
             remove_stale_temporaries(target)
             try:
-                tmp = _create(prefix, folder, directory)
+                tmp = create_temp(prefix, folder, directory)
             except OSError as e:
                 raise _unwritable(e, target, folder) from e
             # mkstemp and mkdtemp create 0600/0700; give the result the mode
@@ -101,7 +102,7 @@ def atomic_path(
     except BaseException:
         with deferred():
             if tmp is not None:
-                _remove(tmp)
+                remove_path(tmp)
         raise
 
 
@@ -152,12 +153,12 @@ def scratch_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
     tmp: Path | None = None
     try:
         with deferred():
-            tmp = _create(_prefix(target), _folder(target), directory=True)
+            tmp = create_temp(temp_prefix(target), _folder(target), directory=True)
         yield tmp
     finally:
         with deferred():
             if tmp is not None:
-                _remove(tmp)
+                remove_path(tmp)
 
 
 def _folder(target: Path) -> Path:
@@ -171,7 +172,7 @@ _NAME_MAX = 255
 def _stem(name: str) -> str:
     """``.NAME``, shortened (a prefix and a hash) where a temporary's name would
     not fit in NAME_MAX: a 250-character target still gets a temporary."""
-    room = _NAME_MAX - len(TEMP_MARKER) - len(_HOST) - 30  # "-PID-" + mkstemp's 8
+    room = _NAME_MAX - len(TEMP_MARKER) - len(HOST) - 30  # "-PID-" + mkstemp's 8
     encoded = name.encode()
     if len(encoded) + 1 <= room:
         return f".{name}"
@@ -192,11 +193,13 @@ def sidecar(path: Path, suffix: str) -> Path:
     return path.with_name(f"{head}~{digest}{suffix}")
 
 
-def _prefix(target: Path) -> str:
-    return f"{_stem(target.name)}{TEMP_MARKER}{_HOST}-{os.getpid()}-"
+def temp_prefix(target: Path) -> str:
+    """The start of this process's temporaries' names for ``target``."""
+    return f"{_stem(target.name)}{TEMP_MARKER}{HOST}-{os.getpid()}-"
 
 
-def _create(prefix: str, folder: Path, directory: bool) -> Path:
+def create_temp(prefix: str, folder: Path, directory: bool) -> Path:
+    """A new, empty temporary file (or folder) in ``folder``, named ``prefix...``."""
     if directory:
         return Path(tempfile.mkdtemp(prefix=prefix, dir=folder))
     fd, name = tempfile.mkstemp(prefix=prefix, dir=folder)
@@ -222,7 +225,8 @@ def _replace(
     _fsync_one(folder)
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
+    """Remove a file or a folder tree, if it is there."""
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
     else:
@@ -252,7 +256,7 @@ def _is_stale(name: str, marker: str) -> bool:
         pid = int(pid_text)
     except ValueError:
         return False
-    if host != _HOST:
+    if host != HOST:
         return False
     if pid == os.getpid():
         return False
@@ -278,6 +282,6 @@ def remove_stale_temporaries(target: str | os.PathLike[str]) -> list[Path]:
     for tmp in folder.glob(f"{glob.escape(marker)}*"):
         if not _is_stale(tmp.name, marker):
             continue
-        _remove(tmp)
+        remove_path(tmp)
         removed.append(tmp)
     return removed

@@ -155,4 +155,4 @@ def temporary_owner(pid: int) -> str:
     """The ``HOST-PID`` part of a temporary's name, as bncli writes it."""
     from bncli.io import atomic
 
-    return f"{atomic._HOST}-{pid}"
+    return f"{atomic.HOST}-{pid}"

@@ -130,13 +130,13 @@ def test_ctrl_c_while_the_state_is_written(workdir, run_cli, monkeypatch):
 
     assert run_cli("fit", "state.h5", "small.parquet", "--exclude", "id").exit_code == 0
     before = helpers.snapshot(workdir)
-    write_vector = bncli.state._write_vector
+    write_vector = bncli.state.write_vector
 
     def interrupted(group, name, value):
         write_vector(group, name, value)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bncli.state, "_write_vector", interrupted)
+    monkeypatch.setattr(bncli.state, "write_vector", interrupted)
     result = run_cli("fit", "state.h5", "small.parquet")
     assert result.exit_code == 130
     assert result.stderr == "error: interrupted\n"
@@ -209,7 +209,7 @@ def test_a_swallowed_ctrl_c_still_stops_the_fit(tmp_path, run_cli, monkeypatch):
     original = kernels.fold_batches
 
     def swallowing(*args, **kwargs):
-        signals._requested.set()  # what the handler records before raising
+        signals.request_stop()  # what the handler records before raising
         return original(*args, **kwargs)
 
     with monkeypatch.context() as patch:

@@ -86,7 +86,7 @@ def test_deferred_outside_the_main_thread_is_a_no_op():
 
 @pytest.mark.parametrize("directory", [False, True], ids=["file", "folder"])
 @pytest.mark.parametrize(
-    "step", ["_create", "chmod", "fsync_path", "replace", "_replace"]
+    "step", ["create_temp", "chmod", "fsync_path", "replace", "_replace"]
 )
 def test_ctrl_c_at_any_step_of_an_atomic_write_leaves_old_or_new_whole(
     tmp_path, monkeypatch, step, directory
@@ -112,7 +112,9 @@ def test_ctrl_c_while_a_write_is_cleaned_up_still_removes_the_temporary(
     tmp_path, monkeypatch
 ):
     target = tmp_path / "out"
-    monkeypatch.setattr(atomic, "_remove", pressing_ctrl_c_after(atomic._remove))
+    monkeypatch.setattr(
+        atomic, "remove_path", pressing_ctrl_c_after(atomic.remove_path)
+    )
     with pytest.raises(KeyboardInterrupt):  # once the cleanup is done
         with atomic.atomic_path(target) as tmp:
             tmp.write_bytes(b"partial")
@@ -121,7 +123,9 @@ def test_ctrl_c_while_a_write_is_cleaned_up_still_removes_the_temporary(
 
 
 def test_ctrl_c_in_a_scratch_folder_removes_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(atomic, "_create", pressing_ctrl_c_after(atomic._create))
+    monkeypatch.setattr(
+        atomic, "create_temp", pressing_ctrl_c_after(atomic.create_temp)
+    )
     with pytest.raises(KeyboardInterrupt):
         with atomic.scratch_folder(tmp_path / "out"):
             pass  # pragma: no cover - Ctrl-C comes before the body
@@ -132,7 +136,7 @@ def test_a_scratch_folder_of_a_dead_writer_is_recognized_as_stale(tmp_path):
     with atomic.scratch_folder(tmp_path / "out") as folder:
         name = folder.name
     pid = name.split("-")[-2]
-    assert pid == str(os.getpid()) and atomic._HOST in name
+    assert pid == str(os.getpid()) and atomic.HOST in name
 
 
 def test_ctrl_c_inside_h5py_waits_for_the_state_to_be_written(tmp_path, monkeypatch):
@@ -144,7 +148,7 @@ def test_ctrl_c_inside_h5py_waits_for_the_state_to_be_written(tmp_path, monkeypa
     bn.save(path)
     bn(np.arange(12.0).reshape(6, 2) ** 2, training=True)
     monkeypatch.setattr(
-        state_module, "_write_vector", pressing_ctrl_c_after(state_module._write_vector)
+        state_module, "write_vector", pressing_ctrl_c_after(state_module.write_vector)
     )
     with pytest.raises(KeyboardInterrupt):
         bn.save(path)

@@ -177,8 +177,8 @@ def test_names_up_to_name_max_work_and_their_temporaries_are_cleaned(run_cli, wo
     dead = subprocess.Popen(["true"])
     dead.wait()
     with mock.patch.object(atomic.os, "getpid", lambda: dead.pid):
-        stale = atomic._create(
-            atomic._prefix(workdir / state), workdir, directory=False
+        stale = atomic.create_temp(
+            atomic.temp_prefix(workdir / state), workdir, directory=False
         )
     assert len(stale.name) <= 255 and stale.exists()
     again = run_cli("fit", state, "x.npy", "--quiet")

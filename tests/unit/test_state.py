@@ -166,7 +166,7 @@ def test_save_replaces_atomically_and_leaves_no_temporary(fitted, monkeypatch):
 
     import bncli.state as state_module
 
-    monkeypatch.setattr(state_module, "_write_vector", boom)
+    monkeypatch.setattr(state_module, "write_vector", boom)
     with pytest.raises(RuntimeError):
         bn.save(path)
     assert path.read_bytes() == before
@@ -194,8 +194,8 @@ def test_only_dead_writers_temporaries_are_removed(tmp_path):
     finished = subprocess.Popen(["true"])
     finished.wait()
     path = tmp_path / "s.h5"
-    stale = tmp_path / f".s.h5.bncli-tmp-{atomic._HOST}-{finished.pid}-abc"
-    live = tmp_path / f".s.h5.bncli-tmp-{atomic._HOST}-{os.getppid()}-def"
+    stale = tmp_path / f".s.h5.bncli-tmp-{atomic.HOST}-{finished.pid}-abc"
+    live = tmp_path / f".s.h5.bncli-tmp-{atomic.HOST}-{os.getppid()}-def"
     foreign = tmp_path / f".s.h5.bncli-tmp-otherhost-{finished.pid}-ghi"
     odd = tmp_path / ".s.h5.bncli-tmp-abc"
     for p in (stale, live, foreign, odd):
@@ -215,7 +215,7 @@ def test_a_transform_removes_a_killed_transforms_temporary(tmp_path, run_cli):
     finished.wait()
     np.save(tmp_path / "x.npy", np.ones((4, 2)))
     run_cli("fit", "s.h5", "x.npy")
-    stale = tmp_path / f".y.npy.bncli-tmp-{atomic._HOST}-{finished.pid}-abc"
+    stale = tmp_path / f".y.npy.bncli-tmp-{atomic.HOST}-{finished.pid}-abc"
     stale.write_bytes(b"half an output")
     assert run_cli("transform", "s.h5", "x.npy", "-o", "y.npy").exit_code == 0
     assert not stale.exists() and (tmp_path / "y.npy").exists()
@@ -261,12 +261,12 @@ def test_a_damaged_sealed_state_never_reaches_libhdf5(fitted, monkeypatch, where
 
 def test_states_without_a_seal_still_load(fitted, tmp_path):
     """States written before format version 2 have no user block."""
-    from bncli.state import _write
+    from bncli.state import write_contents
 
     bn, _ = fitted
     legacy = tmp_path / "legacy.h5"
     with h5py.File(legacy, "w") as f:
-        _write(f, bn.to_state())
+        write_contents(f, bn.to_state())
         f.attrs["format_version"] = 1
     assert legacy.read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"
     np.testing.assert_array_equal(bncli.load(legacy).moving_mean64, bn.moving_mean64)
