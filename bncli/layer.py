@@ -146,7 +146,7 @@ class BatchNormalization:
         self.synchronized = _check_bool("synchronized", synchronized)
         self.trainable = _check_bool("trainable", trainable)
         if _check_bool("renorm", renorm):
-            # Batch renormalization is refused, never ignored (SPEC section 8).
+            # Batch renormalization is refused, never silently ignored.
             raise ConfigError("renorm=True (batch renormalization) is not supported")
         self.renorm_clipping = renorm_clipping
         self.renorm_momentum = _check_float("renorm_momentum", renorm_momentum)

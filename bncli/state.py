@@ -157,7 +157,7 @@ def is_state(path: str | os.PathLike[str]) -> bool:
 
         def unsealed_state() -> bool:
             with h5py.File(path, "r") as f:
-                return _attr_str(f.attrs.get("format")) == FORMAT
+                return attribute_text(f.attrs.get("format")) == FORMAT
 
         found: bool = bounded(unsealed_state, path=path, encode=bool, decode=bool)
         return found
@@ -230,7 +230,7 @@ def _short(e: BaseException) -> str:
 
 
 def _read(f: Any, path: Path) -> State:
-    fmt = _attr_str(f.attrs.get("format"))
+    fmt = attribute_text(f.attrs.get("format"))
     if fmt != FORMAT:
         raise StateError(
             "not a bncli state (no format='bncli-state' attribute)", path=path
@@ -245,11 +245,11 @@ def _read(f: Any, path: Path) -> State:
         )
     if version < 1:
         raise StateError(f"unknown state format version {version}", path=path)
-    config = json.loads(_attr_str(f.attrs["config"]))
+    config = json.loads(attribute_text(f.attrs["config"]))
     if not isinstance(config, dict):
         raise StateError("corrupt state (config is not a JSON object)", path=path)
     features = [
-        _attr_str(x)
+        attribute_text(x)
         for x in _corrupt_unless(
             hdf5.read_dataset,
             _child(f, "features", path),
@@ -261,7 +261,7 @@ def _read(f: Any, path: Path) -> State:
     channels = len(features)
     if not 0 < channels <= _MAX_CHANNELS:
         raise StateError(f"corrupt state ({channels} channels)", path=path)
-    kind = _attr_str(f.attrs["kind"])
+    kind = attribute_text(f.attrs["kind"])
     if kind not in ("table", "array"):
         raise StateError(f"corrupt state (unknown kind {kind!r})", path=path)
     axis = int(f.attrs["axis"])
@@ -318,7 +318,7 @@ def _read(f: Any, path: Path) -> State:
         batches_seen=int(progress["batches_seen"]),
         samples_seen=int(progress["samples_seen"]),
         epochs=int(progress["epochs"]),
-        resume=None if resume is None else _check_resume(_attr_str(resume), path),
+        resume=None if resume is None else _check_resume(attribute_text(resume), path),
     )
     if min(state.batches_seen, state.samples_seen, state.epochs) < 0:
         raise StateError("corrupt state (negative progress counters)", path=path)
@@ -367,11 +367,12 @@ def _check_resume(text: str, path: Path) -> dict[str, Any]:
     return record
 
 
-def _attr_str(value: Any) -> str:
+def attribute_text(value: Any) -> str:
+    """An HDF5 attribute (bytes, str or a scalar dataset of either) as text."""
     if isinstance(value, bytes):
         return value.decode("utf-8")
     if isinstance(value, np.ndarray) and value.shape == ():
-        return _attr_str(value[()])
+        return attribute_text(value[()])
     return str(value)
 
 
@@ -396,7 +397,7 @@ def _read_vector(dataset: Any, channels: int, path: Path, name: str) -> Any:
             path=path,
         )
     value = dataset[()]
-    stored = _attr_str(dataset.attrs.get("dtype", ""))
+    stored = attribute_text(dataset.attrs.get("dtype", ""))
     if stored == "bfloat16":
         import ml_dtypes
 

@@ -17,7 +17,7 @@ R = TypeVar("R")
 
 
 class SpecType(click.ParamType):  # type: ignore[type-arg]
-    """An initializer, regularizer or constraint spec string (SPEC §1)."""
+    """An initializer, regularizer or constraint spec string (`l2:0.01`, JSON...)."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind

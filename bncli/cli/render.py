@@ -163,7 +163,7 @@ def _floats(values: Any) -> list[float]:
 
 
 def state_document(layer: Any) -> dict[str, Any]:
-    """The ``inspect --json`` document of a state (SPEC §3 keys)."""
+    """The ``inspect --json`` document of a state (the keys the README lists)."""
     variables = {}
     if layer.gamma is not None:
         variables["gamma"] = _floats(layer.gamma)

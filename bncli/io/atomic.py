@@ -96,7 +96,7 @@ def atomic_path(
             yield tmp
             fsync_path(tmp)  # may take long on a large output: stays interruptible
             with deferred():
-                _replace(tmp, target, prefix, folder, directory)
+                move_into_place(tmp, target, prefix, folder, directory)
         except (OSError, RuntimeError) as e:  # h5py reports write errors as both
             raise _write_failed(e, target) from e
     except BaseException:
@@ -207,7 +207,7 @@ def create_temp(prefix: str, folder: Path, directory: bool) -> Path:
     return Path(name)
 
 
-def _replace(
+def move_into_place(
     tmp: Path, target: Path, prefix: str, folder: Path, directory: bool
 ) -> None:
     """Rename ``tmp`` over ``target`` and fsync the folder."""

@@ -264,7 +264,7 @@ def test_a_parse_that_never_ends_is_killed_and_refused(
 
     monkeypatch.setattr(child, "PARSE_SECONDS", 1.0)
     monkeypatch.setattr(child.os, "fork", fork)
-    monkeypatch.setattr(files, "_read_hdf5", forever)
+    monkeypatch.setattr(files, "read_hdf5_layers", forever)
     result = run_cli("inspect", "m.weights.h5")
     assert result.exit_code == 4
     assert result.stderr == (

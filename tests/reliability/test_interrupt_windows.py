@@ -86,7 +86,7 @@ def test_deferred_outside_the_main_thread_is_a_no_op():
 
 @pytest.mark.parametrize("directory", [False, True], ids=["file", "folder"])
 @pytest.mark.parametrize(
-    "step", ["create_temp", "chmod", "fsync_path", "replace", "_replace"]
+    "step", ["create_temp", "chmod", "fsync_path", "replace", "move_into_place"]
 )
 def test_ctrl_c_at_any_step_of_an_atomic_write_leaves_old_or_new_whole(
     tmp_path, monkeypatch, step, directory
@@ -104,7 +104,7 @@ def test_ctrl_c_at_any_step_of_an_atomic_write_leaves_old_or_new_whole(
             (tmp / "part" if directory else tmp).write_bytes(b"new")
     assert temporaries(tmp_path) == []
     content = (target / "part" if directory else target).read_bytes()
-    renamed = step in ("replace", "_replace")
+    renamed = step in ("replace", "move_into_place")
     assert content == (b"new" if renamed else b"old")
 
 

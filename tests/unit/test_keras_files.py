@@ -31,7 +31,8 @@ from bncli.errors import (
     UsageError,
 )
 from bncli.io.atomic import TEMP_MARKER
-from bncli.keras_compat import files
+from bncli.keras_compat import files, legacy, records
+from bncli.keras_compat import variables as variable_rules
 from bncli.keras_compat.files import (
     KerasBatchNorm,
     is_keras_file,
@@ -542,7 +543,7 @@ def _write_keras2(
 
 
 def _by_kind(entries: list[tuple[str, Any]]) -> dict[str, np.ndarray]:
-    return {files._variable_kind(name): value for name, value in entries}
+    return {legacy.variable_kind(name): value for name, value in entries}
 
 
 def test_reads_keras2_model(tmp_path: Path) -> None:
@@ -649,7 +650,7 @@ def test_keras2_weights_only_with_renorm_variables(tmp_path: Path) -> None:
     weights = _keras2_weights(rng)
     weights["bn_renorm"] = [
         (f"bn_renorm/{name}:0", rng.uniform(0.5, 2, 5).astype(np.float32))
-        for name in (*files.VARIABLE_NAMES, *files._RENORM_ORDER)
+        for name in (*files.VARIABLE_NAMES, *records.RENORM_ORDER)
     ]
     path = tmp_path / "renorm_weights.h5"
     _write_keras2(path, weights, None)
@@ -748,13 +749,13 @@ def test_bad_config_json(tmp_path: Path) -> None:
 def test_config_json_size_bound(
     saved: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(files, "_CONFIG_MAX_BYTES", 1000)
+    monkeypatch.setattr(files, "CONFIG_MAX_BYTES", 1000)
     with pytest.raises(StateError, match=r"config\.json is larger"):
         read_batchnorm_layers(saved["two_bn"][1][".keras"])
 
 
 def test_zip_bomb_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(files, "_ZIP_BOMB_FLOOR_BYTES", 1000)
+    monkeypatch.setattr(files, "ZIP_BOMB_FLOOR_BYTES", 1000)
     padded = b'{"class_name": "Functional"}' + b" " * 200_000
     path = _zip(tmp_path / "bomb.keras", {"config.json": padded}, zipfile.ZIP_DEFLATED)
     with pytest.raises(StateError, match="decompression bomb"):
@@ -890,7 +891,7 @@ def test_select_layer_with_repeated_names() -> None:
 def _random_variables(
     config: dict[str, Any], channels: int, dtype: Any, rng: np.random.Generator
 ) -> dict[str, np.ndarray]:
-    names = files._expected_names(config["center"], config["scale"])
+    names = variable_rules.expected_names(config["center"], config["scale"])
     return {
         name: (
             rng.uniform(0.5, 2.0, channels)
@@ -983,7 +984,7 @@ def test_exported_config_json(tmp_path: Path) -> None:
     assert set(metadata) == {"keras_version", "date_saved"}
     input_layer, bn = model_config["config"]["layers"]
     assert input_layer["config"]["batch_shape"] == [None, 3]
-    assert not set(files._RENORM_KEYS) & set(bn["config"])
+    assert not set(records.RENORM_KEYS) & set(bn["config"])
     assert bn["config"]["synchronized"] is False
     assert keras.saving.load_model(path).layers[-1].synchronized is False
 
@@ -1065,7 +1066,7 @@ def test_probes_of_damaged_hdf5_files_never_raise(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException
 ) -> None:
     """h5py reports a damaged object as KeyError (found by tests/property/test_fuzz.py)."""
-    import bncli.keras_compat.files as files_module
+    import bncli.keras_compat.detect as detect_module
     import bncli.state as state_module
 
     path = tmp_path / "damaged.h5"
@@ -1075,8 +1076,8 @@ def test_probes_of_damaged_hdf5_files_never_raise(
     def damaged(*args: Any, **kwargs: Any) -> Any:
         raise error
 
-    monkeypatch.setattr(files_module, "_hdf5_kind", damaged)
-    monkeypatch.setattr(state_module, "_attr_str", damaged)
+    monkeypatch.setattr(detect_module, "hdf5_kind", damaged)
+    monkeypatch.setattr(state_module, "attribute_text", damaged)
     assert not is_keras_file(path)
     assert not state_module.is_state(path)
 
@@ -1085,7 +1086,6 @@ def test_a_sealed_state_is_told_apart_without_parsing_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import bncli
-    import bncli.keras_compat.files as files_module
 
     bn = bncli.BatchNormalization()
     bn(np.ones((4, 2)), training=True)
@@ -1094,7 +1094,7 @@ def test_a_sealed_state_is_told_apart_without_parsing_it(
     def no_hdf5(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("parsed a state as a Keras file")
 
-    monkeypatch.setattr(files_module.h5py, "File", no_hdf5)
+    monkeypatch.setattr(h5py, "File", no_hdf5)
     assert not is_keras_file(tmp_path / "s.h5")
     with pytest.raises(StateError, match="a bncli state, not a Keras model"):
         read_batchnorm_layers(tmp_path / "s.h5")

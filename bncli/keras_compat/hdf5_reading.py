@@ -1,0 +1,137 @@
+"""Reading Keras HDF5 files safely: hard links only, bounded sizes and walks.
+
+Every group, attribute and dataset of a Keras file is reached through these
+helpers, which refuse soft and external links, datasets stored outside the
+file, and more values per file than a budget allows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from bncli.errors import (
+    StateError,
+)
+from bncli.io.hdf5 import check_dataset, plain_child
+from bncli.limits import MAX_CHANNELS
+
+__all__ = [
+    "attr_strings",
+    "attr_text",
+    "child_of",
+    "group_of",
+    "read_array",
+    "read_budget",
+]
+
+
+def group_of(parent: h5py.Group, name: str, path: Path) -> h5py.Group:
+    """The group at ``name`` below ``parent``, following hard links only."""
+    obj = child_of(parent, name, path)
+    if not isinstance(obj, h5py.Group):
+        raise StateError(f"{parent.name}/{name} is not a group", path=path)
+    return obj
+
+
+def child_of(parent: h5py.Group, name: str, path: Path) -> h5py.Group | h5py.Dataset:
+    """The object at ``name`` below ``parent``, following hard links only."""
+    return plain_child(parent, name, path)
+
+
+#: Values a model file may make bncli read in all, over every layer: a
+#: crafted file can hard-link one large dataset into thousands of layers.
+_MAX_VALUES_READ = 1 << 25
+
+
+_values_left: contextvars.ContextVar[list[int]] = contextvars.ContextVar("_values_left")
+
+
+@contextlib.contextmanager
+def read_budget() -> Iterator[None]:
+    """Bound the values read from one file (see :data:`_MAX_VALUES_READ`)."""
+    token = _values_left.set([_MAX_VALUES_READ])
+    try:
+        yield
+    finally:
+        _values_left.reset(token)
+
+
+def _spend_values(values: int, where: str, path: Path) -> None:
+    left = _values_left.get(None)
+    if left is None:
+        return
+    left[0] -= values
+    if left[0] < 0:
+        raise StateError(
+            f"{where}: the file's BatchNormalization variables hold more than "
+            f"{_MAX_VALUES_READ:,} values in all; refused as a crafted file",
+            path=path,
+        )
+
+
+def attr_text(obj: h5py.HLObject, name: str) -> str | None:
+    """An attribute of ``obj`` as text, or None if absent or not text."""
+    if name not in obj.attrs:
+        return None
+    value = obj.attrs[name]
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value[()]
+    if isinstance(value, bytes | np.bytes_):
+        return bytes(value).decode("utf-8", errors="replace")
+    if isinstance(value, str):
+        return value
+    return None
+
+
+def attr_strings(obj: h5py.HLObject, name: str, path: Path) -> list[str]:
+    """A list-of-strings attribute, joined from ``name0``, ``name1``... if chunked."""
+    if name in obj.attrs:
+        chunks = [obj.attrs[name]]
+    else:
+        chunks = []
+        while f"{name}{len(chunks)}" in obj.attrs:
+            chunks.append(obj.attrs[f"{name}{len(chunks)}"])
+    values: list[str] = []
+    for chunk in chunks:
+        array = np.asarray(chunk)
+        if array.size == 0:
+            continue
+        for item in array.reshape(-1):
+            if isinstance(item, bytes | np.bytes_):
+                values.append(bytes(item).decode("utf-8", errors="replace"))
+            elif isinstance(item, str):
+                values.append(item)
+            else:
+                raise StateError(
+                    f"attribute {name!r} of {obj.name} is not a list of names",
+                    path=path,
+                )
+    return values
+
+
+def read_array(dataset: Any, where: str, path: Path) -> np.ndarray:
+    """A checked BatchNormalization variable: 1-D, bounded, in its stored dtype."""
+    check_dataset(dataset, where, path, max_elements=MAX_CHANNELS)
+    if len(dataset.shape or ()) != 1:
+        raise StateError(
+            f"{where} has shape {dataset.shape}; a BatchNormalization variable is 1-D",
+            path=path,
+        )
+    _spend_values(dataset.size, where, path)
+    bfloat16 = attr_text(dataset, "dtype") == "bfloat16"
+    if bfloat16 and dataset.dtype.itemsize == 2 and dataset.dtype.kind == "V":
+        import ml_dtypes  # only for bfloat16: importing it costs 0.5 s
+
+        return np.asarray(dataset[()]).view(ml_dtypes.bfloat16)
+    if dataset.dtype.kind != "f":
+        raise StateError(
+            f"{where} holds {dataset.dtype}, not floating-point numbers", path=path
+        )
+    return np.asarray(dataset[()])
