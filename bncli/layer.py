@@ -21,7 +21,7 @@ import numpy.typing as npt
 from bncli import kernels
 from bncli.engines.base import FitSummary
 from bncli.errors import ConfigError, DataError, StateError
-from bncli.keras_compat import dtypes, specs
+from bncli.keras_compat import compute, dtypes, specs
 
 __all__ = ["CONFIG_KEYS", "BatchNormalization", "FitSummary", "load"]
 
@@ -295,7 +295,7 @@ class BatchNormalization:
 
         def init(name: str) -> npt.NDArray[Any]:
             config = getattr(self, f"{name}_initializer")
-            value = specs.initial_value(config, shape, np.dtype(np.float64), None)
+            value = compute.initial_value(config, shape, np.dtype(np.float64), None)
             return self._fitting(
                 np.asarray(value, dtype=np.float64), f"{name}_initializer"
             )
@@ -344,7 +344,9 @@ class BatchNormalization:
         if not self.scale:
             raise ConfigError("the layer has no gamma (scale is off)")
         self._gamma = self._fitting(
-            specs.apply_constraint(self.gamma_constraint, self._vector(value, "gamma")),
+            compute.apply_constraint(
+                self.gamma_constraint, self._vector(value, "gamma")
+            ),
             "gamma",
         )
 
@@ -358,7 +360,7 @@ class BatchNormalization:
         if not self.center:
             raise ConfigError("the layer has no beta (center is off)")
         self._beta = self._fitting(
-            specs.apply_constraint(self.beta_constraint, self._vector(value, "beta")),
+            compute.apply_constraint(self.beta_constraint, self._vector(value, "beta")),
             "beta",
         )
 
@@ -417,8 +419,10 @@ class BatchNormalization:
     def regularization_penalties(self) -> dict[str, float]:
         """The regularizers' penalties on the current gamma and beta (0.0 if none)."""
         return {
-            "gamma": specs.regularization_penalty(self.gamma_regularizer, self._gamma),
-            "beta": specs.regularization_penalty(self.beta_regularizer, self._beta),
+            "gamma": compute.regularization_penalty(
+                self.gamma_regularizer, self._gamma
+            ),
+            "beta": compute.regularization_penalty(self.beta_regularizer, self._beta),
         }
 
     # ------------------------------------------------------------------- math

@@ -39,30 +39,21 @@ from typing import Any
 import numpy as np
 
 from bncli.errors import ConfigError
-from bncli.keras_compat.dtypes import numpy_dtype
 
 __all__ = [
-    "apply_constraint",
+    "ArgumentError",
     "describe",
-    "initial_value",
     "parse_constraint",
     "parse_initializer",
     "parse_regularizer",
-    "regularization_penalty",
+    "seed_argument",
 ]
-
-#: ``keras.backend.epsilon()``'s default, which Keras's norm constraints add.
-_KERAS_EPSILON = 1e-7
-
-#: Keras's correction for a normal truncated at two standard deviations: the
-#: standard deviation of a standard normal truncated to [-2, 2].
-_TRUNCATED_NORMAL_STDDEV = 0.87962566103423978
 
 #: Keras's seeds go through a uint32, so larger or negative ones are refused.
 _SEED_LIMIT = 2**32
 
 
-class _ArgumentError(ValueError):
+class ArgumentError(ValueError):
     """A bad argument value; the caller adds which spec it belongs to."""
 
 
@@ -76,24 +67,24 @@ def _number(value: Any) -> int | float:
     if isinstance(value, bool) or not isinstance(
         value, (int, float, np.integer, np.floating)
     ):
-        raise _ArgumentError(f"expected a number, got {value!r}")
+        raise ArgumentError(f"expected a number, got {value!r}")
     number: int | float = value.item() if isinstance(value, np.generic) else value
     if not math.isfinite(number):
-        raise _ArgumentError(f"expected a finite number, got {value!r}")
+        raise ArgumentError(f"expected a finite number, got {value!r}")
     return number
 
 
 def _non_negative(value: Any) -> int | float:
     number = _number(value)
     if number < 0:
-        raise _ArgumentError(f"expected a non-negative number, got {value!r}")
+        raise ArgumentError(f"expected a non-negative number, got {value!r}")
     return number
 
 
 def _positive(value: Any) -> int | float:
     number = _number(value)
     if number <= 0:
-        raise _ArgumentError(f"expected a positive number, got {value!r}")
+        raise ArgumentError(f"expected a positive number, got {value!r}")
     return number
 
 
@@ -102,7 +93,7 @@ def _unit_gain(value: Any) -> int | float:
     # saved gain other than 1 would be lost: refuse it rather than drop it.
     number = _number(value)
     if number != 1:
-        raise _ArgumentError(
+        raise ArgumentError(
             f"expected 1 (Keras does not save Identity's gain), got {value!r}"
         )
     return number
@@ -125,22 +116,23 @@ def _factor(default: float, *, float32: bool = False) -> _Check:
     return check
 
 
-def _seed(value: Any) -> int | None:
+def seed_argument(value: Any) -> int | None:
+    """A seed as Keras stores it: None, or an integer in [0, 2**32)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise _ArgumentError(
+        raise ArgumentError(
             f"expected an integer seed in [0, 2**32) or null, got {value!r}"
         )
     seed = int(value)
     if not 0 <= seed < _SEED_LIMIT:
-        raise _ArgumentError(f"expected an integer seed in [0, 2**32), got {seed}")
+        raise ArgumentError(f"expected an integer seed in [0, 2**32), got {seed}")
     return seed
 
 
 def _axis(value: Any) -> int | list[int]:
     if isinstance(value, bool):
-        raise _ArgumentError(
+        raise ArgumentError(
             f"expected an integer axis or a list of them, got {value!r}"
         )
     if isinstance(value, (int, np.integer)):
@@ -150,7 +142,7 @@ def _axis(value: Any) -> int | list[int]:
         for item in value
     ):
         return [int(item) for item in value]
-    raise _ArgumentError(f"expected an integer axis or a list of them, got {value!r}")
+    raise ArgumentError(f"expected an integer axis or a list of them, got {value!r}")
 
 
 def _axes(value: Any) -> list[int] | None:
@@ -167,7 +159,7 @@ def _choice(*choices: str, aliases: dict[str, str] | None = None) -> _Check:
                 word = aliases.get(value.lower(), value.lower())
             if word in choices:
                 return word
-        raise _ArgumentError(f"expected one of {', '.join(choices)}, got {value!r}")
+        raise ArgumentError(f"expected one of {', '.join(choices)}, got {value!r}")
 
     return check
 
@@ -248,7 +240,7 @@ class _Family:
         return cls
 
 
-_SEED = _Param("seed", None, _seed)
+_SEED = _Param("seed", None, seed_argument)
 _INPUT_AXES = _Param("input_axes", None, _axes)
 _OUTPUT_AXES = _Param("output_axes", None, _axes)
 _FAN_ARGS = (_SEED, _INPUT_AXES, _OUTPUT_AXES)
@@ -259,17 +251,6 @@ _MEAN_STDDEV = (
 )
 _MODES = ("fan_in", "fan_out", "fan_avg")
 _DISTRIBUTIONS = ("truncated_normal", "untruncated_normal", "uniform")
-
-#: The variance-scaling presets: (scale, mode, distribution), as Keras's
-#: subclasses of ``VarianceScaling`` pass them to it.
-_PRESETS: dict[str, tuple[float, str, str]] = {
-    "GlorotNormal": (1.0, "fan_avg", "truncated_normal"),
-    "GlorotUniform": (1.0, "fan_avg", "uniform"),
-    "HeNormal": (2.0, "fan_in", "truncated_normal"),
-    "HeUniform": (2.0, "fan_in", "uniform"),
-    "LecunNormal": (1.0, "fan_in", "truncated_normal"),
-    "LecunUniform": (1.0, "fan_in", "uniform"),
-}
 
 _INITIALIZERS = _Family(
     "initializer",
@@ -453,7 +434,7 @@ def _config(
         value = values.get(param.name, param.default)
         try:
             checked[param.name] = param.check(value)
-        except _ArgumentError as exc:
+        except ArgumentError as exc:
             raise ConfigError(f"{where}: {param.name}: {exc}; {cls.usage()}") from None
     return {
         "module": family.module,
@@ -604,265 +585,6 @@ def parse_constraint(spec: str | dict[str, Any] | None) -> dict[str, Any] | None
         {'max_value': 3, 'axis': 0}
     """
     return _parse(_CONSTRAINTS, spec)
-
-
-# --- computing --------------------------------------------------------------
-
-
-def _compute_fans(
-    shape: tuple[int, ...],
-    input_axes: list[int] | None,
-    output_axes: list[int] | None,
-) -> tuple[int, int]:
-    """Keras's ``compute_fans``; for a 1-D shape ``(C,)`` both fans are C."""
-    if input_axes is not None and output_axes is not None:
-        return (
-            math.prod(shape[axis] for axis in input_axes),
-            math.prod(shape[axis] for axis in output_axes),
-        )
-    if len(shape) < 1:
-        return 1, 1
-    if len(shape) == 1:
-        return shape[0], shape[0]
-    if len(shape) == 2:
-        return shape[0], shape[1]
-    receptive_field = math.prod(shape[:-2])
-    return shape[-2] * receptive_field, shape[-1] * receptive_field
-
-
-def _truncated_normal(
-    rng: np.random.Generator, mean: float, stddev: float, shape: tuple[int, ...]
-) -> np.ndarray[Any, np.dtype[np.float64]]:
-    """Normal draws, redrawing those beyond two stddevs (Keras's NumPy backend)."""
-    size = math.prod(shape)
-    low, high = mean - 2 * stddev, mean + 2 * stddev
-    kept = np.empty(0)
-    while kept.size < size:
-        draw = rng.normal(mean, stddev, size=size)
-        kept = np.concatenate([kept, draw[(draw >= low) & (draw <= high)]])
-    return kept[:size].reshape(shape)
-
-
-def _variance_scaling(
-    rng: np.random.Generator,
-    options: dict[str, Any],
-    scale: float,
-    mode: str,
-    distribution: str,
-    shape: tuple[int, ...],
-) -> np.ndarray[Any, np.dtype[np.float64]]:
-    fan_in, fan_out = _compute_fans(
-        shape, options.get("input_axes"), options.get("output_axes")
-    )
-    fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}
-    scale = scale / max(1.0, fan[mode])
-    if distribution == "truncated_normal":
-        return _truncated_normal(
-            rng, 0.0, math.sqrt(scale) / _TRUNCATED_NORMAL_STDDEV, shape
-        )
-    if distribution == "untruncated_normal":
-        return rng.normal(0.0, math.sqrt(scale), size=shape)
-    limit = math.sqrt(3.0 * scale)
-    return rng.uniform(-limit, limit, size=shape)
-
-
-def _orthogonal(
-    rng: np.random.Generator, gain: float, shape: tuple[int, ...]
-) -> np.ndarray[Any, np.dtype[np.float64]]:
-    """Keras's ``Orthogonal``: Q of a normal matrix's QR, signs fixed by R."""
-    if len(shape) < 2:
-        raise ConfigError(
-            f"the orthogonal initializer needs a variable of at least 2 dimensions, "
-            f"got shape {shape} (Keras refuses it too); use zeros, ones, constant "
-            "or a random initializer instead"
-        )
-    num_rows = math.prod(shape[:-1])
-    num_cols = shape[-1]
-    matrix = rng.normal(size=(max(num_rows, num_cols), min(num_rows, num_cols)))
-    q, r = np.linalg.qr(matrix)
-    q = q * np.sign(np.diag(r))
-    if num_rows < num_cols:
-        q = q.T
-    return gain * q.reshape(shape)
-
-
-def initial_value(
-    config: dict[str, Any],
-    shape: tuple[int, ...],
-    dtype: np.dtype[Any],
-    seed: int | None,
-) -> np.ndarray[Any, Any]:
-    """Draws a variable's initial value as a Keras initializer would.
-
-    Random initializers draw from Keras's distributions with
-    ``numpy.random.default_rng``: the values are not Keras's, but their law
-    is, including the truncation at two standard deviations and
-    ``variance_scaling``'s fans (for a 1-D shape ``(C,)``, fan_in = fan_out =
-    C). Values are computed in float64, then cast to ``dtype``.
-
-    Args:
-        config: An initializer config or spec (anything
-            :func:`parse_initializer` takes).
-        shape: The variable's shape, e.g. ``(C,)``.
-        dtype: The variable's dtype.
-        seed: The seed to use when the config has none; ``None`` draws a
-            fresh one.
-
-    Returns:
-        An array of ``shape`` and ``dtype``.
-
-    Raises:
-        ConfigError: For a bad config or seed, or an initializer Keras
-            refuses for this shape (``orthogonal`` and ``identity`` on 1-D).
-
-    Example:
-        >>> initial_value({"class_name": "Constant", "config": {"value": 0.5}},
-        ...               (3,), np.dtype("float32"), None)
-        array([0.5, 0.5, 0.5], dtype=float32)
-    """
-    parsed = parse_initializer(config)
-    class_name: str = parsed["class_name"]
-    options: dict[str, Any] = parsed["config"]
-    shape = tuple(int(dim) for dim in shape)
-    try:
-        chosen_seed = _seed(
-            options.get("seed") if options.get("seed") is not None else seed
-        )
-    except _ArgumentError as exc:
-        raise ConfigError(f"bad seed: {exc}") from None
-    rng = np.random.default_rng(chosen_seed)
-    values: np.ndarray[Any, Any]
-    if class_name == "Zeros":
-        values = np.zeros(shape)
-    elif class_name == "Ones":
-        values = np.ones(shape)
-    elif class_name == "Constant":
-        values = np.full(shape, float(options["value"]))
-    elif class_name == "RandomNormal":
-        values = rng.normal(options["mean"], options["stddev"], size=shape)
-    elif class_name == "RandomUniform":
-        values = rng.uniform(options["minval"], options["maxval"], size=shape)
-    elif class_name == "TruncatedNormal":
-        values = _truncated_normal(rng, options["mean"], options["stddev"], shape)
-    elif class_name == "VarianceScaling":
-        values = _variance_scaling(
-            rng,
-            options,
-            options["scale"],
-            options["mode"],
-            options["distribution"],
-            shape,
-        )
-    elif class_name in _PRESETS:
-        values = _variance_scaling(rng, options, *_PRESETS[class_name], shape)
-    elif class_name == "Orthogonal":
-        values = _orthogonal(rng, options["gain"], shape)
-    else:  # Identity
-        if len(shape) != 2:
-            raise ConfigError(
-                f"the identity initializer needs a 2-D variable, got shape {shape} "
-                "(Keras refuses it too); use zeros, ones or constant instead"
-            )
-        values = np.eye(*shape)
-    return np.asarray(values, dtype=np.float64).astype(dtype)
-
-
-def regularization_penalty(
-    config: dict[str, Any] | None, value: np.ndarray[Any, Any] | None
-) -> float:
-    """The penalty a Keras regularizer puts on a value.
-
-    ``l1 * sum(|x|) + l2 * sum(x**2)`` with the factors of ``config`` (a term
-    whose factor is 0 is left out, as in Keras), accumulated in float64 where
-    Keras uses the value's dtype.
-
-    Args:
-        config: A regularizer config or spec, or ``None``.
-        value: The variable's value, or ``None`` for an absent variable.
-
-    Returns:
-        The penalty; 0.0 when ``config`` or ``value`` is ``None``.
-
-    Raises:
-        ConfigError: For a bad config.
-
-    Example:
-        >>> regularization_penalty({"class_name": "L2", "config": {"l2": 0.5}},
-        ...                        np.array([1.0, 2.0]))
-        2.5
-    """
-    parsed = parse_regularizer(config)
-    if parsed is None or value is None:
-        return 0.0
-    x = np.asarray(value, dtype=np.float64)
-    factors: dict[str, float] = parsed["config"]
-    penalty = 0.0
-    if factors.get("l1", 0.0) != 0.0:
-        penalty += factors["l1"] * float(np.sum(np.abs(x)))
-    if factors.get("l2", 0.0) != 0.0:
-        penalty += factors["l2"] * float(np.sum(np.square(x)))
-    return penalty
-
-
-def apply_constraint(
-    config: dict[str, Any] | None, value: np.ndarray[Any, Any]
-) -> np.ndarray[Any, Any]:
-    """Projects a value as a Keras constraint does after an update.
-
-    The norm constraints take the Euclidean norm over ``axis`` (for a 1-D
-    variable with Keras's default ``axis=0``, the norm of the whole vector)
-    and divide by ``epsilon + norm`` with Keras's epsilon, 1e-7. The result
-    is computed in float64 and has the value's dtype.
-
-    Args:
-        config: A constraint config or spec, or ``None`` (no constraint).
-        value: The variable's value.
-
-    Returns:
-        The projected value; ``value`` itself when ``config`` is ``None``.
-
-    Raises:
-        ConfigError: For a bad config, or an axis out of the value's range.
-
-    Example:
-        >>> apply_constraint("non_neg", np.array([-1.0, 2.0]))
-        array([0., 2.])
-    """
-    parsed = parse_constraint(config)
-    if parsed is None:
-        return value
-    array = np.asarray(value)
-    floating = array.dtype.kind == "f" or array.dtype == numpy_dtype("bfloat16")
-    out_dtype = array.dtype if floating else np.dtype(np.float64)
-    x = array.astype(np.float64)
-    class_name: str = parsed["class_name"]
-    options: dict[str, Any] = parsed["config"]
-    if class_name == "NonNeg":
-        return np.maximum(x, 0.0).astype(out_dtype)
-    axis = options["axis"]
-    axes = tuple(np.atleast_1d(axis).tolist())
-    if any(not -x.ndim <= item < x.ndim for item in axes):
-        raise ConfigError(
-            f"bad constraint {describe(parsed)!r}: axis {axis} is out of range for "
-            f"a variable of shape {x.shape}; valid axes: "
-            f"{', '.join(str(item) for item in range(-x.ndim, x.ndim))}"
-        )
-    norms: np.ndarray[Any, np.dtype[np.float64]]
-    norms = np.sqrt(np.sum(np.square(x), axis=axes, keepdims=True))
-    projected: np.ndarray[Any, np.dtype[np.float64]]
-    if class_name == "UnitNorm":
-        projected = x / (_KERAS_EPSILON + norms)
-    elif class_name == "MaxNorm":
-        desired = np.clip(norms, 0, options["max_value"])
-        projected = x * (desired / (_KERAS_EPSILON + norms))
-    else:  # MinMaxNorm
-        rate = options["rate"]
-        desired = (
-            rate * np.clip(norms, options["min_value"], options["max_value"])
-            + (1 - rate) * norms
-        )
-        projected = x * (desired / (_KERAS_EPSILON + norms))
-    return projected.astype(out_dtype)
 
 
 # --- describing ---------------------------------------------------------------
