@@ -29,7 +29,7 @@ def data_moments(
     layer: Any, paths: Sequence[str | os.PathLike[str]], **options: Any
 ) -> tuple[kernels.Moments, int]:
     """Whole-data moments per channel (Chan-merged over chunks), and the sample count."""
-    from bncli.io.sources import open_dataset
+    from bncli.io.dataset import open_dataset
 
     dataset = open_dataset(
         paths,

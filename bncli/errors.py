@@ -18,6 +18,7 @@ import os
 __all__ = [
     "BncliError",
     "BncliWarning",
+    "ChannelMismatchError",
     "ConfigError",
     "DataError",
     "InputNotFoundError",
@@ -95,6 +96,10 @@ class DataError(BncliError, ValueError):
 
 class InputNotFoundError(DataError, FileNotFoundError):
     """An input file that does not exist (exit 3)."""
+
+
+class ChannelMismatchError(DataError):
+    """Data whose channels differ from those expected (a state's, the first file's)."""
 
 
 class OutputError(BncliError, OSError):

@@ -44,6 +44,7 @@ from bncli.errors import StateError, StateLockedError, StateNotFoundError
 from bncli.interrupts import deferred
 from bncli.io import hdf5
 from bncli.io.atomic import atomic_path, remove_stale_temporaries, sidecar
+from bncli.io.detect import HDF5_SIGNATURE, SEAL_MAGIC
 from bncli.limits import MAX_CHANNELS
 
 __all__ = [
@@ -86,16 +87,12 @@ class State:
         return len(self.features)
 
 
-#: The first bytes of every HDF5 file without a user block.
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
 #: States start with an HDF5 user block (bytes HDF5 itself skips) holding
-#: this line and the SHA-256 of everything after the block, in hex. A damaged
-#: file is refused on that checksum before any of its bytes reach libhdf5,
-#: which on some damaged files loops forever (HDFGroup/hdf5#1707; seen here
-#: with one changed byte). States written before format version 2 have no
-#: user block and are read as they are.
-SEAL_MAGIC = b"bncli-state sha256 "
+#: :data:`bncli.io.detect.SEAL_MAGIC` and the SHA-256 of everything after the
+#: block, in hex. A damaged file is refused on that checksum before any of
+#: its bytes reach libhdf5, which on some damaged files loops forever
+#: (HDFGroup/hdf5#1707; seen here with one changed byte). States written
+#: before format version 2 have no user block and are read as they are.
 USERBLOCK_SIZE = 512
 
 

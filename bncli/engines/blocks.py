@@ -27,7 +27,7 @@ from bncli import kernels
 from bncli.engines.base import EngineLayer, FitParams
 from bncli.errors import DataError
 from bncli.io.batching import batch_blocks
-from bncli.io.sources import Chunk
+from bncli.io.chunks import Chunk
 
 __all__ = [
     "EpochFold",
@@ -55,7 +55,7 @@ def quiet_nonfinite(fn: Callable[P, R]) -> Callable[P, R]:
     """Run ``fn`` without NumPy's warnings about NaN, infinity or overflow.
 
     Such values are found and reported as one error naming the column and
-    row (:meth:`bncli.io.sources.Chunk.raise_nonfinite`), or masked out; a
+    row (:meth:`bncli.io.chunks.Chunk.raise_nonfinite`), or masked out; a
     RuntimeWarning on stderr would only add noise to that one line. The
     setting is per thread, so it is made in the worker that computes.
     """

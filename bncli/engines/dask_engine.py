@@ -85,7 +85,8 @@ from bncli.engines.inputs import chunk_bytes, open_transform_dataset
 from bncli.errors import BncliError, DataError, UsageError
 from bncli.io.atomic import atomic_path, scratch_folder
 from bncli.io.batching import batch_blocks, block_rows
-from bncli.io.sources import Chunk, Dataset
+from bncli.io.chunks import Chunk
+from bncli.io.dataset import Dataset
 from bncli.progress import NullProgress, Progress
 
 __all__ = [

@@ -22,15 +22,10 @@ import numpy as np
 
 from bncli.engines.dask_cluster import results
 from bncli.errors import BncliError, DataError
-from bncli.io.sources import (
-    TABLE_BATCH_ROWS,
-    ArraySource,
-    Chunk,
-    Dataset,
-    Source,
-    TableSource,
-    sniff_format,
-)
+from bncli.io.chunks import Chunk
+from bncli.io.dataset import Dataset
+from bncli.io.readers import open_source
+from bncli.io.sources import TABLE_BATCH_ROWS, Source
 
 __all__ = [
     "TASK_BYTES",
@@ -121,27 +116,13 @@ def plan_ranges(
 
 
 def unit_starts(source: Source, offset: int) -> list[int] | None:
-    """Stream positions where a task may start in ``source``: row groups or
-    record batches (``None``: anywhere, as in an NPY array)."""
-    if source.kind == "array":
+    """Stream positions where a task may start in ``source``: its units
+    (row groups, record batches; only its start where it has none), or
+    ``None``: anywhere, as in an NPY array."""
+    sizes = source.unit_rows()
+    if sizes is None:
         return None
-    fmt = getattr(source, "format", None)
     starts = [offset]
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        metadata = pq.read_metadata(source.path)
-        sizes = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
-    elif fmt == "arrow":
-        import pyarrow as pa
-
-        with pa.memory_map(source.path, "r") as f:
-            reader = pa.ipc.open_file(f)
-            sizes = [
-                reader.get_batch(i).num_rows for i in range(reader.num_record_batches)
-            ]
-    else:  # CSV: no metadata, one task per file
-        return starts
     for size in sizes[:-1]:
         starts.append(starts[-1] + size)
     return starts
@@ -270,8 +251,8 @@ def naming_inputs(files: Sequence[InputFile]) -> Iterator[None]:
 
 
 def open_file(path: str) -> Source:
-    fmt = sniff_format(path)
-    return ArraySource(path) if fmt == "npy" else TableSource(path, fmt)
+    """The reader of an input, on a worker."""
+    return open_source(path)
 
 
 def read_task(task: Task, all_columns: bool = False) -> Iterator[Chunk]:

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from bncli.engines.base import EngineLayer, FitOptions, TransformOptions
-from bncli.errors import DataError, StateMismatchError, UsageError
+from bncli.errors import ChannelMismatchError, DataError, StateMismatchError, UsageError
+from bncli.io.dataset import Dataset, open_dataset
 from bncli.io.outputs import OutputTarget
-from bncli.io.sources import ChannelMismatchError, Dataset, open_dataset
 
 __all__ = [
     "chunk_bytes",

@@ -40,7 +40,8 @@ from bncli.engines.inputs import chunk_bytes, open_transform_dataset
 from bncli.engines.threads import default_workers, ordered_map, prefetched
 from bncli.errors import DataError
 from bncli.io.batching import batch_blocks, block_rows
-from bncli.io.sources import Chunk, Dataset
+from bncli.io.chunks import Chunk
+from bncli.io.dataset import Dataset
 from bncli.progress import NullProgress, Progress
 
 __all__ = ["LocalEngine", "fit_layer", "transform_layer"]

@@ -32,7 +32,7 @@ from bncli.engines.base import (
 )
 from bncli.engines.inputs import open_fit_dataset
 from bncli.errors import DataError, StateError, StateMismatchError, UsageError
-from bncli.io.sources import Dataset
+from bncli.io.dataset import Dataset
 from bncli.progress import NullProgress, Progress
 
 __all__ = [

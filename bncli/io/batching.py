@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator
 
-from bncli.io.sources import Chunk, concat_chunks
+from bncli.io.chunks import Chunk, concat_chunks
 
 __all__ = ["Block", "batch_blocks", "block_rows"]
 

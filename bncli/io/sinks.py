@@ -18,8 +18,9 @@ import numpy as np
 import numpy.typing as npt
 
 from bncli.errors import UsageError
+from bncli.io.chunks import Chunk
+from bncli.io.dataset import Dataset
 from bncli.io.outputs import OutputTarget, writing
-from bncli.io.sources import Chunk, Dataset
 
 __all__ = [
     "check_writable",
@@ -82,7 +83,7 @@ def check_writable(output: str, dataset: Dataset) -> None:
         import pyarrow as pa
         import pyarrow.csv as csv
 
-        schema = dataset.sources[0].schema  # type: ignore[attr-defined]
+        schema = dataset.sources[0].schema
         for field in schema:
             if field.name in dataset.features:
                 continue
@@ -227,7 +228,7 @@ class TableSink(Sink):
         self.arrow_type = pa.from_numpy_dtype(dtype)
         if dataset.kind == "table":
             source = dataset.sources[0]
-            schema = source.schema  # type: ignore[attr-defined]
+            schema = source.schema
         else:
             schema = pa.schema([(name, self.arrow_type) for name in self.features])
         self.index = {name: j for j, name in enumerate(self.features)}

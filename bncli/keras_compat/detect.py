@@ -16,8 +16,7 @@ import h5py
 from bncli.errors import (
     BncliError,
 )
-from bncli.keras_compat.records import ZIP_MAGICS
-from bncli.state import HDF5_SIGNATURE, SEAL_MAGIC
+from bncli.io.detect import HDF5_SIGNATURE, SEAL_MAGIC, ZIP_MAGICS
 
 __all__ = ["hdf5_kind", "is_keras_file", "sniff_keras_format"]
 

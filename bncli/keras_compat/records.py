@@ -33,7 +33,6 @@ __all__ = [
     "SPOOL_BYTES",
     "VARIABLE_NAMES",
     "ZIP_BOMB_FLOOR_BYTES",
-    "ZIP_MAGICS",
     "ZIP_MAX_EXPANSION",
     "KerasBatchNorm",
     "Shape",
@@ -81,9 +80,6 @@ MAX_DEPTH = 64
 
 #: Input shapes of higher rank are refused.
 MAX_RANK = 32
-
-#: The first bytes of a zip file (a ``.keras`` archive).
-ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 
 #: Dtype policy names Keras accepts for a BatchNormalization layer.
 POLICY_NAMES = frozenset(

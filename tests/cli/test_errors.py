@@ -290,7 +290,7 @@ def test_bad_input(request, run_cli, workdir, args, code, pieces):
 @pytest.mark.parametrize(
     ("module", "args", "code", "message"),
     [
-        ("bncli.io.sources", ["fit", "n.h5", "good.parquet"], 3,
+        ("bncli.io.detect", ["fit", "n.h5", "good.parquet"], 3,
          "good.parquet: cannot read the file (permission denied)"),
         ("bncli.state", ["fit", "st.h5", "good.parquet"], 4,
          "st.h5: cannot read the state (permission denied)"),
@@ -307,7 +307,7 @@ def test_unreadable_files_even_as_root(
     import builtins
     import importlib
 
-    denied_name = args[2] if module == "bncli.io.sources" else args[1]
+    denied_name = args[2] if module == "bncli.io.detect" else args[1]
 
     def denied(path, *a, **kw):
         if str(path).endswith(denied_name):

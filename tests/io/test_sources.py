@@ -17,13 +17,14 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from bncli.errors import DataError, InputNotFoundError, UsageError
-from bncli.io.sources import (
+from bncli.errors import (
     ChannelMismatchError,
-    expand_inputs,
-    open_dataset,
-    sniff_format,
+    DataError,
+    InputNotFoundError,
+    UsageError,
 )
+from bncli.io.dataset import expand_inputs, open_dataset
+from bncli.io.detect import sniff_format
 
 N = 37
 

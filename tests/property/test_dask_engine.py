@@ -40,7 +40,7 @@ from bncli.errors import (
     StateMismatchError,
     UsageError,
 )
-from bncli.io.sources import open_dataset
+from bncli.io.dataset import open_dataset
 from tests import reference
 from tests.conftest import FAST, PRECISE
 

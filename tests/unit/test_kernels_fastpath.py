@@ -270,7 +270,7 @@ def test_fold_without_validity_equals_all_valid(momentum):
 
 def test_outputs_follow_the_input_layout():
     from bncli.engines.blocks import OutputPool, output_rows
-    from bncli.io.sources import Chunk, Segment
+    from bncli.io.chunks import Chunk, Segment
 
     def chunk(data, axis):
         return Chunk(data, None, None, None, (Segment("x", 0, len(data)),), ["a"], axis)
@@ -304,7 +304,7 @@ def test_channel_major_moments_any_block_size(block, rows):
 def test_table_channels_in_one_copy_equal_column_by_column():
     import pyarrow as pa
 
-    from bncli.io.sources import _channel_major
+    from bncli.io.tables import channel_major
 
     rng = np.random.default_rng(10)
     a, b = (
@@ -312,7 +312,7 @@ def test_table_channels_in_one_copy_equal_column_by_column():
         rng.normal(size=50).astype(np.float32),
     )
     batch = pa.record_batch({"id": np.arange(50), "a": a, "b": b}).slice(5, 40)
-    data = _channel_major(batch, ["b", "a"])
+    data = channel_major(batch, ["b", "a"])
     np.testing.assert_array_equal(data, np.stack([b[5:45], a[5:45]], axis=1))
     assert data.shape == (40, 2) and data[:, 0].flags.c_contiguous
     # Where it does not apply, the caller builds the array column by column.
@@ -320,7 +320,7 @@ def test_table_channels_in_one_copy_equal_column_by_column():
     mixed = pa.record_batch({"a": np.ones(2, np.float32), "b": np.ones(2)})
     integers = pa.record_batch({"a": [1, 2], "b": [3, 4]})
     for other in (with_null, mixed, integers, batch.slice(0, 0)):
-        assert _channel_major(other, ["a", "b"]) is None
+        assert channel_major(other, ["a", "b"]) is None
 
 
 def test_prefetched_keeps_order_raises_in_order_and_stops():

@@ -227,7 +227,8 @@ def test_a_transform_removes_a_killed_transforms_temporary(tmp_path, run_cli):
 def test_a_state_is_sealed_and_still_plain_hdf5(fitted):
     import hashlib
 
-    from bncli.state import SEAL_MAGIC, USERBLOCK_SIZE
+    from bncli.io.detect import SEAL_MAGIC
+    from bncli.state import USERBLOCK_SIZE
 
     _, path = fitted
     data = path.read_bytes()
