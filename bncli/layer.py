@@ -296,7 +296,7 @@ class BatchNormalization:
         def init(name: str) -> npt.NDArray[Any]:
             config = getattr(self, f"{name}_initializer")
             value = compute.initial_value(config, shape, np.dtype(np.float64), None)
-            return self._fitting(
+            return self._in_variable_dtype(
                 np.asarray(value, dtype=np.float64), f"{name}_initializer"
             )
 
@@ -317,7 +317,9 @@ class BatchNormalization:
         with np.errstate(over="ignore"):
             return np.asarray(value).astype(self.dtype_policy.variable_dtype)
 
-    def _fitting(self, value: npt.NDArray[Any], name: str) -> npt.NDArray[Any]:
+    def _in_variable_dtype(
+        self, value: npt.NDArray[Any], name: str
+    ) -> npt.NDArray[Any]:
         """``value`` in the variable dtype, refusing values it cannot hold.
 
         For initial values and for gamma and beta, which have no float64
@@ -343,7 +345,7 @@ class BatchNormalization:
     def gamma(self, value: npt.ArrayLike) -> None:
         if not self.scale:
             raise ConfigError("the layer has no gamma (scale is off)")
-        self._gamma = self._fitting(
+        self._gamma = self._in_variable_dtype(
             compute.apply_constraint(
                 self.gamma_constraint, self._vector(value, "gamma")
             ),
@@ -359,7 +361,7 @@ class BatchNormalization:
     def beta(self, value: npt.ArrayLike) -> None:
         if not self.center:
             raise ConfigError("the layer has no beta (center is off)")
-        self._beta = self._fitting(
+        self._beta = self._in_variable_dtype(
             compute.apply_constraint(self.beta_constraint, self._vector(value, "beta")),
             "beta",
         )
@@ -506,6 +508,15 @@ class BatchNormalization:
                 f"shape without the channel axis {without}"
             ) from e
         return full.reshape(1, -1, 1)
+
+    def output_dtype(self, name: str | None = None) -> np.dtype[Any]:
+        """The outputs' dtype: ``name`` (``"bfloat16"`` too), else the policy's compute dtype."""
+        chosen: np.dtype[Any] = np.dtype(
+            self.dtype_policy.compute_dtype
+            if name is None
+            else dtypes.numpy_dtype(name)
+        )
+        return chosen
 
     def cast_output(
         self, y: npt.NDArray[np.float64], dtype: npt.DTypeLike | None = None

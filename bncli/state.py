@@ -1,6 +1,9 @@
 """The state file: one HDF5 file holding a layer's config, variables and progress.
 
-Layout (``format_version`` 1)::
+Layout (``format_version`` 2; version 1 is read too)::
+
+    bytes 0-511           user block: "bncli-state sha256 " and the SHA-256 of
+                          everything after it (version 2; absent in version 1)
 
     /                     attrs: format="bncli-state", format_version, bncli_version,
                                  config (JSON, Keras get_config() keys), kind
@@ -18,7 +21,10 @@ Layout (``format_version`` 1)::
 Writes go to a temporary file in the same folder, which is fsynced and
 renamed over the old state (:func:`bncli.io.atomic.atomic_path`). A
 read-modify-write holds :func:`lock`, a ``STATE.lock`` sidecar, since the
-rename replaces the state's inode.
+rename replaces the state's inode. A fit's checkpoints go to another
+sidecar, ``STATE.checkpoint`` (:func:`checkpoint_path`), never into the
+state itself. A symlinked state is resolved once (:func:`state_path`): the
+lock and the write go to its target.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Tolerances live here, once:
 
-- ``PRECISE``: bncli against the SPEC's formula in NumPy float64 (two-pass
+- ``PRECISE``: bncli against the plain formula in NumPy float64 (two-pass
   moments), the precise reference.
 - ``KERAS``: bncli against Keras 3 itself, a semantic cross-check; Keras
   computes moments in float32 with E[x^2] - E[x]^2, so float32 tolerance.

@@ -1,6 +1,6 @@
-"""The precise reference: Keras 3 ``BatchNormalization`` as the SPEC writes it.
+"""The precise reference: Keras 3 ``BatchNormalization`` as the README states it.
 
-A plain per-batch loop in NumPy float64, written from SPEC §1 and §8 and
+A plain per-batch loop in NumPy float64, written from the formulas the README states and
 nothing else: it imports no part of bncli, so that bncli's kernels, layer
 and engines are checked against an independent source.
 

@@ -200,3 +200,35 @@ def test_tests_import_no_private_names():
 def test_tests_reach_into_no_private_member_of_a_module():
     hits = [hit for path in TEST_FILES for hit in _private_reach(path)]
     assert hits == []
+
+
+#: The package's layers, lowest first: a module imports only from layers
+#: below its own (and from its own part of the package).
+LAYERS = [
+    {"bncli", "errors", "limits", "progress", "interrupts"},
+    {"kernels"},
+    {"io"},
+    {"state", "keras_compat", "engines"},
+    {"health", "drift"},
+    {"layer"},
+    {"workflows"},
+    {"cli"},
+    {"__main__"},
+]
+
+
+def _part(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "bncli"
+
+
+def test_imports_flow_one_way_down_the_layers():
+    rank = {part: level for level, parts in enumerate(LAYERS) for part in parts}
+    assert {_part(m) for m in MODULES} <= set(rank), "a new part: give it a layer"
+    upward = sorted(
+        f"{a} -> {b}"
+        for a, targets in _graph().items()
+        for b in targets
+        if _part(a) != _part(b) and rank[_part(b)] >= rank[_part(a)]
+    )
+    assert upward == []

@@ -90,6 +90,9 @@ class EngineLayer(Protocol):
     def apply_fold(self, fold: kernels.Fold, *, batches: int, samples: int) -> None:
         """Advance the moving statistics by ``fold``, and the counters."""
 
+    def output_dtype(self, name: str | None = None) -> np.dtype[Any]:
+        """The outputs' dtype: ``name``, else the layer's compute dtype."""
+
 
 def require_trainable(layer: EngineLayer) -> None:
     """Refuse to fit a frozen layer (exit 4)."""

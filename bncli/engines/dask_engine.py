@@ -358,7 +358,7 @@ def transform_layer(
         BncliError: an unreachable scheduler (exit 1).
         DataError: as the local engine.
     """
-    from bncli.io.sinks import output_dtype_for, sink_format
+    from bncli.io.sinks import sink_format
 
     started = time.perf_counter()
     progress = progress or NullProgress()
@@ -386,7 +386,7 @@ def transform_layer(
             "device; use --engine local"
         )
     fmt = sink_format(output, dataset.kind)
-    dtype = output_dtype_for(layer, options.output_dtype)
+    dtype = layer.output_dtype(options.output_dtype)
     sample_bytes = chunk_bytes(dataset)[0]
     with connect(distributed, scheduler, workers) as (client, threads):
         sizes = input_sizes(distributed, client, dataset)

@@ -144,7 +144,7 @@ def transform_layer(
             or its folder is missing; nothing is created.
         DataError: inputs that do not match the state's channels.
     """
-    from bncli.io.sinks import open_sink, output_dtype_for
+    from bncli.io.sinks import open_sink
 
     started = time.perf_counter()
     progress = progress or NullProgress()
@@ -155,7 +155,7 @@ def transform_layer(
     training = bool(options.training and layer.trainable)
     output = os.fspath(output)
     dataset, target = open_transform_dataset(layer, paths, output, options)
-    dtype = output_dtype_for(layer, options.output_dtype)
+    dtype = layer.output_dtype(options.output_dtype)
     rows = block_rows(
         batch_size if training else 1, *chunk_bytes(dataset, outputs=True)
     )

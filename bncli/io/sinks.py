@@ -25,7 +25,6 @@ from bncli.io.outputs import OutputTarget, writing
 __all__ = [
     "check_writable",
     "open_sink",
-    "output_dtype_for",
     "sink_format",
 ]
 
@@ -51,16 +50,6 @@ def sink_format(output: str, kind: str) -> str:
             ".ipc, .csv, .npy or - (stdout)"
         )
     return fmt
-
-
-def output_dtype_for(layer: Any, name: str | None) -> np.dtype[Any]:
-    """The output dtype: ``--output-dtype``, else the policy's compute dtype."""
-    from bncli.keras_compat.dtypes import numpy_dtype
-
-    chosen: np.dtype[Any] = np.dtype(
-        layer.dtype_policy.compute_dtype if name is None else numpy_dtype(name)
-    )
-    return chosen
 
 
 def check_writable(output: str, dataset: Dataset) -> None:

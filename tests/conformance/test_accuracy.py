@@ -2,7 +2,7 @@
 
 Keras computes a batch's moments in float32 (even under the float64 policy)
 as E[x^2] - E[x]^2, after casting the input to its compute dtype. bncli takes
-them in float64, in two passes, before any cast (SPEC §8). On data far from
+them in float64, in two passes, before any cast. On data far from
 zero relative to its spread that is the difference between the right answer
 and none; these tests show both sides.
 """

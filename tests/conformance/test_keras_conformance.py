@@ -6,7 +6,7 @@ Every case of a curated matrix runs three ways over the same data:
   batch by batch with ``training=True`` (unsynchronized replicas emulated as
   R devices would run them: each shard from the same moving statistics, the
   updates averaged), then once in inference mode;
-- the reference: the SPEC's formulas in float64, batch by batch;
+- the reference: the plain formulas in float64, batch by batch;
 - bncli: through the Python API (``bn(x, training=True, mask=...)`` batch by
   batch, and ``bn.fit(files, ...)``) and through the CLI (``fit``, then
   ``inspect --json``, ``transform`` and ``transform --training``).
@@ -14,7 +14,7 @@ Every case of a curated matrix runs three ways over the same data:
 bncli must equal the reference to PRECISE and Keras to KERAS (with data
 where |mean|/std <= 1, since Keras takes E[x^2] - E[x]^2 in float32), or to
 the half-precision tolerance where a policy rounds to float16/bfloat16.
-Masks go to Keras only with the channel axis last (SPEC §8), and never
+Masks go to Keras only with the channel axis last, and never
 leave a batch (or shard) without an unmasked value: there bncli deliberately
 differs from Keras, which :func:`test_fully_masked_batch_keeps_statistics`
 shows on its own.
@@ -81,7 +81,7 @@ class Case:
 
     @property
     def keras_mask(self) -> bool:
-        """Keras takes a mask only with the channel axis last (SPEC §8)."""
+        """Keras takes a mask only with the channel axis last."""
         return self.channel_axis == self.ndim - 1
 
     @property
@@ -697,7 +697,7 @@ def test_python_frozen_layer_statistics_never_move() -> None:
 
 
 def test_fully_masked_batch_keeps_statistics(tmp_path) -> None:
-    """SPEC §1: a channel with no unmasked value in a batch keeps its moving
+    """A channel with no unmasked value in a batch keeps its moving
     statistics (and its training output uses them). Keras divides by
     count + 1e-7 and so moves them toward 0; bncli deliberately does not."""
     rng = np.random.default_rng(7)
@@ -974,7 +974,7 @@ def test_random_combinations(
     [((6, 2, 1), "bool"), ((6, 1, 3), "bool"), ((1, 2, 3), "bool"), ((6, 2, 3), "int")],
 )
 def test_broadcast_masks_as_keras(mask_shape, kind) -> None:
-    """SPEC §8: in the Python API a mask may be any shape that broadcasts to
+    """In the Python API a mask may be any shape that broadcasts to
     the data's shape without the channel axis, as Keras's."""
     rng = np.random.default_rng(11)
     data = rng.normal(0.5, 0.4, (6, 2, 3, 4))

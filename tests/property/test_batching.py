@@ -3,7 +3,7 @@
 The same rows, split into different files (NPY, Parquet), Parquet row groups
 of any size, read in chunks of any size, computed by one worker or two, give
 the state the per-batch reference loop (tests/reference.py) gives; and a fit
-continued from a saved state equals one uninterrupted fit (SPEC §8).
+continued from a saved state equals one uninterrupted fit.
 """
 
 from __future__ import annotations

@@ -704,7 +704,7 @@ def test_cli_unreachable_scheduler(run_cli, arrays, tmp_path):
     done = run_cli(
         "fit", "s.h5", arrays["paths"]["a"], "--engine", "dask", "--scheduler", address
     )
-    # SPEC §8: exit 1 "within seconds" (the connect timeout is 5 s).
+    # Exit 1 "within seconds" (the connect timeout is 5 s).
     assert time.monotonic() - started < 30
     assert done.exit_code == 1
     assert done.stderr.startswith(

@@ -1,7 +1,7 @@
 """Fuzzing the CLI's edges: option values; damaged Parquet, Arrow, NPY, state, Keras files.
 
-Whatever the values or the bytes, bncli answers with an exit code of the
-SPEC and, on failure, one ``error:`` line and no traceback, and writes
+Whatever the values or the bytes, bncli answers with one of its documented exit
+codes and, on failure, one ``error:`` line and no traceback, and writes
 nothing. A truncated file is always an error (3 for data, 4 for a state); a
 flipped bit may leave a file that is still valid (a changed number), so the
 oracle for flips is an independent reader: what it refuses, bncli refuses.

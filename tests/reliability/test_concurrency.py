@@ -12,8 +12,6 @@ lock all that time, whatever the machine's load, with no timing involved.
 from __future__ import annotations
 
 import io
-import os
-import shutil
 import subprocess
 
 import pyarrow as pa
@@ -45,12 +43,11 @@ def setting(tmp_path_factory):
 
 
 @pytest.fixture
-def workdir(tmp_path, setting):
+def workdir(link_into, setting):
     d, _, _ = setting
-    for name in ("first.parquet", "small.parquet"):
-        os.link(d / name, tmp_path / name)
-    shutil.copy(d / "old.h5", tmp_path / "state.h5")
-    return tmp_path
+    return link_into(
+        d, "first.parquet", "small.parquet", copies=(("old.h5", "state.h5"),)
+    )
 
 
 def _after(start, *fits):

@@ -45,10 +45,9 @@ def _fit_args(state: str) -> list[object]:
     return ["fit", state, "long.parquet", "--epochs", LONG_EPOCHS, "-q"]
 
 
-def test_sigkill_leaves_the_old_or_the_new_state(tmp_path, setting):
+def test_sigkill_leaves_the_old_or_the_new_state(tmp_path, link_into, setting):
     d, old, new = setting
-    for name in ("long.parquet", "small.parquet"):
-        os.link(d / name, tmp_path / name)
+    link_into(d, "long.parquet", "small.parquet")
     state = tmp_path / "state.h5"
     old_bytes = (d / "old.h5").read_bytes()
 
@@ -98,13 +97,14 @@ def test_sigkill_leaves_the_old_or_the_new_state(tmp_path, setting):
     assert not (tmp_path / "state.h5.lock").exists()
 
 
-def test_sigkill_between_checkpoints_then_resume_equals_one_fit(tmp_path, setting):
+def test_sigkill_between_checkpoints_then_resume_equals_one_fit(
+    tmp_path, link_into, setting
+):
     """With checkpoints, a killed fit leaves the old state or a checkpoint;
     ``fit --resume`` from there ends equal to one uninterrupted fit."""
     d, old, new = setting
-    os.link(d / "long.parquet", tmp_path / "long.parquet")
+    link_into(d, "long.parquet", copies=(("old.h5", "state.h5"),))
     state = tmp_path / "state.h5"
-    shutil.copy(d / "old.h5", state)
     process = helpers.start(
         *_fit_args("state.h5"), "--checkpoint-every", "1", cwd=tmp_path
     )

@@ -41,11 +41,9 @@ def setting(tmp_path_factory):
 
 
 @pytest.fixture
-def workdir(tmp_path, setting):
+def workdir(link_into, setting):
     d, _ = setting
-    for name in ("long.parquet", "small.parquet"):
-        os.link(d / name, tmp_path / name)
-    return tmp_path
+    return link_into(d, "long.parquet", "small.parquet")
 
 
 def _interrupt(process, after=None):

@@ -1,4 +1,4 @@
-"""The Python API of ``bncli.BatchNormalization`` (SPEC §6)."""
+"""The Python API of ``bncli.BatchNormalization``, as the README documents it."""
 
 from __future__ import annotations
 
