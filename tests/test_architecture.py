@@ -232,3 +232,31 @@ def test_imports_flow_one_way_down_the_layers():
         if _part(a) != _part(b) and rank[_part(b)] >= rank[_part(a)]
     )
     assert upward == []
+
+
+#: Private members read on another object, each with its reason.
+PRIVATE_REACH_ALLOWED = {
+    # The standard library's way to leave a forked child at once.
+    ("bncli/io/child.py", "os._exit"),
+    # A classmethod filling in the instance it has just made.
+    ("bncli/layer.py", "layer._gamma"),
+    ("bncli/layer.py", "layer._beta"),
+    ("bncli/layer.py", "layer._cast"),
+}
+
+
+def test_no_module_reaches_into_another_objects_private_members():
+    found = set()
+    for path in MODULES.values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and not (
+                    isinstance(node.value, ast.Name)
+                    and node.value.id in ("self", "cls")
+                )
+            ):
+                found.add((str(path.relative_to(ROOT)), ast.unparse(node)))
+    assert found - PRIVATE_REACH_ALLOWED == set()
