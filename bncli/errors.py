@@ -14,6 +14,7 @@ nor rich: the library never prints or exits.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 __all__ = [
     "BncliError",
@@ -22,6 +23,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "InputNotFoundError",
+    "NotConvergedError",
     "OutputError",
     "StateError",
     "StateFrozenError",
@@ -100,6 +102,18 @@ class InputNotFoundError(DataError, FileNotFoundError):
 
 class ChannelMismatchError(DataError):
     """Data whose channels differ from those expected (a state's, the first file's)."""
+
+
+class NotConvergedError(DataError):
+    """``fit --until-share``: the share stayed above the goal for ``--max-epochs``.
+
+    The fit itself went through: ``summary`` says what it did, and the
+    caller saves its result before reporting this (exit 3).
+    """
+
+    def __init__(self, message: str, *, summary: Any = None, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.summary = summary
 
 
 class OutputError(BncliError, OSError):

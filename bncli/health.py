@@ -34,6 +34,7 @@ __all__ = [
     "StateHealth",
     "batches_to_share",
     "channel_flags",
+    "convergence",
     "state_health",
     "variables_health",
 ]
@@ -129,3 +130,72 @@ def state_health(layer: Any) -> StateHealth:
         momentum=layer.momentum,
         batches_needed=batches_to_share(layer.momentum),
     )
+
+
+#: Initializers whose value is a constant, so that their share can be taken out.
+_CONSTANT_INITIALIZERS = frozenset({"Zeros", "Ones", "Constant"})
+
+
+def convergence(layer: Any) -> dict[str, Any]:
+    """How far a state's moving statistics have come from their start.
+
+    As ``inspect --json`` shows it under ``"convergence"``:
+
+    - ``window``: ``1 / (1 - momentum)`` batches, the moving average's
+      effective window (None for momentum 1, and outside ``"ema"``);
+    - ``share``: per channel, the initializers' weight still in the moving
+      statistics (:meth:`bncli.BatchNormalization.initializer_share`);
+    - ``batches_to_1_percent``: batches still needed for the largest share to
+      fall under 1%: ``ceil(log(0.01) / log(momentum))`` less the fewest
+      batches any channel has seen, 0 once under (None for momentum 1);
+    - ``debiased``: ``(moving - share * initial) / (1 - share)`` per channel,
+      the moving statistics with the initial values taken out, where both
+      moving initializers are constants (else None); None for a channel
+      whose share is still 1.
+    """
+    share = np.asarray(layer.initializer_share(), dtype=np.float64)
+    largest = float(share.max()) if len(share) else 0.0
+    momentum = float(layer.momentum)
+    ema = layer.statistics == "ema"
+    window = 1.0 / (1.0 - momentum) if ema and momentum < 1 else None
+    if largest < SHARE_WARNING:
+        needed: int | None = 0
+    elif not ema:
+        needed = 1  # one batch of each channel not yet seen
+    elif momentum >= 1:
+        needed = None
+    else:
+        fewest = int(np.min(layer.channel_batches)) if len(share) else 0
+        needed = max(batches_to_share(momentum) - fewest, 0)
+    return {
+        "window": window,
+        "share": [float(v) for v in share],
+        "batches_to_1_percent": needed,
+        "debiased": _debiased(layer, share),
+    }
+
+
+def _debiased(layer: Any, share: npt.NDArray[np.float64]) -> dict[str, Any] | None:
+    from bncli.keras_compat.compute import initial_value
+
+    initial = {}
+    for name in ("moving_mean", "moving_variance"):
+        config = getattr(layer, f"{name}_initializer")
+        if config.get("class_name") not in _CONSTANT_INITIALIZERS:
+            return None
+        value = initial_value(config, (layer.channels,), np.dtype(np.float64), None)
+        initial[name] = np.asarray(value, dtype=np.float64)
+    moving = {
+        "moving_mean": np.asarray(layer.moving_mean64, dtype=np.float64),
+        "moving_variance": np.asarray(layer.moving_variance64, dtype=np.float64),
+    }
+    left = 1.0 - share
+    out: dict[str, Any] = {}
+    for name, values in moving.items():
+        safe = np.where(left > 0, left, 1.0)
+        debiased = (values - share * initial[name]) / safe
+        out[name] = [
+            None if gone <= 0 else float(v)
+            for v, gone in zip(debiased, left, strict=True)
+        ]
+    return out

@@ -12,6 +12,13 @@ The moving statistics after ``K`` batches are an affine map of the ones
 before, per channel: ``m <- decay * m + offset``. Affine maps compose
 associatively (:func:`compose`), so any run of batches can be reduced to one
 :class:`Fold` anywhere and the folds combined in order afterwards.
+
+That is Keras's exponential moving average (``"ema"``). The population
+statistics fold alike: ``"precise"`` (the equal-weight mean over batches of
+the batch means and variances) as a :class:`MeanFold` of sums, and
+``"exact"`` (the mean and variance of every value) as a
+:class:`PopulationFold` of moments merged with Chan's formula. Every fold
+maps a :class:`Moving` record to the next.
 """
 
 from __future__ import annotations
@@ -24,17 +31,24 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "STATISTICS",
+    "AnyFold",
     "Fold",
+    "MeanFold",
     "Moments",
+    "Moving",
+    "PopulationFold",
     "affine_coefficients",
     "batched_moments",
     "combine_shards",
     "compose",
     "fold_batches",
+    "fold_statistics",
     "identity_fold",
     "merge_moments",
     "moments",
     "normalize",
+    "population_moments",
     "replica_moments",
     "shard_bounds",
     "to_rows",
@@ -42,6 +56,11 @@ __all__ = [
 
 Float64Array = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+Int64Array = npt.NDArray[np.int64]
+
+#: The ways moving statistics sum up batches: Keras's exponential moving
+#: average, the mean over batches of their statistics, the population's.
+STATISTICS = ("ema", "precise", "exact")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,28 +97,187 @@ class Fold:
             self.decay * moving_variance + self.variance_offset,
         )
 
+    def apply_to(self, moving: Moving) -> Moving:
+        """The moving statistics after the folded batches."""
+        mean, variance = self.apply(moving.mean, moving.variance)
+        return dataclasses.replace(
+            moving, mean=mean, variance=variance, batches=moving.batches + self.batches
+        )
 
-def identity_fold(channels: int) -> Fold:
+
+@dataclasses.dataclass(frozen=True)
+class Moving:
+    """Moving statistics and what they are made of, per channel.
+
+    Attributes:
+        mean, variance: the moving statistics, float64.
+        batches: the batches that updated each channel.
+        count: the values that updated each channel (kept by ``"exact"``).
+    """
+
+    mean: Float64Array
+    variance: Float64Array
+    batches: Int64Array
+    count: Float64Array
+
+
+@dataclasses.dataclass(frozen=True)
+class MeanFold:
+    """``"precise"``: the sums over a run of batches of their means and variances.
+
+    Applied, the moving statistics become the equal-weight mean over every
+    batch seen: ``(m * n + mean_sum) / (n + batches)`` with ``n`` the
+    batches before; a channel no batch updated keeps its values.
+    """
+
+    mean_sum: Float64Array
+    variance_sum: Float64Array
+    batches: Int64Array
+
+    def apply_to(self, moving: Moving) -> Moving:
+        """The moving statistics after the folded batches."""
+        before = moving.batches.astype(np.float64)
+        total = moving.batches + self.batches
+        safe = np.maximum(total, 1).astype(np.float64)
+        seen = total > 0
+        return dataclasses.replace(
+            moving,
+            mean=np.where(
+                seen, (moving.mean * before + self.mean_sum) / safe, moving.mean
+            ),
+            variance=np.where(
+                seen,
+                (moving.variance * before + self.variance_sum) / safe,
+                moving.variance,
+            ),
+            batches=total,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class PopulationFold:
+    """``"exact"``: the moments of every value of a run of batches.
+
+    Applied, they are merged (Chan's formula) with the moments of the values
+    seen before; a channel with no value keeps its values.
+    """
+
+    moments: Moments
+    batches: Int64Array
+
+    def apply_to(self, moving: Moving) -> Moving:
+        """The moving statistics after the folded batches."""
+        merged = merge_moments(
+            Moments(moving.count, moving.mean, moving.variance), self.moments
+        )
+        seen = merged.count > 0
+        return Moving(
+            mean=np.where(seen, merged.mean, moving.mean),
+            variance=np.where(seen, merged.variance, moving.variance),
+            batches=moving.batches + self.batches,
+            count=merged.count,
+        )
+
+
+AnyFold = Fold | MeanFold | PopulationFold
+
+
+def identity_fold(channels: int, statistics: str = "ema") -> AnyFold:
     """The fold of no batch at all."""
+    batches = np.zeros(channels, dtype=np.int64)
+    if statistics == "precise":
+        return MeanFold(np.zeros(channels), np.zeros(channels), batches)
+    if statistics == "exact":
+        zeros = np.zeros(channels)
+        return PopulationFold(Moments(zeros, zeros, zeros), batches)
     return Fold(
         decay=np.ones(channels),
         mean_offset=np.zeros(channels),
         variance_offset=np.zeros(channels),
-        batches=np.zeros(channels, dtype=np.int64),
+        batches=batches,
     )
 
 
-def compose(first: Fold, second: Fold) -> Fold:
-    """The fold of ``first``'s batches followed by ``second``'s.
+def compose(first: AnyFold, second: AnyFold) -> AnyFold:
+    """The fold of ``first``'s batches followed by ``second``'s (one mode).
 
-    ``second(first(m)) = d2 * (d1 * m + o1) + o2``.
+    Keras's: ``second(first(m)) = d2 * (d1 * m + o1) + o2``; sums add; the
+    moments of two runs merge with Chan's formula.
     """
-    return Fold(
-        decay=first.decay * second.decay,
-        mean_offset=second.decay * first.mean_offset + second.mean_offset,
-        variance_offset=second.decay * first.variance_offset + second.variance_offset,
-        batches=first.batches + second.batches,
+    if isinstance(first, MeanFold) and isinstance(second, MeanFold):
+        return MeanFold(
+            first.mean_sum + second.mean_sum,
+            first.variance_sum + second.variance_sum,
+            first.batches + second.batches,
+        )
+    if isinstance(first, PopulationFold) and isinstance(second, PopulationFold):
+        return PopulationFold(
+            merge_moments(first.moments, second.moments),
+            first.batches + second.batches,
+        )
+    if isinstance(first, Fold) and isinstance(second, Fold):
+        return Fold(
+            decay=first.decay * second.decay,
+            mean_offset=second.decay * first.mean_offset + second.mean_offset,
+            variance_offset=second.decay * first.variance_offset
+            + second.variance_offset,
+            batches=first.batches + second.batches,
+        )
+    raise TypeError(  # pragma: no cover - a programming error
+        f"cannot compose a {type(first).__name__} with a {type(second).__name__}"
     )
+
+
+def fold_statistics(
+    stats: Moments,
+    valid: BoolArray | None,
+    momentum: float,
+    statistics: str = "ema",
+) -> AnyFold:
+    """Fold the moving-statistics updates of ``K`` batches, in any mode.
+
+    Args:
+        stats: ``(K, C)`` batch moments: the statistics the moving update
+            takes (for unsynchronized replicas, the mean over shards), except
+            for ``"exact"``, which needs each batch's own population moments
+            (count, mean, variance of its values).
+        valid: ``(K, C)`` whether each batch updates each channel; None when
+            all do.
+        momentum: Keras's momentum (``"ema"`` only).
+        statistics: ``"ema"``, ``"precise"`` or ``"exact"``.
+    """
+    if statistics == "ema":
+        return fold_batches(stats.mean, stats.variance, valid, momentum)
+    num_batches, channels = np.shape(stats.mean)
+    if valid is None:
+        batches = np.full(channels, num_batches, dtype=np.int64)
+    else:
+        batches = np.asarray(valid, dtype=bool).sum(axis=0, dtype=np.int64)
+    if statistics == "precise":
+        mean, variance = stats.mean, stats.variance
+        if valid is not None:
+            mean = np.where(valid, mean, 0.0)
+            variance = np.where(valid, variance, 0.0)
+        return MeanFold(mean.sum(axis=0), variance.sum(axis=0), batches)
+    if statistics != "exact":
+        raise ValueError(f"unknown statistics {statistics!r}")
+    return PopulationFold(population_moments(stats), batches)
+
+
+def population_moments(batches: Moments) -> Moments:
+    """The moments of every value of ``K`` batches, from each batch's ``(K, C)``.
+
+    ``n = sum n_k``, ``mean = sum n_k m_k / n``, and ``M2 = sum n_k v_k +
+    sum n_k (m_k - mean)**2``: deviations from the batch means, then the
+    spread of those means, never ``E[x**2] - E[x]**2``.
+    """
+    count = np.asarray(batches.count, dtype=np.float64)
+    n = count.sum(axis=0)
+    safe = np.where(n > 0, n, 1.0)
+    mean = (count * batches.mean).sum(axis=0) / safe
+    spread = batches.mean - mean
+    m2 = (count * batches.variance).sum(axis=0) + (count * spread * spread).sum(axis=0)
+    return Moments(n, np.where(n > 0, mean, 0.0), np.where(n > 0, m2 / safe, 0.0))
 
 
 def fold_batches(

@@ -62,6 +62,14 @@ def _check_bool(name: str, value: Any) -> bool:
     return bool(value)
 
 
+def _check_statistics(value: Any) -> str:
+    if value not in kernels.STATISTICS:
+        raise ConfigError(
+            f"statistics must be one of {', '.join(kernels.STATISTICS)}, got {value!r}"
+        )
+    return str(value)
+
+
 def _check_float(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | np.number):
         raise ConfigError(f"{name} must be a number, got {value!r}")
@@ -191,10 +199,17 @@ class BatchNormalization:
         self.moving_mean64 = np.zeros(0)
         self.moving_variance64 = np.zeros(0)
         self.channel_batches = np.zeros(0, dtype=np.int64)
+        self.channel_count = np.zeros(0)
         self.batches_seen = 0
         self.samples_seen = 0
         self.epochs = 0
         self.resume: dict[str, Any] | None = None
+        #: How the moving statistics sum up batches: "ema" (Keras's moving
+        #: average), "precise" or "exact" (see :data:`bncli.kernels.STATISTICS`).
+        self.statistics = "ema"
+        #: Where the moving statistics started: "initializers", or "imported"
+        #: values (the share of the initializers is then 0).
+        self.statistics_start = "initializers"
 
     # ------------------------------------------------------------------ config
 
@@ -302,14 +317,8 @@ class BatchNormalization:
 
         self._gamma = init("gamma") if self.scale else None
         self._beta = init("beta") if self.center else None
-        # The accumulators start from the stored variables, so that a float64
-        # run starts exactly where Keras's float32 variables do.
-        self.moving_mean64 = init("moving_mean").astype(np.float64)
-        self.moving_variance64 = init("moving_variance").astype(np.float64)
-        self.channel_batches = np.zeros(channels, dtype=np.int64)
-        self.batches_seen = self.samples_seen = self.epochs = 0
-        self.resume = None
         self.built = True
+        self.reset_statistics()
 
     def _cast(self, value: npt.NDArray[Any]) -> npt.NDArray[Any]:
         # Values beyond the variable dtype's range become inf, as in Keras;
@@ -411,11 +420,46 @@ class BatchNormalization:
         if not self.built:
             raise ConfigError("the layer is not built: call it on data or fit it")
 
+    def reset_statistics(self, statistics: str | None = None) -> None:
+        """Start the moving statistics and the progress again, from the initializers.
+
+        The moving mean and variance take their initializers' values again,
+        the counters go to 0 and ``statistics`` (if given) becomes the mode;
+        the config, gamma and beta are kept.
+        """
+        self.require_built()
+        if statistics is not None:
+            self.statistics = _check_statistics(statistics)
+        shape = (self.channels,)
+
+        def initial(name: str) -> npt.NDArray[np.float64]:
+            config = getattr(self, f"{name}_initializer")
+            value = compute.initial_value(config, shape, np.dtype(np.float64), None)
+            # Start where Keras's variables do: the value in the variable dtype.
+            fitted = self._in_variable_dtype(np.asarray(value), f"{name}_initializer")
+            return fitted.astype(np.float64)
+
+        # The accumulators start from the stored variables, so that a float64
+        # run starts exactly where Keras's float32 variables do.
+        self.moving_mean64 = initial("moving_mean")
+        self.moving_variance64 = initial("moving_variance")
+        self.channel_batches = np.zeros(self.channels, dtype=np.int64)
+        self.channel_count = np.zeros(self.channels)
+        self.batches_seen = self.samples_seen = self.epochs = 0
+        self.resume = None
+        self.statistics_start = "initializers"
+
     def initializer_share(self) -> npt.NDArray[np.float64]:
         """Per channel, the weight of the initial value still in the moving statistics.
 
-        ``momentum ** n`` with ``n`` the batches that updated the channel.
+        ``momentum ** n`` with ``n`` the batches that updated the channel, for
+        ``"ema"``; in the population modes 1 until a channel has a batch,
+        then 0. Imported statistics are no initializer: 0.
         """
+        if self.statistics_start == "imported":
+            return np.zeros(self.channels)
+        if self.statistics != "ema":
+            return np.where(self.channel_batches > 0, 0.0, 1.0)
         return np.power(self.momentum, self.channel_batches.astype(np.float64))
 
     def regularization_penalties(self) -> dict[str, float]:
@@ -473,8 +517,8 @@ class BatchNormalization:
             if not np.isfinite(stats.mean).all():
                 raise DataError("NaN or infinity in the inputs")
             self.apply_fold(
-                kernels.fold_batches(
-                    stats.mean, stats.variance, stats.count > 0, self.momentum
+                kernels.fold_statistics(
+                    stats, stats.count > 0, self.momentum, self.statistics
                 ),
                 batches=1,
                 samples=x.shape[0],
@@ -535,12 +579,18 @@ class BatchNormalization:
                 )
         return out
 
-    def apply_fold(self, fold: kernels.Fold, *, batches: int, samples: int) -> None:
+    def apply_fold(self, fold: kernels.AnyFold, *, batches: int, samples: int) -> None:
         """Advance the moving statistics by ``fold`` and the counters."""
-        self.moving_mean64, self.moving_variance64 = fold.apply(
-            self.moving_mean64, self.moving_variance64
+        moving = fold.apply_to(
+            kernels.Moving(
+                self.moving_mean64,
+                self.moving_variance64,
+                self.channel_batches,
+                self.channel_count,
+            )
         )
-        self.channel_batches = self.channel_batches + fold.batches
+        self.moving_mean64, self.moving_variance64 = moving.mean, moving.variance
+        self.channel_batches, self.channel_count = moving.batches, moving.count
         self.batches_seen += batches
         self.samples_seen += samples
 
@@ -566,6 +616,10 @@ class BatchNormalization:
         resume: bool = False,
         engine: str = "local",
         scheduler: str | None = None,
+        stats: str | None = None,
+        reset_statistics: bool = False,
+        until_share: float | None = None,
+        max_epochs: int = 1000,
     ) -> FitSummary:
         """Stream batches from files and update the moving statistics as Keras.
 
@@ -576,11 +630,23 @@ class BatchNormalization:
         on a Dask cluster (``scheduler``, or a local one of ``workers``
         processes).
 
+        ``stats`` is ``"ema"`` (Keras's moving average), ``"precise"`` (the
+        equal-weight mean over batches of the batch means and biased
+        variances) or ``"exact"`` (the mean and biased variance of every
+        value); None keeps the layer's own. ``reset_statistics`` starts the
+        moving statistics and the counters again first. ``until_share`` goes
+        on with whole epochs until the initializers weigh under it in every
+        channel, for at most ``max_epochs`` epochs.
+
         Returns:
             A :class:`FitSummary`.
 
         Raises:
             StateFrozenError: the layer is frozen.
+            StateMismatchError: ``stats`` unlike the mode of a layer that has
+                seen batches (without ``reset_statistics``).
+            NotConvergedError: ``until_share`` not reached in ``max_epochs``
+                (the layer keeps what it fitted).
             DataError: unreadable or inconsistent inputs.
         """
         from bncli.engines.base import FitOptions
@@ -599,6 +665,10 @@ class BatchNormalization:
             replicas=replicas,
             nan_policy=nan_policy,
             workers=workers,
+            statistics=stats,
+            reset_statistics=reset_statistics,
+            until_share=until_share,
+            max_epochs=max_epochs,
         )
         return fit_layer(
             self,
@@ -643,6 +713,9 @@ class BatchNormalization:
             samples_seen=self.samples_seen,
             epochs=self.epochs,
             resume=self.resume,
+            statistics=self.statistics,
+            statistics_start=self.statistics_start,
+            channel_count=self.channel_count,
         )
 
     @classmethod
@@ -678,6 +751,13 @@ class BatchNormalization:
         layer.samples_seen = int(state.samples_seen)
         layer.epochs = int(state.epochs)
         layer.resume = state.resume
+        layer.statistics = state.statistics
+        layer.statistics_start = state.statistics_start
+        layer.channel_count = (
+            np.zeros(len(layer.features))
+            if state.channel_count is None
+            else np.asarray(state.channel_count, dtype=np.float64)
+        )
         layer.built = True
         return layer
 

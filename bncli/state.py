@@ -64,7 +64,12 @@ __all__ = [
 ]
 
 FORMAT = "bncli-state"
-FORMAT_VERSION = 2
+#: The newest version written and read. States in Keras's moving average
+#: are written as version 2, which earlier bncli releases read; version 3
+#: adds the population modes, which they must refuse rather than misread.
+FORMAT_VERSION = 3
+_MODES_VERSION = 3
+STATISTICS = ("ema", "precise", "exact")
 VARIABLE_NAMES = ("gamma", "beta", "moving_mean", "moving_variance")
 _MAX_CHANNELS = MAX_CHANNELS
 
@@ -86,6 +91,12 @@ class State:
     samples_seen: int = 0
     epochs: int = 0
     resume: dict[str, Any] | None = None
+    #: How the moving statistics sum up batches: "ema", "precise" or "exact".
+    statistics: str = "ema"
+    #: Where they started: "initializers" or "imported".
+    statistics_start: str = "initializers"
+    #: Values per channel summed up ("exact"); zeros otherwise.
+    channel_count: npt.NDArray[np.float64] | None = None
 
     @property
     def channels(self) -> int:
@@ -306,6 +317,17 @@ def _read(f: Any, path: Path) -> State:
     channel_batches = np.asarray(read_accumulator("channel_batches"), dtype=np.int64)
     if channel_batches.shape != (channels,) or (channel_batches < 0).any():
         raise StateError("corrupt state (channel_batches)", path=path)
+    statistics = attribute_text(f.attrs.get("statistics", "ema"))
+    start = attribute_text(f.attrs.get("statistics_start", "initializers"))
+    if statistics not in STATISTICS or start not in ("initializers", "imported"):
+        raise StateError(
+            f"corrupt state (statistics {statistics!r} from {start!r})", path=path
+        )
+    channel_count = np.zeros(channels)
+    if statistics == "exact":
+        channel_count = np.asarray(read_accumulator("channel_count"), dtype=np.float64)
+        if not (np.isfinite(channel_count).all() and (channel_count >= 0).all()):
+            raise StateError("corrupt state (channel_count)", path=path)
     progress = _child(f, "progress", path).attrs
     resume = f.attrs.get("resume")
     state = State(
@@ -322,6 +344,9 @@ def _read(f: Any, path: Path) -> State:
         samples_seen=int(progress["samples_seen"]),
         epochs=int(progress["epochs"]),
         resume=None if resume is None else _check_resume(attribute_text(resume), path),
+        statistics=statistics,
+        statistics_start=start,
+        channel_count=channel_count,
     )
     if min(state.batches_seen, state.samples_seen, state.epochs) < 0:
         raise StateError("corrupt state (negative progress counters)", path=path)
@@ -428,7 +453,9 @@ def write_contents(f: Any, state: State) -> None:
     import h5py
 
     f.attrs["format"] = FORMAT
-    f.attrs["format_version"] = FORMAT_VERSION
+    f.attrs["format_version"] = 2 if state.statistics == "ema" else _MODES_VERSION
+    f.attrs["statistics"] = state.statistics
+    f.attrs["statistics_start"] = state.statistics_start
     f.attrs["bncli_version"] = __version__
     f.attrs["config"] = json.dumps(state.config)
     f.attrs["kind"] = state.kind
@@ -449,6 +476,8 @@ def write_contents(f: Any, state: State) -> None:
     acc.create_dataset("moving_mean", data=state.moving_mean64)
     acc.create_dataset("moving_variance", data=state.moving_variance64)
     acc.create_dataset("channel_batches", data=state.channel_batches)
+    if state.channel_count is not None and state.statistics == "exact":
+        acc.create_dataset("channel_count", data=state.channel_count)
     progress = f.create_group("progress")
     progress.attrs["batches_seen"] = state.batches_seen
     progress.attrs["samples_seen"] = state.samples_seen

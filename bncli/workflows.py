@@ -30,7 +30,13 @@ from bncli.engines.base import (
     TransformOptions,
     TransformSummary,
 )
-from bncli.errors import StateError, StateMismatchError, StateNotFoundError, UsageError
+from bncli.errors import (
+    NotConvergedError,
+    StateError,
+    StateMismatchError,
+    StateNotFoundError,
+    UsageError,
+)
 from bncli.progress import Progress
 
 __all__ = [
@@ -117,19 +123,25 @@ def fit_state(
                 )
             kwargs = {k: v for k, v in layer_options.items() if v is not None}
             layer = BatchNormalization(**kwargs, seed=seed)
-        summary = fit_layer(
-            layer,
-            list(inputs),
-            options,
-            make_engine(engine, scheduler=scheduler, workers=options.workers),
-            checkpoint_every=checkpoint_every,
-            # Beside the state, never in it: a fit that fails leaves the
-            # state as it was (and its checkpoint, for --resume).
-            checkpoint=lambda current: current.save(checkpoint),
-            progress=progress,
-            resume=resume,
-            given=given,
-        )
+        try:
+            summary = fit_layer(
+                layer,
+                list(inputs),
+                options,
+                make_engine(engine, scheduler=scheduler, workers=options.workers),
+                checkpoint_every=checkpoint_every,
+                # Beside the state, never in it: a fit that fails leaves the
+                # state as it was (and its checkpoint, for --resume).
+                checkpoint=lambda current: current.save(checkpoint),
+                progress=progress,
+                resume=resume,
+                given=given,
+            )
+        except NotConvergedError:
+            # The epochs ran: their result is saved, then the goal missed is told.
+            layer.save(path)
+            checkpoint.unlink(missing_ok=True)
+            raise
         layer.save(path)
         checkpoint.unlink(missing_ok=True)
     return FitResult(path, summary, layer.batches_seen, layer.samples_seen)
@@ -346,6 +358,9 @@ def keras_layer(
         built.beta = variables["beta"]
     built.moving_mean = variables["moving_mean"]
     built.moving_variance = variables["moving_variance"]
+    # Trained values, not initializers: nothing to dilute (share 0) until a
+    # fit starts them again with reset_statistics.
+    built.statistics_start = "imported"
     return built
 
 

@@ -32,9 +32,12 @@ import numpy as np
 __all__ = [
     "Stats",
     "batch_bounds",
+    "cells",
+    "exact_reference",
     "fit",
     "inference",
     "moments",
+    "precise_reference",
     "shard_indexes",
     "train_step",
     "training_outputs",
@@ -299,3 +302,69 @@ def inference(
     variance = np.asarray(moving_variance, dtype=np.float64)
     out = _normalize(cells, mean, variance, gamma, beta, epsilon)
     return _uncells(out, data.shape, axis)
+
+
+# ------------------------------------------ population statistics (--stats)
+
+
+def _batch_slices(n: int, batch_size: int, drop_remainder: bool = False) -> list[slice]:
+    """The batches of ``n`` samples, as slices."""
+    stops = list(range(batch_size, n + 1, batch_size))
+    if not drop_remainder and (not stops or stops[-1] < n):
+        stops.append(n)
+    starts = [0, *stops[:-1]]
+    return [slice(a, b) for a, b in zip(starts, stops, strict=True)]
+
+
+def cells(x: np.ndarray, axis: int) -> np.ndarray:
+    """``x`` as ``(N, P, C)`` float64: the channel axis last."""
+    return _cells(x, axis)
+
+
+def precise_reference(
+    x: np.ndarray,
+    mask: np.ndarray | None = None,
+    *,
+    axis: int = -1,
+    batch_size: int = 32,
+    replicas: int = 1,
+    drop_remainder: bool = False,
+    epochs: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """PyTorch's ``momentum=None``: ``running += (batch - running) / (n + 1)``."""
+    values_of = cells(x, axis)
+    keep = np.ones(values_of.shape, bool) if mask is None else mask
+    channels = values_of.shape[-1]
+    running_mean = np.zeros(channels)
+    running_var = np.ones(channels)
+    n = np.zeros(channels)
+    for _ in range(epochs):
+        for batch in _batch_slices(len(values_of), batch_size, drop_remainder):
+            shards = np.array_split(np.arange(batch.start, batch.stop), replicas)
+            for c in range(channels):
+                means, variances = [], []
+                for shard in shards:
+                    values = values_of[shard, :, c][keep[shard, :, c]]
+                    if len(shard) and len(values):
+                        means.append(values.mean())
+                        variances.append(((values - values.mean()) ** 2).mean())
+                if not means:
+                    continue  # no value of this channel in the batch
+                n[c] += 1
+                running_mean[c] += (np.mean(means) - running_mean[c]) / n[c]
+                running_var[c] += (np.mean(variances) - running_var[c]) / n[c]
+    return running_mean, running_var
+
+
+def exact_reference(
+    x: np.ndarray, mask: np.ndarray | None = None, *, axis: int = -1
+) -> tuple[np.ndarray, np.ndarray]:
+    """The mean and biased variance of every unmasked value, per channel."""
+    values_of = cells(x, axis)
+    keep = np.ones(values_of.shape, bool) if mask is None else mask
+    means, variances = [], []
+    for c in range(values_of.shape[-1]):
+        values = values_of[..., c][keep[..., c]]
+        means.append(values.mean())
+        variances.append(values.var())
+    return np.array(means), np.array(variances)

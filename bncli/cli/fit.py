@@ -53,6 +53,36 @@ LAYER_OPTIONS = tuple(
     show_default=True,
     help="Split each batch into R shards, as R data-parallel devices.",
 )
+@click.option(
+    "--stats",
+    "statistics",
+    type=click.Choice(["ema", "precise", "exact"]),
+    default=None,
+    help="How batches sum up: ema (Keras's moving average, the default for a new "
+    "state), precise (the mean over batches of their statistics) or exact (the "
+    "mean and variance of every value). A state keeps its own.",
+)
+@click.option(
+    "--reset-statistics",
+    is_flag=True,
+    help="Start the moving statistics and the progress again from the "
+    "initializers before the fit (config, gamma and beta are kept).",
+)
+@click.option(
+    "--until-share",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    metavar="X",
+    help="After the epochs asked for, go on with whole epochs until the "
+    "initializers weigh under X in every channel (ema only).",
+)
+@click.option(
+    "--max-epochs",
+    type=POSITIVE,
+    default=1000,
+    show_default=True,
+    help="With --until-share: the most epochs this run may take.",
+)
 @data_options
 @click.option(
     "--checkpoint-every",

@@ -164,6 +164,8 @@ def _floats(values: Any) -> list[float]:
 
 def state_document(layer: Any) -> dict[str, Any]:
     """The ``inspect --json`` document of a state (the keys the README lists)."""
+    from bncli.health import convergence
+
     variables = {}
     if layer.gamma is not None:
         variables["gamma"] = _floats(layer.gamma)
@@ -182,6 +184,8 @@ def state_document(layer: Any) -> dict[str, Any]:
         },
         "initializer_share": float(layer.initializer_share().max()),
         "regularization": layer.regularization_penalties(),
+        "statistics": layer.statistics,
+        "convergence": convergence(layer),
     }
 
 
@@ -311,7 +315,9 @@ def print_state(layer: Any, path: str, drift: dict[str, Any] | None = None) -> N
         f"{counted(layer.batches_seen, 'batch', 'batches')}, {counted(layer.samples_seen, 'sample')}, "
         f"{counted(layer.epochs, 'epoch')}",
     )
+    add("statistics", _statistics_line(layer))
     add("initializer share", f"{layer.initializer_share().max():.4%}")
+    add("convergence", _convergence_line(layer))
     console.print(head)
 
     table = Table(title="channels", title_justify="left")
@@ -388,6 +394,38 @@ def print_state(layer: Any, path: str, drift: dict[str, Any] | None = None) -> N
             warn(f"drift in {len(drifted)} channel(s): {', '.join(drifted)}")
         else:
             say(f"no drift: the data ({drift['samples']} samples) matches the state")
+
+
+def _statistics_line(layer: Any) -> str:
+    described = {
+        "ema": "ema (Keras's moving average)",
+        "precise": "precise (the mean over batches of their statistics)",
+        "exact": "exact (the mean and variance of every value)",
+    }[layer.statistics]
+    if layer.statistics_start == "imported":
+        described += "; started from imported values"
+    return described
+
+
+def _convergence_line(layer: Any) -> str:
+    from bncli.health import convergence
+
+    found = convergence(layer)
+    parts = []
+    if found["window"] is not None:
+        parts.append(f"window {found['window']:.4g} batches")
+    needed = found["batches_to_1_percent"]
+    if needed is None:
+        parts.append("the share never falls (momentum 1)")
+    elif needed == 0:
+        parts.append("initializers under 1%")
+    else:
+        parts.append(
+            f"{counted(needed, 'batch', 'batches')} more to bring the share under 1%"
+        )
+    if found["debiased"] is not None and needed:
+        parts.append("debiased statistics in --json")
+    return ", ".join(parts)
 
 
 def print_model(path: str, layers: list[Any]) -> None:

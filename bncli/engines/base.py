@@ -75,6 +75,16 @@ class EngineLayer(Protocol):
     epochs: int
     #: The record of an interrupted fit (see :data:`RESUMED_OPTIONS`), or None.
     resume: dict[str, Any] | None
+    #: How the moving statistics sum up batches (:data:`bncli.kernels.STATISTICS`).
+    statistics: str
+    #: Batches fitted in all (since the statistics last started).
+    batches_seen: int
+
+    def reset_statistics(self, statistics: str | None = None) -> None:
+        """Start the moving statistics and the progress again (in ``statistics``)."""
+
+    def initializer_share(self) -> npt.NDArray[np.float64]:
+        """Per channel, the initial values' weight still in the moving statistics."""
 
     def require_built(self) -> None:
         """Raise a state error unless the layer has its variables."""
@@ -87,7 +97,7 @@ class EngineLayer(Protocol):
     ) -> None:
         """Allocate the variables for samples of ``sample_shape``."""
 
-    def apply_fold(self, fold: kernels.Fold, *, batches: int, samples: int) -> None:
+    def apply_fold(self, fold: kernels.AnyFold, *, batches: int, samples: int) -> None:
         """Advance the moving statistics by ``fold``, and the counters."""
 
     def output_dtype(self, name: str | None = None) -> np.dtype[Any]:
@@ -115,7 +125,7 @@ class BlockFold:
             checkpoint taken after them resumes).
     """
 
-    fold: kernels.Fold
+    fold: kernels.AnyFold
     batches: int
     samples: int
     end: int
@@ -147,6 +157,8 @@ class FitParams:
     replicas: int
     synchronized: bool
     channels: int
+    #: ``"ema"``, ``"precise"`` or ``"exact"``.
+    statistics: str = "ema"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,13 +180,27 @@ class FitOptions:
     replicas: int = 1
     nan_policy: str = "error"
     workers: int | None = None
+    #: ``"ema"``, ``"precise"`` or ``"exact"``; None keeps the layer's mode.
+    statistics: str | None = None
+    #: Start the moving statistics and the progress again before the fit.
+    reset_statistics: bool = False
+    #: Go on with whole epochs until the initializers' largest share is
+    #: under this (``"ema"`` only), for at most ``max_epochs`` in all.
+    until_share: float | None = None
+    max_epochs: int = 1000
 
     def checked(self) -> FitOptions:
         """These options, with every count checked to be a positive integer."""
+        if self.statistics is not None and self.statistics not in kernels.STATISTICS:
+            raise UsageError(
+                f"statistics must be one of {', '.join(kernels.STATISTICS)}, "
+                f"got {self.statistics!r}"
+            )
         return dataclasses.replace(
             self,
             batch_size=check_positive("batch size", self.batch_size),
             epochs=check_positive("epochs", self.epochs),
+            max_epochs=check_positive("max epochs", self.max_epochs),
             replicas=check_positive("replicas", self.replicas),
             workers=None
             if self.workers is None

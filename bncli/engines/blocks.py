@@ -5,7 +5,7 @@ straddles two workers' ranges, into pieces of it); what it computes on each
 is defined here once, so that engines differ only in where they run it.
 
 Fit: :func:`fold_block` reduces a block's batches to one
-:class:`bncli.kernels.Fold`; :func:`piece_moments` gives the moments of a
+:class:`bncli.kernels.Fold` (or a population mode's fold); :func:`piece_moments` gives the moments of a
 piece of a batch, per shard, and :class:`EpochFold` joins pieces and folds,
 in stream order, into the fold of an epoch. Transform: :func:`transform_chunk`
 normalizes a chunk into its outputs (:func:`output_rows`, reused through an
@@ -136,20 +136,20 @@ def _moments_scratch(batches: int, channels: int) -> tuple[np.ndarray, np.ndarra
 
 
 @quiet_nonfinite
-def fold_block(chunk: Chunk, params: FitParams) -> tuple[kernels.Fold, int, int]:
+def fold_block(chunk: Chunk, params: FitParams) -> tuple[kernels.AnyFold, int, int]:
     """The fold of a block's batches, with its batch and sample counts."""
     rows = kernels.to_rows(chunk.data, chunk.axis)
-    fold = kernels.identity_fold(params.channels)
+    fold = kernels.identity_fold(params.channels, params.statistics)
+    # "exact" takes every value: each batch's own moments, whatever the replicas.
+    synchronized = params.synchronized or params.statistics == "exact"
     batches = 0
     for start, stop, per_batch in equal_batch_runs(chunk, params.batch_size):
         x, m = as_batches(rows, chunk.mask, start, stop, per_batch)
-        if m is None and (params.replicas == 1 or params.synchronized):
+        if m is None and (params.replicas == 1 or synchronized):
             scratch = _moments_scratch(x.shape[0], x.shape[2])
             stats = kernels.batched_moments(x, out=scratch)
         else:
-            stats, _ = batch_statistics(
-                x, m, per_batch, params.replicas, params.synchronized
-            )
+            stats, _ = batch_statistics(x, m, per_batch, params.replicas, synchronized)
         # Without a mask every batch counts every channel (shards are never
         # empty): no (K, C) test of validity, and a cheap test of finiteness.
         valid = None if m is None and x.shape[1] else stats.count > 0
@@ -163,7 +163,7 @@ def fold_block(chunk: Chunk, params: FitParams) -> tuple[kernels.Fold, int, int]
             chunk.raise_nonfinite()
         fold = kernels.compose(
             fold,
-            kernels.fold_batches(stats.mean, stats.variance, valid, params.momentum),
+            kernels.fold_statistics(stats, valid, params.momentum, params.statistics),
         )
         batches += x.shape[0]
     return fold, batches, len(chunk)
@@ -210,7 +210,7 @@ class RangeFold:
     """
 
     head: Piece | None
-    fold: kernels.Fold
+    fold: kernels.AnyFold
     batches: int
     tail: Piece | None
 
@@ -297,7 +297,7 @@ def fold_range(
         if head_stop > start
         else None
     )
-    fold = kernels.identity_fold(plan.params.channels)
+    fold = kernels.identity_fold(plan.params.channels, plan.params.statistics)
     batches = 0
     for block in batch_blocks(taker.take(tail_start - head_stop), batch_size):
         block_fold, num_batches, _ = fold_block(block.chunk, plan.params)
@@ -335,18 +335,18 @@ class EpochFold:
 
     def __init__(self, plan: FitPlan) -> None:
         self.plan = plan
-        self.fold = kernels.identity_fold(plan.params.channels)
+        self.fold = kernels.identity_fold(plan.params.channels, plan.params.statistics)
         self.batches = 0
         self._open: Piece | None = None
 
-    def add(self, result: RangeFold) -> tuple[kernels.Fold, int]:
+    def add(self, result: RangeFold) -> tuple[kernels.AnyFold, int]:
         """Compose the next range's fold.
 
         Returns:
             The fold and count of the batches this range completes (its
             whole batches, and those its pieces close).
         """
-        parts: list[tuple[kernels.Fold, int]] = []
+        parts: list[tuple[kernels.AnyFold, int]] = []
         done = None if result.head is None else self._add_piece(result.head)
         if done is not None:
             parts.append((done, 1))
@@ -356,7 +356,9 @@ class EpochFold:
         done = None if result.tail is None else self._add_piece(result.tail)
         if done is not None:
             parts.append((done, 1))
-        fold = kernels.identity_fold(self.plan.params.channels)
+        fold = kernels.identity_fold(
+            self.plan.params.channels, self.plan.params.statistics
+        )
         for part, _ in parts:
             fold = kernels.compose(fold, part)
         batches = sum(count for _, count in parts)
@@ -364,7 +366,7 @@ class EpochFold:
         self.batches += batches
         return fold, batches
 
-    def finish(self) -> tuple[kernels.Fold, int]:
+    def finish(self) -> tuple[kernels.AnyFold, int]:
         """The epoch's fold and batch count."""
         self._require_closed()
         return self.fold, self.batches
@@ -373,7 +375,7 @@ class EpochFold:
         if self._open is not None:  # pragma: no cover - a planning bug
             raise RuntimeError(f"batch {self._open.batch} is incomplete")
 
-    def _add_piece(self, piece: Piece) -> kernels.Fold | None:
+    def _add_piece(self, piece: Piece) -> kernels.AnyFold | None:
         """Add a piece; the fold of its batch if the piece completes it."""
         if self._open is None:
             self._open = piece
@@ -386,8 +388,17 @@ class EpochFold:
         done, self._open = self._open, None
         return self._fold_batch(done)
 
-    def _fold_batch(self, piece: Piece) -> kernels.Fold:
-        stats = kernels.combine_shards([piece.shards[i] for i in sorted(piece.shards)])
+    def _fold_batch(self, piece: Piece) -> kernels.AnyFold:
+        """The fold of one batch whose pieces are all in: its shards combined
+        as the moving update takes them (Chan-merged for ``"exact"``)."""
+        params = self.plan.params
+        shards = [piece.shards[i] for i in sorted(piece.shards)]
+        if params.statistics == "exact":
+            stats = shards[0]
+            for shard in shards[1:]:
+                stats = kernels.merge_moments(stats, shard)
+        else:
+            stats = kernels.combine_shards(shards)
         valid = stats.count > 0
         if not (
             np.isfinite(stats.mean[valid]).all()
@@ -396,11 +407,11 @@ class EpochFold:
             raise DataError(
                 "values too large: their moments overflow float64", batch=piece.batch
             )
-        return kernels.fold_batches(
-            stats.mean[None],
-            stats.variance[None],
-            valid[None],
-            self.plan.params.momentum,
+        batch = kernels.Moments(
+            stats.count[None], stats.mean[None], stats.variance[None]
+        )
+        return kernels.fold_statistics(
+            batch, valid[None], params.momentum, params.statistics
         )
 
 

@@ -31,7 +31,13 @@ from bncli.engines.base import (
     require_trainable,
 )
 from bncli.engines.inputs import open_fit_dataset
-from bncli.errors import DataError, StateError, StateMismatchError, UsageError
+from bncli.errors import (
+    DataError,
+    NotConvergedError,
+    StateError,
+    StateMismatchError,
+    UsageError,
+)
 from bncli.io.dataset import Dataset
 from bncli.progress import NullProgress, Progress
 
@@ -111,25 +117,46 @@ def fit_layer(
     epochs = options.epochs
     if checkpoint_every is not None:
         checkpoint_every = check_positive("checkpoint interval", checkpoint_every)
+    if options.until_share is not None:
+        _check_until_share(options, paths, layer)
+    if resume and options.reset_statistics:
+        raise UsageError(
+            "--reset-statistics cannot continue an interrupted fit; "
+            "leave out --resume to start the statistics again"
+        )
     dataset = open_fit_dataset(layer, paths, options, replay=epochs > 1 or resume)
+    _settle_statistics(layer, options)
     params = FitParams(
         options.batch_size,
         layer.momentum,
         options.replicas,
         layer.synchronized,
         layer.channels,
+        layer.statistics,
     )
     record = _resume_record(options, paths, dataset)
     if resume and layer.resume and "files" in layer.resume:  # absent from old records
         _check_unchanged(layer.resume["files"], record["files"])
+    until = options.until_share
+
+    def more_epochs(epoch: int) -> bool:
+        if epoch < epochs:
+            return True
+        if until is None or epoch >= options.max_epochs:
+            return False
+        return float(layer.initializer_share().max()) >= until
+
     batches = samples = since_checkpoint = 0
+    epoch = start_epoch
     with engine.open(dataset, params, options) as stream:
         total = stream.samples
         progress.start(
-            None if total is None else total * (epochs - start_epoch) - start_sample,
+            None
+            if total is None or until is not None
+            else total * (epochs - start_epoch) - start_sample,
             dataset.sample_bytes,
         )
-        for epoch in range(start_epoch, epochs):
+        while more_epochs(epoch):
             first = start_sample if epoch == start_epoch else 0
             for block in stream.epoch(first):
                 layer.apply_fold(
@@ -148,13 +175,68 @@ def fit_layer(
                     checkpoint(layer)
                     since_checkpoint = 0
             layer.epochs += 1
+            epoch += 1
     if samples == 0 and start_sample == 0:
         raise DataError("empty input: no sample to fit", path=dataset.sources[0].path)
     layer.resume = None
     progress.finish()
-    return FitSummary(
-        batches, samples, epochs - start_epoch, time.perf_counter() - started
+    summary = FitSummary(
+        batches, samples, epoch - start_epoch, time.perf_counter() - started
     )
+    if until is not None:
+        share = float(layer.initializer_share().max())
+        if share >= until:
+            raise NotConvergedError(
+                f"the initializers still weigh {share:.3%} after "
+                f"{options.max_epochs} epochs, not under --until-share {until:g}",
+                summary=summary,
+                hint="raise --max-epochs, or fit on more data",
+            )
+    return summary
+
+
+def _check_until_share(
+    options: FitOptions, paths: Sequence[str | os.PathLike[str]], layer: EngineLayer
+) -> None:
+    """``--until-share``: a share in (0, 1), epochs it may repeat, Keras's average."""
+    share = options.until_share
+    if share is None or not 0 < share < 1:
+        raise UsageError(
+            f"--until-share must lie strictly between 0 and 1, got {share}"
+        )
+    if any(os.fspath(p) == "-" for p in paths):
+        raise UsageError("--until-share repeats epochs: not with '-' (stdin)")
+    mode = options.statistics or layer.statistics
+    if options.statistics is None and options.reset_statistics:
+        mode = layer.statistics
+    if mode != "ema":
+        raise UsageError(
+            f"--until-share is for the ema statistics (the initializers' share "
+            f"is 0 after one batch with --stats {mode})"
+        )
+    if options.epochs > options.max_epochs:
+        raise UsageError(
+            f"--epochs {options.epochs} is more than --max-epochs {options.max_epochs}"
+        )
+
+
+def _settle_statistics(layer: EngineLayer, options: FitOptions) -> None:
+    """Reset the statistics if asked, and settle the mode the fit goes on in.
+
+    A state goes on in its own mode; another one is a mismatch (exit 4)
+    once it has seen a batch, unless its statistics start again.
+    """
+    wanted = options.statistics
+    if options.reset_statistics:
+        layer.reset_statistics(wanted)
+    elif wanted is not None and wanted != layer.statistics:
+        if layer.batches_seen:
+            raise StateMismatchError(
+                f"--stats {wanted} contradicts the state's statistics "
+                f"{layer.statistics}",
+                hint="add --reset-statistics to start them again in that mode",
+            )
+        layer.statistics = wanted
 
 
 # ------------------------------------------------------------------- resume

@@ -19,13 +19,15 @@ from tests.conftest import PRECISE
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "sample_data"
-SPEC_KEYS = [
+DOCUMENTED_KEYS = [
     "config",
     "variables",
     "features",
     "progress",
     "initializer_share",
     "regularization",
+    "statistics",
+    "convergence",
 ]
 
 
@@ -69,7 +71,7 @@ def test_fit_transform_inspect_on_a_table(run_cli, tmp_path, table):
     r = run_cli("inspect", "s.h5", "--json")
     assert r.exit_code == 0, r.stderr
     doc = json.loads(r.stdout)
-    assert list(doc) == SPEC_KEYS
+    assert list(doc) == DOCUMENTED_KEYS
     assert doc["features"] == ["a", "b"]
     assert doc["progress"] == {"batches_seen": 7, "samples_seen": 100, "epochs": 1}
     assert doc["initializer_share"] == pytest.approx(0.6**7, rel=1e-14)

@@ -136,6 +136,29 @@ class EngineContract:
         expected = reference.fit(data["x"], momentum=0.9, batch_size=9, epochs=2)
         _assert_matches(layer, expected)
 
+    @pytest.mark.parametrize("mode", ["precise", "exact"])
+    def test_population_modes_equal_their_formulas(self, data, mode):
+        layer = bncli.BatchNormalization()
+        self.fit(
+            layer,
+            data["arrays"],
+            batch_size=9,
+            replicas=2,
+            epochs=2,
+            mask=[data["mask_path"]],
+            statistics=mode,
+        )
+        keep = np.broadcast_to(data["mask"][:, :, None], (N, 4, 3))
+        if mode == "exact":
+            mean, variance = reference.exact_reference(data["x"], keep)
+        else:
+            mean, variance = reference.precise_reference(
+                data["x"], keep, batch_size=9, replicas=2, epochs=2
+            )
+        np.testing.assert_allclose(layer.moving_mean64, mean, **FAST)
+        np.testing.assert_allclose(layer.moving_variance64, variance, **FAST)
+        assert layer.statistics == mode
+
     def test_fit_with_a_mask_equals_the_reference_loop(self, data):
         layer = bncli.BatchNormalization(momentum=0.8)
         self.fit(layer, data["arrays"], batch_size=10, mask=[data["mask_path"]])
