@@ -15,17 +15,31 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["BatchNormalization", "FitSummary", "__version__", "load"]
+__all__ = [
+    "BatchNormalization",
+    "FitSummary",
+    "__version__",
+    "fit_part",
+    "load",
+    "merge",
+]
 
 #: Public name -> the module that defines it.
 _LAZY = {
     "BatchNormalization": "bncli.layer",
     "FitSummary": "bncli.layer",
     "load": "bncli.layer",
+    "fit_part": "bncli.parts",
+    "merge": "bncli.parts",
 }
+
+#: Public names spelled otherwise in their module.
+_ATTRIBUTES = {"merge": "merge_parts"}
 
 if TYPE_CHECKING:
     from bncli.layer import BatchNormalization, FitSummary, load
+    from bncli.parts import fit_part
+    from bncli.parts import merge_parts as merge
 
 
 def __getattr__(name: str) -> Any:
@@ -34,7 +48,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'bncli' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(module), _ATTRIBUTES.get(name, name))
     globals()[name] = value
     return value
 

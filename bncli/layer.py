@@ -210,6 +210,8 @@ class BatchNormalization:
         #: Where the moving statistics started: "initializers", or "imported"
         #: values (the share of the initializers is then 0).
         self.statistics_start = "initializers"
+        #: A partial state's part (see :mod:`bncli.parts`), None for a whole one.
+        self.part: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ config
 
@@ -419,6 +421,16 @@ class BatchNormalization:
         """Raise ConfigError unless the variables exist (built by data or a fit)."""
         if not self.built:
             raise ConfigError("the layer is not built: call it on data or fit it")
+
+    def require_whole(self) -> None:
+        """Raise StateError for a partial state: only its merge is a layer to use."""
+        if self.part is not None:
+            record = self.part["record"]
+            raise StateError(
+                f"a partial state (rows {record.get('start')}:{record.get('stop')} "
+                f"of {record.get('rows')}); merge the parts first",
+                hint="bncli merge STATE PART...",
+            )
 
     def reset_statistics(self, statistics: str | None = None) -> None:
         """Start the moving statistics and the progress again, from the initializers.
@@ -716,6 +728,7 @@ class BatchNormalization:
             statistics=self.statistics,
             statistics_start=self.statistics_start,
             channel_count=self.channel_count,
+            part=self.part,
         )
 
     @classmethod
@@ -753,6 +766,7 @@ class BatchNormalization:
         layer.resume = state.resume
         layer.statistics = state.statistics
         layer.statistics_start = state.statistics_start
+        layer.part = state.part
         layer.channel_count = (
             np.zeros(len(layer.features))
             if state.channel_count is None

@@ -97,6 +97,9 @@ class State:
     statistics_start: str = "initializers"
     #: Values per channel summed up ("exact"); zeros otherwise.
     channel_count: npt.NDArray[np.float64] | None = None
+    #: A partial state's part (:mod:`bncli.parts`): a JSON record and named
+    #: float64 arrays of at most two dimensions; None for a whole state.
+    part: dict[str, Any] | None = None
 
     @property
     def channels(self) -> int:
@@ -328,6 +331,7 @@ def _read(f: Any, path: Path) -> State:
         channel_count = np.asarray(read_accumulator("channel_count"), dtype=np.float64)
         if not (np.isfinite(channel_count).all() and (channel_count >= 0).all()):
             raise StateError("corrupt state (channel_count)", path=path)
+    part = _read_part(f, path) if "part" in f else None
     progress = _child(f, "progress", path).attrs
     resume = f.attrs.get("resume")
     state = State(
@@ -347,6 +351,7 @@ def _read(f: Any, path: Path) -> State:
         statistics=statistics,
         statistics_start=start,
         channel_count=channel_count,
+        part=part,
     )
     if min(state.batches_seen, state.samples_seen, state.epochs) < 0:
         raise StateError("corrupt state (negative progress counters)", path=path)
@@ -393,6 +398,37 @@ def _check_resume(text: str, path: Path) -> dict[str, Any]:
     if "files" in record and not files(record["files"]):  # absent from older records
         raise StateError("corrupt state (resume record: bad 'files')", path=path)
     return record
+
+
+#: Arrays a partial state may hold, and the values in all: its fold's and
+#: its two pieces' (a piece holds a few shards' moments).
+_MAX_PART_ARRAYS = 32
+_MAX_PART_VALUES = 1 << 26
+
+
+def _read_part(f: Any, path: Path) -> dict[str, Any]:
+    """A partial state's record and arrays, bounded; :mod:`bncli.parts` checks them."""
+    group = _child(f, "part", path)
+    try:
+        record = json.loads(attribute_text(group.attrs["record"]))
+    except (KeyError, ValueError) as e:
+        raise StateError("corrupt state (part record)", path=path) from e
+    if not isinstance(record, dict):
+        raise StateError("corrupt state (part record is not an object)", path=path)
+    names = list(group)
+    if len(names) > _MAX_PART_ARRAYS:
+        raise StateError("corrupt state (too many part arrays)", path=path)
+    arrays = {}
+    left = _MAX_PART_VALUES
+    for name in names:
+        dataset = _child(group, name, path)
+        value = _corrupt_unless(hdf5.read_dataset, dataset, f"part/{name}", path, left)
+        value = np.asarray(value)
+        if value.ndim > 2 or value.dtype.kind != "f" or not np.isfinite(value).all():
+            raise StateError(f"corrupt state (part/{name})", path=path)
+        left -= value.size
+        arrays[name] = value.astype(np.float64)
+    return {"record": record, "arrays": arrays}
 
 
 def attribute_text(value: Any) -> str:
@@ -453,7 +489,8 @@ def write_contents(f: Any, state: State) -> None:
     import h5py
 
     f.attrs["format"] = FORMAT
-    f.attrs["format_version"] = 2 if state.statistics == "ema" else _MODES_VERSION
+    plain = state.statistics == "ema" and state.part is None
+    f.attrs["format_version"] = 2 if plain else _MODES_VERSION
     f.attrs["statistics"] = state.statistics
     f.attrs["statistics_start"] = state.statistics_start
     f.attrs["bncli_version"] = __version__
@@ -478,6 +515,11 @@ def write_contents(f: Any, state: State) -> None:
     acc.create_dataset("channel_batches", data=state.channel_batches)
     if state.channel_count is not None and state.statistics == "exact":
         acc.create_dataset("channel_count", data=state.channel_count)
+    if state.part is not None:
+        part = f.create_group("part")
+        part.attrs["record"] = json.dumps(state.part["record"])
+        for name, array in state.part["arrays"].items():
+            part.create_dataset(name, data=np.asarray(array, dtype=np.float64))
     progress = f.create_group("progress")
     progress.attrs["batches_seen"] = state.batches_seen
     progress.attrs["samples_seen"] = state.samples_seen

@@ -219,6 +219,8 @@ def transform_state(
     from bncli.layer import load
 
     layer = load(state)
+    with _naming_state(Path(state)):
+        layer.require_whole()
     options = dataclasses.replace(
         options or TransformOptions(),
         reads=(*(options.reads if options else ()), state),
@@ -280,6 +282,8 @@ def export_state(
     checked = check_output(output, [state], overwrite, streams=False)
     assert checked.path is not None  # streams=False: always a path
     layer = load(state)
+    with _naming_state(Path(state)):
+        layer.require_whole()
     config = layer.get_config()
     notes = []
     if config["synchronized"]:

@@ -211,6 +211,7 @@ LAYERS = [
     {"state", "keras_compat", "engines"},
     {"health", "drift"},
     {"layer"},
+    {"parts"},
     {"workflows"},
     {"cli"},
     {"__main__"},

@@ -83,6 +83,19 @@ LAYER_OPTIONS = tuple(
     show_default=True,
     help="With --until-share: the most epochs this run may take.",
 )
+@click.option(
+    "--rows",
+    default=None,
+    metavar="START:STOP",
+    help="A partial fit of these rows of the stream (0-based; STOP may be left "
+    "out): STATE becomes a part for bncli merge.",
+)
+@click.option(
+    "--part",
+    default=None,
+    metavar="K/N",
+    help="A partial fit of the K-th of N equal row ranges (as numpy.array_split).",
+)
 @data_options
 @click.option(
     "--checkpoint-every",
@@ -135,6 +148,9 @@ def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
     if not inputs and not options["resume"]:
         raise UsageError("fit: give at least one INPUT (a file, a folder or -)")
     check_engine(options)
+    if options["rows"] is not None or options["part"] is not None:
+        _fit_part(state, inputs, options, layer_options, seed)
+        return
     if not options["resume"] and checkpoint_path(state).exists():
         warn(
             f"{checkpoint_path(state)} holds an unfinished fit's checkpoint; this "
@@ -188,3 +204,62 @@ def _given_on_the_command_line(names: tuple[str, ...]) -> frozenset[str]:
         if context.get_parameter_source(aliases.get(name, name))
         not in (None, ParameterSource.DEFAULT)
     )
+
+
+def _fit_part(
+    state: str,
+    inputs: tuple[str, ...],
+    options: dict[str, Any],
+    layer_options: dict[str, Any],
+    seed: int | None,
+) -> None:
+    """``fit --rows``/``--part``: a partial state for ``bncli merge``."""
+    from click.core import ParameterSource
+
+    from bncli.cli.render import after_commit, counted, emit_json, make_progress, say
+    from bncli.engines.base import FitOptions
+    from bncli.errors import UsageError
+    from bncli.parts import fit_part, parse_part, parse_rows
+
+    context = click.get_current_context()
+    for flag, name in (
+        ("--epochs", "epochs"),
+        ("--resume", "resume"),
+        ("--checkpoint-every", "checkpoint_every"),
+        ("--until-share", "until_share"),
+        ("--reset-statistics", "reset_statistics"),
+        ("--engine", "engine"),
+    ):
+        if context.get_parameter_source(name) not in (None, ParameterSource.DEFAULT):
+            raise UsageError(f"{flag} cannot be used with --rows or --part")
+    if options["rows"] is not None and options["part"] is not None:
+        raise UsageError("give one of --rows and --part")
+    rows = None if options["rows"] is None else parse_rows(options["rows"])
+    part = None if options["part"] is None else parse_part(options["part"])
+    done = fit_part(
+        state,
+        inputs,
+        engine_record(FitOptions, options),
+        rows=rows,
+        part=part,
+        layer_options=layer_options,
+        seed=seed,
+        wait=options["wait"],
+        progress=make_progress(options["quiet"], "fit part"),
+    )
+    result = {
+        "state": str(done.path),
+        "part": {"start": done.start, "stop": done.stop, "rows": done.rows},
+        "batches": done.summary.batches,
+        "samples": done.summary.samples,
+        "seconds": round(done.summary.seconds, 6),
+    }
+    with after_commit():
+        if options["as_json"]:
+            emit_json(result)
+        elif not options["quiet"]:
+            say(
+                f"fitted part {done.path}: rows {done.start}:{done.stop} of "
+                f"{done.rows}, {counted(done.summary.samples, 'sample')}; merge the "
+                "parts with: bncli merge STATE PART..."
+            )

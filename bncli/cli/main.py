@@ -57,6 +57,7 @@ COMMANDS = {
     "set": "bncli.cli.state_commands:set_values",
     "export": "bncli.cli.interop:export",
     "import": "bncli.cli.interop:import_",
+    "merge": "bncli.cli.merge:merge",
 }
 
 SUMMARIES = {
@@ -68,6 +69,7 @@ SUMMARIES = {
     "set": "Set gamma, beta or the moving statistics of a state.",
     "export": "Write a state as a Keras model (.keras) or weights file (.weights.h5).",
     "import": "Read a BatchNormalization layer of a Keras model file into a state.",
+    "merge": "Merge partial states (fit --rows/--part) into a state, as one fit.",
 }
 
 

@@ -186,6 +186,13 @@ def state_document(layer: Any) -> dict[str, Any]:
         "regularization": layer.regularization_penalties(),
         "statistics": layer.statistics,
         "convergence": convergence(layer),
+        **(
+            {}
+            if layer.part is None
+            else {
+                "part": {k: layer.part["record"][k] for k in ("start", "stop", "rows")}
+            }
+        ),
     }
 
 
@@ -315,6 +322,13 @@ def print_state(layer: Any, path: str, drift: dict[str, Any] | None = None) -> N
         f"{counted(layer.batches_seen, 'batch', 'batches')}, {counted(layer.samples_seen, 'sample')}, "
         f"{counted(layer.epochs, 'epoch')}",
     )
+    if layer.part is not None:
+        record = layer.part["record"]
+        add(
+            "part",
+            f"rows {record['start']}:{record['stop']} of {record['rows']} "
+            "(a partial state: merge it with bncli merge STATE PART...)",
+        )
     add("statistics", _statistics_line(layer))
     add("initializer share", f"{layer.initializer_share().max():.4%}")
     add("convergence", _convergence_line(layer))

@@ -11,12 +11,17 @@ from bncli.cli.options import debug_option
 
 
 def _edit(state: str, wait: bool, change: Any) -> Any:
+    from bncli.errors import StateError
     from bncli.layer import load
     from bncli.state import lock
 
     with lock(state, wait=wait):
         layer = load(state)
-        change(layer)
+        try:
+            change(layer)
+        except StateError as e:
+            e.path = e.path or state
+            raise
         layer.save(state)
     return layer
 
@@ -137,6 +142,7 @@ def set_values(state: str, wait: bool, debug: bool, **values: str | None) -> Non
         )
 
     def change(layer: Any) -> None:
+        layer.require_whole()
         for key, text in given.items():
             flag = "--" + key.replace("_", "-")
             array = _values(text, layer.channels, flag)

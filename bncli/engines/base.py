@@ -80,6 +80,9 @@ class EngineLayer(Protocol):
     #: Batches fitted in all (since the statistics last started).
     batches_seen: int
 
+    def require_whole(self) -> None:
+        """Raise a state error for a partial state."""
+
     def reset_statistics(self, statistics: str | None = None) -> None:
         """Start the moving statistics and the progress again (in ``statistics``)."""
 

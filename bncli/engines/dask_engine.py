@@ -364,6 +364,7 @@ def transform_layer(
     progress = progress or NullProgress()
     distributed = import_distributed()
     layer.require_built()
+    layer.require_whole()
     options = (options or TransformOptions()).checked()
     batch_size, workers = options.batch_size, options.workers
     if tasks is not None:

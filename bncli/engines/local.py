@@ -149,6 +149,7 @@ def transform_layer(
     started = time.perf_counter()
     progress = progress or NullProgress()
     layer.require_built()
+    layer.require_whole()
     options = (options or TransformOptions()).checked()
     batch_size, replicas = options.batch_size, options.replicas
     workers = options.workers or default_workers()

@@ -44,6 +44,7 @@ from bncli.progress import NullProgress, Progress
 __all__ = [
     "FitEngine",
     "FoldStream",
+    "fingerprints",
     "fit_layer",
 ]
 
@@ -107,6 +108,7 @@ def fit_layer(
     started = time.perf_counter()
     progress = progress or NullProgress()
     engine.refuse(paths, resume=resume, checkpoint_every=checkpoint_every)
+    layer.require_whole()
     require_trainable(layer)
     start_epoch = start_sample = 0
     if resume:
@@ -294,11 +296,11 @@ def _resume_record(
             for text in (os.fspath(p) for p in paths)
         ],
         "mask": _as_recorded("mask", options.mask),
-        "files": _fingerprints(dataset, options.mask),
+        "files": fingerprints(dataset, options.mask),
     }
 
 
-def _fingerprints(
+def fingerprints(
     dataset: Dataset, mask: Sequence[str | os.PathLike[str]] | None
 ) -> list[dict[str, Any]]:
     """Path, size and modification time of every file read, for ``--resume``."""
