@@ -24,6 +24,7 @@ import dataclasses
 import gc
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -118,12 +119,36 @@ def throughput_row(
 # ------------------------------------------------------------------ bncli
 
 
-def bncli_fit(path: Path, batch_size: int = BATCH, workers: int | None = None) -> Any:
+def bncli_fit(
+    path: Path,
+    batch_size: int = BATCH,
+    workers: int | None = None,
+    stats: str | None = None,
+) -> Any:
     import bncli
 
     layer = bncli.BatchNormalization()
-    layer.fit(path, batch_size=batch_size, workers=workers)
+    layer.fit(path, batch_size=batch_size, workers=workers, stats=stats)
     return layer
+
+
+def bncli_parts(path: Path, folder: Path, parts: int) -> list[Path]:
+    """``parts`` partial fits of ``path``, one after the other (as many hosts would)."""
+    import bncli
+    from bncli.engines.base import FitOptions
+
+    written = []
+    for k in range(1, parts + 1):
+        written.append(folder / f"part-{k}.h5")
+        bncli.fit_part(written[-1], [path], FitOptions(), part=(k, parts))
+    return written
+
+
+def bncli_merge(state: Path, parts: list[Path]) -> None:
+    import bncli
+
+    state.unlink(missing_ok=True)
+    bncli.merge(state, parts)
 
 
 def bncli_transform(
@@ -323,6 +348,25 @@ def main(argv: list[str] | None = None) -> int:
             throughput_row("fit NPY bs 8 vs bs 4096", rows, t_small, rows, t_large, 0.5)
         )
 
+        # ---- population statistics against Keras's moving average
+        for mode in ("precise", "exact"):
+            say(f"bench: fit --stats {mode}")
+            t_mode, t_ema = side_by_side(
+                lambda mode=mode: bncli_fit(npy, stats=mode),
+                lambda: bncli_fit(npy),
+                repeat,
+            )
+            add(
+                throughput_row(
+                    f"fit NPY --stats {mode} vs --stats ema",
+                    rows,
+                    t_mode,
+                    rows,
+                    t_ema,
+                    1 / 1.2,
+                )
+            )
+
         # ---- per-batch baselines on a prefix, against fit at batch size 32
         x = np.array(np.load(npy, mmap_mode="r")[:prefix])
         baselines = [
@@ -390,6 +434,25 @@ def main(argv: list[str] | None = None) -> int:
         add(
             throughput_row(
                 "fit Parquet vs pq.read_table", rows, t_pq, rows, t_read, 0.7
+            )
+        )
+
+        # ---- a fit sharded in 8 parts, then merged
+        say("bench: 8 partial fits of the Parquet file, and their merge")
+        parts_folder = work / "parts"
+        parts_folder.mkdir()
+        part_paths = bncli_parts(parquet, parts_folder, 8)
+        t_merge = median_time(
+            lambda: bncli_merge(work / "merged.h5", part_paths), repeat
+        )
+        add(
+            Row(
+                "merge of 8 parts of the Parquet fit (beyond the parts)",
+                f"{t_merge:.3f} s",
+                "1 s",
+                t_merge,
+                "< 1 s",
+                t_merge < 1.0,
             )
         )
 
@@ -520,7 +583,10 @@ def main(argv: list[str] | None = None) -> int:
             )
     finally:
         for path in work.iterdir():
-            path.unlink()
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
         work.rmdir()
 
     print_table(table, rows, quick)
