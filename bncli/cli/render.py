@@ -351,6 +351,14 @@ def print_state(layer: Any, path: str, drift: dict[str, Any] | None = None) -> N
             if column in ("channel", "std (log scale)", "flag")
             else "right",
         )
+    from bncli.health import convergence
+
+    debiased = convergence(layer)["debiased"]
+    if debiased is not None and layer.initializer_share().max() > 0:
+        table.add_column("debiased mean", justify="right")
+        table.add_column("debiased std", justify="right")
+    else:
+        debiased = None
     if drift is not None:
         table.add_column("mean shift", justify="right")
         table.add_column("var ratio", justify="right")
@@ -374,6 +382,15 @@ def print_state(layer: Any, path: str, drift: dict[str, Any] | None = None) -> N
             f"{share[c]:.2%}",
             flags[c],
         ]
+        if debiased is not None:
+            mean_c, variance_c = (
+                debiased["moving_mean"][c],
+                debiased["moving_variance"][c],
+            )
+            row += [
+                "-" if mean_c is None else f"{mean_c:.6g}",
+                "-" if variance_c is None else f"{math.sqrt(max(variance_c, 0.0)):.6g}",
+            ]
         if drift is not None:
             channel = drift["channels"][c]
             mark = " !" if channel["drift"] else ""
