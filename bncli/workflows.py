@@ -260,27 +260,39 @@ def export_state(
     output: str | os.PathLike[str],
     *,
     overwrite: bool = False,
+    into: str | os.PathLike[str] | None = None,
+    layer_name: str | None = None,
 ) -> ExportResult:
     """Write a state file as a Keras 3 model (``.keras``) or weights file (``.weights.h5``).
 
     The model is an Input of the state's per-sample shape and one stock
     BatchNormalization with the state's config and weights. Written
-    atomically; never over the state.
+    atomically; never over the state. With ``into``, ``output`` is instead a
+    copy of the model file ``into`` in which only layer ``layer_name``'s
+    variables hold the state's (see :func:`bncli.keras_compat.into.write_into`);
+    ``output`` may be ``into`` itself with ``overwrite``.
 
     Raises:
-        UsageError: another suffix, or an output that exists (without
-            ``overwrite``) or is the state.
-        StateError: an unreadable state.
+        UsageError: another suffix, an output that exists (without
+            ``overwrite``) or is the state, or (without ``into``) an existing
+            output that holds a model of more than one layer.
+        StateMismatchError: a state that does not fit the layer (exit 4).
+        StateError: an unreadable state or model.
     """
     from bncli.io.outputs import check_output
     from bncli.keras_compat.files import write_keras_model, write_weights_h5
     from bncli.layer import load
 
+    if into is not None:
+        return _export_into(state, output, into, layer_name, overwrite)
+    if layer_name is not None:
+        raise UsageError("--layer names a layer of --into MODEL; give --into")
     name = Path(output).name.lower()
     if not (name.endswith(".keras") or name.endswith(".weights.h5")):
         raise UsageError(f"{output}: export writes OUT.keras or OUT.weights.h5")
     checked = check_output(output, [state], overwrite, streams=False)
     assert checked.path is not None  # streams=False: always a path
+    _refuse_replacing_a_model(checked.path)
     layer = load(state)
     with _naming_state(Path(state)):
         layer.require_whole()
@@ -298,6 +310,62 @@ def export_state(
         write_keras_model(checked.path, config, variables, sample_shape)
     else:
         write_weights_h5(checked.path, config, variables)
+    return ExportResult(checked.path, notes)
+
+
+def _refuse_replacing_a_model(path: Path) -> None:
+    """Refuse to write a one-layer model over a file holding a bigger model."""
+    from bncli.keras_compat.files import is_keras_file, model_layer_count
+
+    if not path.is_file() or not is_keras_file(path):
+        return
+    count = model_layer_count(path)
+    if count != 1:
+        raise UsageError(
+            f"{path}: holds a model of {'several' if count is None else count} "
+            "layers; export would replace it with a one-layer model. To write the "
+            "state into one of its layers, use --into MODEL --layer NAME"
+        )
+
+
+def _export_into(
+    state: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    model: str | os.PathLike[str],
+    layer_name: str | None,
+    overwrite: bool,
+) -> ExportResult:
+    from bncli.io.outputs import check_output
+    from bncli.keras_compat.files import read_batchnorm_layers, select_layer
+    from bncli.keras_compat.into import check_fits, write_into
+    from bncli.layer import load
+
+    in_place = overwrite and Path(output).resolve() == Path(model).resolve()
+    reads = [state] if in_place else [state, model]
+    checked = check_output(output, reads, overwrite, streams=False)
+    assert checked.path is not None  # streams=False: always a path
+    layer = load(state)
+    with _naming_state(Path(state)):
+        layer.require_whole()
+    found = select_layer(
+        read_batchnorm_layers(model), layer_name, path=os.fspath(model)
+    )
+    notes = check_fits(
+        found,
+        layer.get_config(),
+        layer.channels,
+        len(layer.sample_shape),
+        os.fspath(state),
+    )
+    values = {
+        "moving_mean": layer.moving_mean64,
+        "moving_variance": layer.moving_variance64,
+    }
+    if layer.gamma is not None:
+        values["gamma"] = layer.gamma
+    if layer.beta is not None:
+        values["beta"] = layer.beta
+    write_into(Path(model), checked.path, found, values)
     return ExportResult(checked.path, notes)
 
 

@@ -17,8 +17,30 @@ from bncli.cli.options import NameList, debug_option, layer_options
 @click.argument("state", type=click.Path(dir_okay=False))
 @click.argument("output", type=click.Path(dir_okay=False))
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option(
+    "--into",
+    "into",
+    default=None,
+    type=click.Path(dir_okay=False),
+    metavar="MODEL",
+    help="Write the state into a layer of this model (.keras, .weights.h5 or .h5): "
+    "OUTPUT is a copy of it in which only that layer's variables change.",
+)
+@click.option(
+    "--layer",
+    "layer_name",
+    default=None,
+    help="With --into: the layer's name or path, as inspect lists them.",
+)
 @debug_option
-def export(state: str, output: str, overwrite: bool, debug: bool) -> None:
+def export(
+    state: str,
+    output: str,
+    overwrite: bool,
+    into: str | None,
+    layer_name: str | None,
+    debug: bool,
+) -> None:
     """Write STATE as a Keras 3 model (OUT.keras) or weights file (OUT.weights.h5).
 
     The model is an Input of the state's per-sample shape and one stock
@@ -27,15 +49,25 @@ def export(state: str, output: str, overwrite: bool, debug: bool) -> None:
     predicts what `bncli transform` writes. OUT.weights.h5 is that model's
     weights file, for model.load_weights.
 
+    With --into MODEL --layer NAME, OUTPUT is instead a copy of MODEL in which
+    layer NAME holds the state's moving statistics, gamma and beta (in the
+    layer's own dtype); nothing else changes. OUTPUT may be MODEL itself with
+    --overwrite. The state must fit the layer (channels, axis, center, scale,
+    epsilon).
+
     \b
     Example:
       bncli export state.h5 normalizer.keras
       bncli export state.h5 normalizer.weights.h5
+      bncli export bn3.h5 model-fixed.keras --into model.keras --layer bn_3
     """
     from bncli.cli.render import warn
     from bncli.workflows import export_state
 
-    for note in export_state(state, output, overwrite=overwrite).notes:
+    done = export_state(
+        state, output, overwrite=overwrite, into=into, layer_name=layer_name
+    )
+    for note in done.notes:
         warn(note)
 
 

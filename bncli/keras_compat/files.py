@@ -35,7 +35,7 @@ from typing import Any
 
 import h5py
 
-from bncli.errors import StateError, StateNotFoundError
+from bncli.errors import BncliError, StateError, StateNotFoundError
 from bncli.keras_compat.config import normalize_batchnorm_config
 from bncli.keras_compat.detect import (
     hdf5_kind,
@@ -46,6 +46,7 @@ from bncli.keras_compat.hdf5_reading import attr_text, group_of, read_budget
 from bncli.keras_compat.keras3 import read_bare_weights, read_with_config
 from bncli.keras_compat.legacy import read_legacy
 from bncli.keras_compat.records import (
+    BATCHNORM_CLASSES,
     CONFIG_MAX_BYTES,
     SPOOL_BYTES,
     VARIABLE_NAMES,
@@ -61,6 +62,7 @@ __all__ = [
     "VARIABLE_NAMES",
     "KerasBatchNorm",
     "is_keras_file",
+    "model_layer_count",
     "normalize_batchnorm_config",
     "read_batchnorm_layers",
     "select_layer",
@@ -329,4 +331,59 @@ def read_hdf5_layers(
         "an HDF5 file that is neither a bncli state nor a Keras model",
         path=path,
         hint="give a .keras, .weights.h5 or .h5 file saved by Keras",
+    )
+
+
+def model_layer_count(path: str | os.PathLike[str]) -> int | None:
+    """The layers of the model a Keras file holds, input layers left out.
+
+    1 for the one-layer models ``export`` writes; None where the file does
+    not tell (a weights-only file's layers are its weight groups). Never
+    raises for a damaged file: None.
+    """
+    target = Path(path)
+    try:
+        kind = sniff_keras_format(target)
+        if kind in ("zip", "dir"):
+            if kind == "zip":
+                with zipfile.ZipFile(target) as zf:
+                    raw = _read_member(zf, "config.json", CONFIG_MAX_BYTES, target)
+            else:
+                raw = (target / "config.json").read_bytes()[: CONFIG_MAX_BYTES + 1]
+            return _count_layers(_parse_json(raw, target))
+        if kind == "hdf5":
+            from bncli.io.child import bounded
+
+            def count() -> int:  # -1: the file does not tell
+                with h5py.File(target, "r") as f:
+                    if "model_config" in f.attrs:
+                        text = attr_text(f, "model_config")
+                        found = None if text is None else _parse_json(text, target)
+                        layers = _count_layers(found)
+                        return -1 if layers is None else layers
+                    if "layers" in f and isinstance(f["layers"], h5py.Group):
+                        return len(f["layers"])
+                    names = f.attrs.get("layer_names")
+                    return -1 if names is None else len(names)
+
+            counted: int = bounded(count, path=target, encode=int, decode=int)
+            return None if counted < 0 else counted
+    except (BncliError, OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    return None
+
+
+def _count_layers(model: Any) -> int | None:
+    if not isinstance(model, dict):
+        return None
+    config = model.get("config")
+    if model.get("class_name") in BATCHNORM_CLASSES:
+        return 1
+    layers = config.get("layers") if isinstance(config, dict) else None
+    if not isinstance(layers, list):
+        return None
+    return sum(
+        1
+        for entry in layers
+        if isinstance(entry, dict) and entry.get("class_name") != "InputLayer"
     )

@@ -31,10 +31,10 @@ from bncli.keras_compat.variables import (
     unsupported_record,
 )
 
-__all__ = ["read_bare_weights", "read_with_config"]
+__all__ = ["read_bare_weights", "read_with_config", "vars_group"]
 
 
-def _vars_group(f: h5py.File, weights_path: str, path: Path) -> h5py.Group:
+def vars_group(f: h5py.File, weights_path: str, path: Path) -> h5py.Group:
     """The ``vars`` group of a layer, with Keras 2.13's alternative spelling."""
     candidates = [f"{weights_path}/vars" if weights_path else "vars"]
     if weights_path.startswith("layers/"):
@@ -72,7 +72,7 @@ def _layer_arrays(
     f: h5py.File, found: FoundLayer, name: str, path: Path
 ) -> list[np.ndarray]:
     """The datasets of a layer's ``vars`` group, which must carry its name."""
-    group = _vars_group(f, found.weights_path, path)
+    group = vars_group(f, found.weights_path, path)
     stored = attr_text(group, "name")
     if stored is not None and stored != name:
         raise StateError(
