@@ -365,7 +365,7 @@ def _export_into(
         values["gamma"] = layer.gamma
     if layer.beta is not None:
         values["beta"] = layer.beta
-    write_into(Path(model), checked.path, found, values)
+    write_into(Path(model), checked.path, [(found, values)])
     return ExportResult(checked.path, notes)
 
 

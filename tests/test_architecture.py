@@ -212,7 +212,7 @@ LAYERS = [
     {"health", "drift"},
     {"layer"},
     {"parts"},
-    {"workflows"},
+    {"workflows", "recalibrate"},
     {"cli"},
     {"__main__"},
 ]

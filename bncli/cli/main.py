@@ -58,6 +58,7 @@ COMMANDS = {
     "export": "bncli.cli.interop:export",
     "import": "bncli.cli.interop:import_",
     "merge": "bncli.cli.merge:merge",
+    "recalibrate": "bncli.cli.recalibrate:recalibrate",
 }
 
 SUMMARIES = {
@@ -70,6 +71,7 @@ SUMMARIES = {
     "export": "Write a state as a Keras model (.keras) or weights file (.weights.h5).",
     "import": "Read a BatchNormalization layer of a Keras model file into a state.",
     "merge": "Merge partial states (fit --rows/--part) into a state, as one fit.",
+    "recalibrate": "Re-estimate every BatchNormalization layer of a Keras model from data.",
 }
 
 

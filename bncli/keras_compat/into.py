@@ -16,7 +16,7 @@ import math
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from bncli.keras_compat.legacy import variable_kind
 from bncli.keras_compat.records import MAX_GROUPS, SPOOL_BYTES, KerasBatchNorm
 from bncli.keras_compat.variables import expected_names
 
-__all__ = ["check_fits", "write_into"]
+__all__ = ["Writes", "check_fits", "write_into"]
 
 
 def check_fits(
@@ -110,25 +110,26 @@ def _axis(axis: Any, rank: int) -> Any:
     return sorted(a + rank if a < 0 else a for a in values)
 
 
-def write_into(
-    model: str | Path,
-    output: str | Path,
-    layer: KerasBatchNorm,
-    values: Mapping[str, np.ndarray],
-) -> None:
-    """Write ``values`` (float64, by variable name) into ``layer`` of ``model``, as ``output``.
+#: Layers and the values to write into each (float64, by variable name; the
+#: variables left out keep theirs).
+Writes = Sequence[tuple[KerasBatchNorm, Mapping[str, np.ndarray]]]
+
+
+def write_into(model: str | Path, output: str | Path, writes: Writes) -> None:
+    """Write each layer's values into a copy of ``model``, as ``output``.
 
     ``output`` is replaced atomically; it may be ``model`` itself.
     """
     model, output = Path(model), Path(output)
     kind = sniff_keras_format(model)
     if kind == "zip":
-        _write_zip(model, output, layer, values)
+        _write_zip(model, output, writes)
     elif kind == "hdf5":
         with atomic_path(output) as tmp:
             shutil.copyfile(model, tmp)
             with h5py.File(tmp, "r+") as f:
-                _write_datasets(f, layer, values, model)
+                for layer, values in writes:
+                    _write_datasets(f, layer, values, model)
     else:
         raise StateError(
             "export --into writes .keras archives and .h5 files, not folders",
@@ -136,9 +137,7 @@ def write_into(
         )
 
 
-def _write_zip(
-    model: Path, output: Path, layer: KerasBatchNorm, values: Mapping[str, np.ndarray]
-) -> None:
+def _write_zip(model: Path, output: Path, writes: Writes) -> None:
     """Copy every member as it is, but the weights, written anew."""
     with zipfile.ZipFile(model) as source, atomic_path(output) as tmp:
         with (
@@ -153,7 +152,8 @@ def _write_zip(
                     shutil.copyfileobj(member, weights, 1 << 20)
                 weights.seek(0)
                 with h5py.File(weights, "r+") as f:
-                    _write_datasets(f, layer, values, model)
+                    for layer, values in writes:
+                        _write_datasets(f, layer, values, model)
                 weights.seek(0)
                 with target.open(info, "w") as out:
                     shutil.copyfileobj(weights, out, 1 << 20)
@@ -176,6 +176,8 @@ def _write_datasets(
                 path=path,
             )
     for name, dataset in datasets.items():
+        if name not in values:
+            continue
         value = np.asarray(values[name], dtype=np.float64)
         if dataset.dtype.kind == "V":  # bfloat16, stored as 2 raw bytes
             import ml_dtypes
