@@ -404,15 +404,14 @@ def keras_layer(
     )
     found = select_layer(layers, layer, path=os.fspath(model))
     if found.config is not None:
-        clash = sorted(set(given) - {"axis"} if found.config else given)
-        if clash:
-            raise UsageError(
-                f"{model}: the file has the layer's config; --{clash[0].replace('_', '-')} "
-                "applies only to weights-only files"
-            )
         # renorm=True never gets here: select_layer raised the layer's problem.
         built = BatchNormalization.from_config(dict(found.config))
+        _refuse_contradictions(built, given, model)
     else:
+        if "dtype" not in given:  # the stored variables' dtype, as Keras's
+            stored = np.asarray(found.variables["moving_mean"]).dtype.name
+            if stored in ("float16", "float64", "bfloat16"):
+                given["dtype"] = stored
         built = BatchNormalization(**given)
     channels = len(found.variables["moving_mean"])
     shape = _sample_shape(found.input_shape, input_shape, channels, built.axis, model)
@@ -434,6 +433,31 @@ def keras_layer(
     # fit starts them again with reset_statistics.
     built.statistics_start = "imported"
     return built
+
+
+def _refuse_contradictions(
+    built: Any, given: Mapping[str, Any], model: str | os.PathLike[str]
+) -> None:
+    """Refuse layer options that contradict a file's config (exit 4): never ignored."""
+    if not given:
+        return
+    probe = type(built)(**given)
+    config, wanted = built.get_config(), probe.get_config()
+    for key in given:
+        if key == "dtype":
+            same = built.dtype_policy.name == probe.dtype_policy.name
+        elif key == "axis":
+            same = config["axis"] == wanted["axis"]
+        else:
+            same = config.get(key) == wanted.get(key)
+        if not same:
+            flag = "--" + key.replace("_", "-")
+            raise StateMismatchError(
+                f"{flag} {_show(wanted.get(key, given[key]))} contradicts the file's "
+                f"{key} {_show(config.get(key))}",
+                path=os.fspath(model),
+                hint="leave the option out: the file has the layer's config",
+            )
 
 
 def import_state(

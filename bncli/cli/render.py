@@ -478,7 +478,9 @@ def print_model(path: str, layers: list[Any]) -> None:
         "center/scale",
         "health",
     ):
-        table.add_column(column)
+        # A layer's name and path are what --layer takes: folded, never cut.
+        folded = column in ("layer", "path")
+        table.add_column(column, overflow="fold" if folded else "ellipsis")
     for layer in layers:
         doc = model_layer_document(layer)
         settings = layer.config if layer.config is not None else layer.file_config

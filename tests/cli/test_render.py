@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from bncli.cli.render import counted, log_bars
 
@@ -32,3 +33,33 @@ def test_counted_nouns():
     assert counted(1, "batch", "batches") == "1 batch"
     assert counted(0, "epoch") == "0 epochs"
     assert counted(1, "sample") == "1 sample"
+
+
+@pytest.mark.slow
+def test_model_tables_never_cut_a_layer_name_at_any_width(tmp_path):
+    """As a terminal of 40 columns draws it (TTY_COMPATIBLE makes rich draw one)."""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.ones((4, 2)))
+    name = "a_batch_normalization_layer_with_a_very_long_name_0123456789"
+    env = {**os.environ, "TTY_COMPATIBLE": "1", "COLUMNS": "40", "NO_COLOR": "1"}
+    base = [sys.executable, "-m", "bncli"]
+    for args in (
+        ["fit", "s.h5", "x.npy", "--name", name, "-q"],
+        ["export", "s.h5", "m.keras"],
+    ):
+        assert subprocess.run([*base, *args], cwd=tmp_path, check=False).returncode == 0
+    shown = subprocess.run(
+        [*base, "inspect", "m.keras"], cwd=tmp_path, env=env, capture_output=True,
+        text=True, check=False,
+    ).stdout  # fmt: skip
+    import re
+
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", shown)
+    rows = [line.split("│") for line in plain.splitlines() if line.startswith("│")]
+    first_column = "".join(cells[1].strip() for cells in rows)
+    assert first_column == name  # folded over lines, every character kept

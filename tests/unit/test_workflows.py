@@ -120,5 +120,43 @@ def test_keras_layer_refuses_layer_options_where_the_file_has_the_config(tmp_pat
     np.save(tmp_path / "x.npy", np.ones((4, 2)))
     fit_state(tmp_path / "s.h5", [tmp_path / "x.npy"], FitOptions())
     export_state(tmp_path / "s.h5", tmp_path / "m.keras")
-    with pytest.raises(UsageError, match="--momentum applies only to weights-only"):
+    with pytest.raises(
+        StateMismatchError,
+        match=r"--momentum 0\.5 contradicts the file's momentum 0\.99",
+    ):
         keras_layer(tmp_path / "m.keras", momentum=0.5)
+    same = keras_layer(tmp_path / "m.keras", momentum=0.99)  # agreeing is fine
+    assert same.momentum == 0.99
+
+
+def test_an_import_contradicting_the_files_config_is_exit_4(tmp_path, run_cli):
+    np.save(tmp_path / "x.npy", np.ones((4, 2)))
+    assert run_cli("fit", "s.h5", "x.npy").exit_code == 0
+    assert run_cli("export", "s.h5", "m.keras").exit_code == 0
+    result = run_cli(
+        "import", "m.keras", "-o", "i.h5", "--axis", "1", "--epsilon", "0.5"
+    )
+    assert result.exit_code == 4
+    assert result.stderr.startswith("error: m.keras: --")
+    assert "contradicts the file's" in result.stderr
+    assert not (tmp_path / "i.h5").exists()
+
+
+def test_a_weights_only_import_keeps_the_stored_dtype(tmp_path):
+    import h5py
+
+    with h5py.File(tmp_path / "w.h5", "w") as f:  # a Keras 2 weights-only file
+        f.attrs["layer_names"] = [b"bn"]
+        group = f.create_group("bn")
+        names = [
+            b"bn/gamma:0",
+            b"bn/beta:0",
+            b"bn/moving_mean:0",
+            b"bn/moving_variance:0",
+        ]
+        group.attrs["weight_names"] = names
+        for name in names:
+            group.create_dataset(name.decode(), data=np.ones(3, dtype=np.float64))
+    layer = keras_layer(tmp_path / "w.h5")
+    assert layer.dtype_policy.name == "float64"
+    assert layer.to_state().variables["moving_mean"].dtype == np.float64
