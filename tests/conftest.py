@@ -71,3 +71,28 @@ def run_cli(tmp_path, monkeypatch):
         return CliRunner().invoke(entry, [], input=input, catch_exceptions=False)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def scheduler():
+    """A Dask scheduler and two single-threaded worker processes, once per run.
+
+    Shared by every test of the Dask engine (a cluster takes seconds to start).
+    """
+    import logging
+    import warnings
+
+    from distributed import LocalCluster
+
+    with warnings.catch_warnings():  # its HTTP server may move off a busy port
+        warnings.filterwarnings("ignore", "Port .* is already in use", UserWarning)
+        cluster = LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+    with cluster:
+        yield cluster.scheduler_address

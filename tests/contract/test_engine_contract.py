@@ -11,8 +11,6 @@ unlike the state's, stdin read twice).
 
 from __future__ import annotations
 
-import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -280,25 +278,6 @@ class TestLocalEngine(EngineContract):
         return local.transform_layer(
             layer, paths, output, TransformOptions(workers=2, **options)
         )
-
-
-@pytest.fixture(scope="class")
-def scheduler() -> Any:
-    """A scheduler and two single-threaded worker processes, once per class."""
-    from distributed import LocalCluster
-
-    with warnings.catch_warnings():  # its HTTP server may move off a busy port
-        warnings.filterwarnings("ignore", "Port .* is already in use", UserWarning)
-        cluster = LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        )
-    with cluster:
-        yield cluster.scheduler_address
 
 
 @pytest.mark.dask

@@ -14,13 +14,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
-import logging
 import socket
 import subprocess
 import sys
 import threading
 import time
-import warnings
 
 import numpy as np
 import pyarrow as pa
@@ -84,25 +82,6 @@ N_ROWS = 217
 
 
 # ------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def scheduler():
-    """A scheduler and two single-threaded worker processes, once per module."""
-    from distributed import LocalCluster
-
-    with warnings.catch_warnings():  # its HTTP server may move off a busy port
-        warnings.filterwarnings("ignore", "Port .* is already in use", UserWarning)
-        cluster = LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        )
-    with cluster:
-        yield cluster.scheduler_address
 
 
 @pytest.fixture(scope="module")
