@@ -45,13 +45,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bncli import __version__
 from bncli.errors import StateError, StateLockedError, StateNotFoundError
 from bncli.interrupts import deferred
 from bncli.io import hdf5
 from bncli.io.atomic import atomic_path, remove_stale_temporaries, sidecar
 from bncli.io.detect import HDF5_SIGNATURE, SEAL_MAGIC
 from bncli.limits import MAX_CHANNELS
+from bncli.version import __version__
 
 __all__ = [
     "FORMAT",
