@@ -72,14 +72,29 @@ class DTypeName(click.ParamType):  # type: ignore[type-arg]
 
 
 class NameList(click.ParamType):  # type: ignore[type-arg]
-    """A comma-separated list of names."""
+    """A comma-separated list of names, or a JSON list (``'["rev, usd", "id"]'``)."""
 
     name = "names"
 
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
         if isinstance(value, list):
             return value
-        names = [v.strip() for v in str(value).split(",")]
+        text = str(value)
+        if text.lstrip().startswith("["):  # names with commas or spaces: JSON
+            import json
+
+            try:
+                names = json.loads(text)
+            except ValueError as e:
+                self.fail(f"not a JSON list of names: {e}", param, ctx)
+            if not isinstance(names, list) or not all(
+                isinstance(n, str) and n for n in names
+            ):
+                self.fail(
+                    "a JSON list of names must hold non-empty strings", param, ctx
+                )
+            return names
+        names = [v.strip() for v in text.split(",")]
         if not all(names):
             self.fail(f"empty name in {value!r}", param, ctx)
         return names

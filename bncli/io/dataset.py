@@ -19,13 +19,19 @@ import numpy as np
 
 from bncli.errors import ChannelMismatchError, DataError, InputNotFoundError, UsageError
 from bncli.io.chunks import Chunk, Segment
-from bncli.io.detect import DATA_EXTENSIONS, sniff_format
+from bncli.io.detect import format_by_name, sniff_format
 from bncli.io.readers import open_source
 from bncli.io.readers.npy import BAD_NPY
 from bncli.io.sources import TABLE_BATCH_ROWS, ArraySource, Source, first_line
-from bncli.io.tables import is_numeric, table_chunk
+from bncli.io.tables import can_be_channel, is_numeric, table_chunk
 
-__all__ = ["Dataset", "check_channels", "expand_inputs", "open_dataset"]
+__all__ = [
+    "Dataset",
+    "check_channels",
+    "expand_inputs",
+    "open_dataset",
+    "pandas_index_columns",
+]
 
 
 def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
@@ -51,7 +57,7 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
                 and not any(
                     part.startswith((".", "_")) for part in p.relative_to(path).parts
                 )
-                and p.suffix.lower() in DATA_EXTENSIONS
+                and format_by_name(p) is not None
             )
             if not files:
                 raise DataError("folder holds no data files", path=path)
@@ -70,6 +76,27 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
     if not paths:
         raise UsageError("no input given")
     return paths
+
+
+def pandas_index_columns(schema: Any) -> set[str]:
+    """The columns pandas wrote for an index: never default channels.
+
+    ``__index_level_N__`` and the columns the ``pandas`` schema metadata
+    names in ``index_columns`` (a RangeIndex is stored as metadata, not a
+    column).
+    """
+    import json
+    import re
+
+    names = {n for n in schema.names if re.fullmatch(r"__index_level_\d+__", n)}
+    raw = (schema.metadata or {}).get(b"pandas")
+    if raw:
+        try:
+            about = json.loads(raw)
+            names |= {c for c in about.get("index_columns", []) if isinstance(c, str)}
+        except (ValueError, AttributeError):
+            pass  # not pandas's: nothing to leave out
+    return names
 
 
 def check_channels(channels: int, path: str, where: str) -> None:
@@ -315,10 +342,14 @@ def _open_tables(
                 f"(columns: {', '.join(names)})",
                 path=first.path,
             )
+        index = pandas_index_columns(first.schema)
         chosen = [
             f.name
             for f in first.schema
-            if is_numeric(f.type) and f.name not in excluded and f.name != mask_column
+            if is_numeric(f.type)
+            and f.name not in excluded
+            and f.name != mask_column
+            and f.name not in index
         ]
         if not chosen:
             raise DataError("no numeric column to use as a channel", path=first.path)
@@ -335,7 +366,7 @@ def _open_tables(
                     path=source.path,
                 )
             field = schema.field(name)
-            if not is_numeric(field.type):
+            if not can_be_channel(field.type):
                 raise DataError(
                     f"column is not numeric (type {field.type}); choose channels "
                     "with --columns or --exclude",

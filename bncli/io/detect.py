@@ -17,6 +17,7 @@ from bncli.errors import DataError, InputNotFoundError
 __all__ = [
     "ARROW_FILE_MAGIC",
     "ARROW_STREAM_MAGIC",
+    "CSV_COMPRESSIONS",
     "DATA_EXTENSIONS",
     "HDF5_SIGNATURE",
     "NPY_MAGIC",
@@ -24,6 +25,7 @@ __all__ = [
     "SEAL_MAGIC",
     "ZIP_MAGICS",
     "data_format_of",
+    "format_by_name",
     "sniff_format",
 ]
 
@@ -55,6 +57,20 @@ DATA_EXTENSIONS = {
     ".csv": "csv",
     ".npy": "npy",
 }
+
+
+#: Compressed CSV, by the name's last extension (after ``.csv``), read
+#: through pyarrow's decompressing streams (``.lz4``: the LZ4 frame format).
+CSV_COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4"}
+
+
+def format_by_name(path: str | os.PathLike[str]) -> str | None:
+    """The data format a file's name says, compressed CSV included, or None."""
+    name = Path(path).name.lower()
+    for suffix in CSV_COMPRESSIONS:
+        if name.endswith(".csv" + suffix):
+            return "csv"
+    return DATA_EXTENSIONS.get(Path(name).suffix)
 
 
 def data_format_of(head: bytes) -> str | None:
@@ -100,7 +116,7 @@ def sniff_format(path: str | os.PathLike[str]) -> str:
         return found
     if not head:
         raise DataError("empty file", path=path)
-    by_extension = DATA_EXTENSIONS.get(path.suffix.lower())
+    by_extension = format_by_name(path)
     if by_extension == "csv":
         return "csv"
     if by_extension is not None:
@@ -111,6 +127,6 @@ def sniff_format(path: str | os.PathLike[str]) -> str:
         )
     raise DataError(
         "unrecognized format; bncli reads .parquet, .arrow/.feather/.ipc, "
-        ".csv and .npy files",
+        ".csv (also .csv.gz, .csv.bz2, .csv.zst, .csv.lz4) and .npy files",
         path=path,
     )

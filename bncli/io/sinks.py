@@ -227,7 +227,9 @@ class TableSink(Sink):
             else f
             for f in schema
         ]
-        self.schema = pa.schema(fields, metadata=schema.metadata)
+        self.schema = pa.schema(
+            fields, metadata=_pandas_metadata_for(schema.metadata, self.index, dtype)
+        )
         sink_target = str(target) if isinstance(target, Path) else target
         if fmt == "parquet":
             import pyarrow.parquet as pq
@@ -271,3 +273,29 @@ class TableSink(Sink):
 
     def close(self) -> None:
         self.writer.close()
+
+
+def _pandas_metadata_for(
+    metadata: dict[bytes, bytes] | None, channels: dict[str, int], dtype: np.dtype[Any]
+) -> dict[bytes, bytes] | None:
+    """The schema metadata, with pandas's description of each channel made true.
+
+    pandas reads a file's ``pandas`` metadata to rebuild the frame: a channel
+    that was ``Int64`` or ``int32`` there is now floats, and left as it was
+    ``read_parquet`` would fail to cast it back.
+    """
+    import json
+
+    if not metadata or b"pandas" not in metadata:
+        return metadata
+    try:
+        about = json.loads(metadata[b"pandas"])
+        for column in about.get("columns", []):
+            name = column.get("field_name", column.get("name"))
+            if name in channels:
+                column["pandas_type"] = dtype.name
+                column["numpy_type"] = dtype.name
+                column["metadata"] = None
+    except (ValueError, AttributeError, TypeError):
+        return {k: v for k, v in metadata.items() if k != b"pandas"}  # not pandas's
+    return {**metadata, b"pandas": json.dumps(about).encode()}

@@ -15,14 +15,47 @@ import numpy.typing as npt
 
 from bncli.io.chunks import Chunk, Segment
 
-__all__ = ["channel_major", "is_numeric", "table_chunk"]
+__all__ = ["can_be_channel", "channel_major", "is_numeric", "table_chunk"]
 
 
 def is_numeric(arrow_type: Any) -> bool:
-    """Whether a column of this Arrow type can be a channel (integers, floats)."""
+    """Whether a column of this Arrow type is a default channel.
+
+    Integers, floats and decimals (read as float64), dictionary-encoded or
+    not. Bool columns are channels only when named (1.0 and 0.0).
+    """
     import pyarrow as pa
 
-    return bool(pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type))
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    return bool(
+        pa.types.is_integer(arrow_type)
+        or pa.types.is_floating(arrow_type)
+        or pa.types.is_decimal(arrow_type)
+    )
+
+
+def can_be_channel(arrow_type: Any) -> bool:
+    """Whether a column of this Arrow type may be named as a channel."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    return is_numeric(arrow_type) or pa.types.is_boolean(arrow_type)
+
+
+def _as_numbers(column: Any) -> Any:
+    """A decimal, bool or dictionary-encoded column as plain numbers."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = column.type
+    if pa.types.is_dictionary(kind):
+        column = column.dictionary_decode()
+        kind = column.type
+    if pa.types.is_decimal(kind) or pa.types.is_boolean(kind):
+        column = pc.cast(column, pa.float64())
+    return column
 
 
 def table_chunk(
@@ -50,7 +83,7 @@ def table_chunk(
     columns = []
     nulls = None
     for j, name in enumerate([] if data is not None else features):
-        column = batch.column(schema.get_field_index(name))
+        column = _as_numbers(batch.column(schema.get_field_index(name)))
         if column.null_count:
             if nulls is None:
                 nulls = np.zeros((n, len(features)), dtype=bool)

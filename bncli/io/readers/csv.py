@@ -1,4 +1,4 @@
-"""CSV files, read by pyarrow's streaming reader in 8 MiB blocks."""
+"""CSV files, plain or compressed, read by pyarrow's streaming reader in 8 MiB blocks."""
 
 from __future__ import annotations
 
@@ -28,9 +28,18 @@ class CsvSource(TableSource):
             raise self.opening(e) from e
 
     def _open(self) -> Any:
+        import pyarrow as pa
         import pyarrow.csv as csv
 
-        return csv.open_csv(self.path, read_options=csv.ReadOptions(block_size=8 << 20))
+        # Only empty cells are nulls: NaN, nan and inf are numbers (then
+        # --nan-policy decides), where pyarrow's defaults take "NaN" for null.
+        convert = csv.ConvertOptions(null_values=[""], strings_can_be_null=True)
+        source = pa.input_stream(self.path, compression="detect")
+        return csv.open_csv(
+            source,
+            read_options=csv.ReadOptions(block_size=8 << 20),
+            convert_options=convert,
+        )
 
     def record_batches(
         self, start: int, rows: int, columns: Sequence[str] | None

@@ -1,0 +1,136 @@
+"""Files as their writers write them: pandas frames, Arrow types, compressed CSV.
+
+pandas itself writes the inputs and reads the outputs back (the oracle for
+what a pandas user sees); the expected values are the frame's own numbers.
+"""
+
+from __future__ import annotations
+
+import bz2
+import decimal
+import gzip
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.feather as feather
+import pyarrow.parquet as pq
+import pytest
+
+import bncli
+
+
+@pytest.fixture
+def frame():
+    rng = np.random.default_rng(4)
+    n = 40
+    return pd.DataFrame(
+        {
+            "count": pd.array(rng.integers(0, 50, n), dtype="Int64"),
+            "price": rng.normal(10.0, 2.0, n),
+            "name": [f"r{i}" for i in range(n)],
+        }
+    )
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "feather"])
+def test_pandas_reads_back_what_transform_writes(frame, tmp_path, run_cli, fmt):
+    frame.loc[3, "count"] = pd.NA
+    path = tmp_path / f"in.{fmt}"
+    getattr(frame, f"to_{fmt}")(path)
+    assert run_cli("fit", "s.h5", str(path)).exit_code == 0
+    assert bncli.load(tmp_path / "s.h5").features == ["count", "price"]
+    done = run_cli("transform", "s.h5", str(path), "-o", f"out.{fmt}")
+    assert done.exit_code == 0, done.stderr
+    back = getattr(pd, f"read_{fmt}")(tmp_path / f"out.{fmt}")
+    assert list(back.columns) == ["count", "price", "name"]
+    assert back["count"].dtype.kind == "f" and back["count"].isna().sum() == 1
+    assert list(back["name"]) == list(frame["name"])
+
+
+def test_a_pandas_index_is_never_a_channel_and_passes_through(frame, tmp_path, run_cli):
+    kept = frame[frame["price"] > 10]  # filtered: the index is not a range
+    kept.to_parquet(tmp_path / "in.parquet")
+    assert "__index_level_0__" in pq.read_schema(tmp_path / "in.parquet").names
+    assert run_cli("fit", "s.h5", "in.parquet").exit_code == 0
+    assert bncli.load(tmp_path / "s.h5").features == ["count", "price"]
+    assert (
+        run_cli("transform", "s.h5", "in.parquet", "-o", "out.parquet").exit_code == 0
+    )
+    back = pd.read_parquet(tmp_path / "out.parquet")
+    assert list(back.index) == list(kept.index)
+
+
+def test_decimal_dictionary_and_named_bool_columns_are_channels(tmp_path):
+    values = [1.5, 2.25, -3.0, 4.0]
+    table = pa.table(
+        {
+            "d": pa.array(
+                [decimal.Decimal(str(v)) for v in values], pa.decimal128(6, 2)
+            ),
+            "k": pa.array([1, 2, 1, 3]).dictionary_encode(),
+            "flag": pa.array([True, False, True, True]),
+        }
+    )
+    pq.write_table(table, tmp_path / "t.parquet")
+    feather.write_feather(table, tmp_path / "t.feather")
+    for name in ("t.parquet", "t.feather"):
+        layer = bncli.BatchNormalization()
+        layer.fit(tmp_path / name, batch_size=4)
+        assert layer.features == ["d", "k"], name  # bool: only when named
+        named = bncli.BatchNormalization(momentum=0.0)
+        named.fit(tmp_path / name, batch_size=4, columns=["d", "k", "flag"])
+        np.testing.assert_allclose(named.moving_mean64, [np.mean(values), 1.75, 0.75])
+
+
+def test_columns_with_commas_or_spaces_as_a_json_list(tmp_path, run_cli):
+    table = pa.table(
+        {"rev, usd": [1.0, 2.0, 3.0], " padded ": [4.0, 5.0, 6.0], "x": [0.0] * 3}
+    )
+    pq.write_table(table, tmp_path / "t.parquet")
+    names = json.dumps(["rev, usd", " padded "])
+    assert run_cli("fit", "s.h5", "t.parquet", "--columns", names).exit_code == 0
+    assert bncli.load(tmp_path / "s.h5").features == ["rev, usd", " padded "]
+    bad = run_cli("fit", "s2.h5", "t.parquet", "--columns", '["a", 3]')
+    assert (
+        bad.exit_code == 2
+        and "a JSON list of names must hold non-empty strings" in bad.stderr
+    )
+
+
+def test_compressed_csv_reads_as_the_plain_file(tmp_path):
+    text = "a,b\n" + "".join(f"{i * 0.5},{-i}\n" for i in range(30))
+    (tmp_path / "p.csv").write_text(text)
+    (tmp_path / "g.csv.gz").write_bytes(gzip.compress(text.encode()))
+    (tmp_path / "b.csv.bz2").write_bytes(bz2.compress(text.encode()))
+    with pa.CompressedOutputStream(str(tmp_path / "z.csv.zst"), "zstd") as out:
+        out.write(text.encode())
+    with pa.CompressedOutputStream(str(tmp_path / "l.csv.lz4"), "lz4") as out:
+        out.write(text.encode())
+    plain = bncli.BatchNormalization()
+    plain.fit(tmp_path / "p.csv", batch_size=7)
+    for name in ("g.csv.gz", "b.csv.bz2", "z.csv.zst", "l.csv.lz4"):
+        layer = bncli.BatchNormalization()
+        layer.fit(tmp_path / name, batch_size=7)
+        np.testing.assert_array_equal(layer.moving_mean64, plain.moving_mean64)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "g.csv.gz").write_bytes((tmp_path / "g.csv.gz").read_bytes())
+    layer = bncli.BatchNormalization()
+    layer.fit(folder, batch_size=7)  # a folder's compressed CSV is found
+    np.testing.assert_array_equal(layer.moving_mean64, plain.moving_mean64)
+
+
+def test_csv_nan_and_inf_are_numbers_and_empty_cells_nulls(tmp_path, run_cli):
+    (tmp_path / "c.csv").write_text("a,b\n1,NaN\n2,inf\n3,\n4,5\n")
+    strict = run_cli("fit", "s.h5", "c.csv")
+    assert strict.exit_code == 3
+    assert strict.stderr.startswith("error: c.csv: column 'b', row 0: NaN in a channel")
+    masked = run_cli(
+        "fit", "s.h5", "c.csv", "--nan-policy", "mask", "--batch-size", "4"
+    )
+    assert masked.exit_code == 0
+    layer = bncli.load(tmp_path / "s.h5")
+    # b: NaN and inf masked, the empty cell a null: only 5 counts.
+    assert layer.moving_mean64[1] == pytest.approx(0.99 * 0.0 + 0.01 * 5.0)
