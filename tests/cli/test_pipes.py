@@ -113,7 +113,7 @@ def test_empty_stdin_is_one_clear_error(fitted, command):
     assert done.returncode == 3
     assert done.stderr.decode() == (
         "error: -: empty input: nothing on stdin; "
-        "pipe an Arrow IPC stream or an NPY array into it\n"
+        "pipe an Arrow IPC stream or file, Parquet, NPY or CSV into it\n"
     )
     assert done.stdout == b""
     assert (tmp_path / "s.h5").read_bytes() == before

@@ -134,3 +134,63 @@ def test_csv_nan_and_inf_are_numbers_and_empty_cells_nulls(tmp_path, run_cli):
     layer = bncli.load(tmp_path / "s.h5")
     # b: NaN and inf masked, the empty cell a null: only 5 counts.
     assert layer.moving_mean64[1] == pytest.approx(0.99 * 0.0 + 0.01 * 5.0)
+
+
+# ------------------------------------------------------------------- stdin
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "feather", "csv", "arrows", "npy"])
+def test_stdin_is_told_by_its_first_bytes(tmp_path, run_cli, fmt):
+    x = np.random.default_rng(6).normal(size=(30, 2))
+    table = pa.table({"a": x[:, 0], "b": x[:, 1]})
+    path = tmp_path / f"in.{fmt}"
+    if fmt == "parquet":
+        pq.write_table(table, path)
+    elif fmt == "feather":
+        feather.write_feather(table, path)
+    elif fmt == "csv":
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(table, path)
+    elif fmt == "arrows":
+        with pa.ipc.new_stream(str(path), table.schema) as writer:
+            writer.write_table(table)
+    else:
+        np.save(path, x)
+    done = run_cli("fit", "s.h5", "-", "--batch-size", "10", input=path.read_bytes())
+    assert done.exit_code == 0, done.stderr
+    from_file = bncli.BatchNormalization()
+    from_file.fit(path, batch_size=10)
+    np.testing.assert_allclose(
+        bncli.load(tmp_path / "s.h5").moving_mean64, from_file.moving_mean64
+    )
+
+
+def test_unrecognized_stdin_is_exit_3_naming_what_it_saw(run_cli):
+    done = run_cli("fit", "s.h5", "-", input=b"\x1f\x8b\x08\x00binary\x00")
+    assert done.exit_code == 3
+    assert done.stderr == (
+        "error: -: unrecognized data on stdin (first bytes: 1f 8b 08 00 62 69 6e 61); "
+        "bncli reads an Arrow IPC stream or file, Parquet, NPY or CSV\n"
+    )
+
+
+@pytest.mark.slow
+def test_parquet_piped_through_a_real_process(tmp_path):
+    import subprocess
+    import sys
+
+    pq.write_table(pa.table({"a": np.arange(20.0)}), tmp_path / "in.parquet")
+    with open(tmp_path / "in.parquet", "rb") as stdin:
+        done = subprocess.run(
+            [sys.executable, "-m", "bncli", "fit", "s.h5", "-", "-q"],
+            stdin=stdin,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    assert bncli.load(tmp_path / "s.h5").samples_seen == 20
+    leftovers = list((tmp_path).glob("bncli-stdin-*"))
+    assert leftovers == []

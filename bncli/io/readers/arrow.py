@@ -26,10 +26,10 @@ class ArrowFileSource(TableSource):
 
     format = "arrow"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, name: str | None = None) -> None:
         import pyarrow as pa
 
-        self.path = path
+        self.path = path if name is None else name
         try:
             self._file: Any = pa.ipc.open_file(pa.memory_map(path, "r"))
             self._schema = self._file.schema

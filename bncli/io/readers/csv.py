@@ -15,10 +15,11 @@ class CsvSource(TableSource):
 
     format = "csv"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, name: str | None = None) -> None:
         import pyarrow as pa
 
-        self.path = path
+        self.path = path if name is None else name
+        self.location = path
         self.num_rows = None
         try:
             self._schema = self._open().schema
@@ -34,7 +35,7 @@ class CsvSource(TableSource):
         # Only empty cells are nulls: NaN, nan and inf are numbers (then
         # --nan-policy decides), where pyarrow's defaults take "NaN" for null.
         convert = csv.ConvertOptions(null_values=[""], strings_can_be_null=True)
-        source = pa.input_stream(self.path, compression="detect")
+        source = pa.input_stream(self.location, compression="detect")
         return csv.open_csv(
             source,
             read_options=csv.ReadOptions(block_size=8 << 20),

@@ -15,11 +15,11 @@ class ParquetSource(TableSource):
 
     format = "parquet"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, name: str | None = None) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        self.path = path
+        self.path = path if name is None else name
         try:
             # Not memory-mapped: the pages of a mapped file stay in the
             # process's resident set to the end. With a read buffer, each
