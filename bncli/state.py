@@ -45,7 +45,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bncli.errors import StateError, StateLockedError, StateNotFoundError
+from bncli.errors import (
+    StateError,
+    StateLockedError,
+    StateNotFoundError,
+    UsageError,
+)
 from bncli.interrupts import deferred
 from bncli.io import hdf5
 from bncli.io.atomic import atomic_path, remove_stale_temporaries, sidecar
@@ -125,6 +130,17 @@ def seal(path: str | os.PathLike[str]) -> None:
         f.write(SEAL_MAGIC + digest + b"\n")
 
 
+def refuse_url(path: str | os.PathLike[str]) -> None:
+    """A state URL is a usage error (exit 2), whatever is behind it."""
+    from bncli.io.locations import is_url
+
+    if is_url(path):
+        raise UsageError(
+            f"{os.fspath(path)}: a state is a local file, not a URL; keep states on "
+            "a local or mounted file system"
+        )
+
+
 def state_path(path: str | os.PathLike[str]) -> Path:
     """Where the state at ``path`` really is: symbolic links resolved once.
 
@@ -136,6 +152,7 @@ def state_path(path: str | os.PathLike[str]) -> Path:
         StateError: something other than a regular file is there (a FIFO,
             a device, a socket: opening one could block forever).
     """
+    refuse_url(path)
     real = Path(os.path.realpath(path))
     try:
         mode = os.stat(real).st_mode
@@ -194,6 +211,7 @@ def read_state(path: str | os.PathLike[str]) -> State:
     """
     import h5py
 
+    refuse_url(path)
     path = Path(path)
     if not path.exists():
         raise StateNotFoundError(

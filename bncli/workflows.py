@@ -101,9 +101,10 @@ def fit_state(
     from bncli.engines.registry import make_engine
     from bncli.engines.session import fit_layer
     from bncli.layer import BatchNormalization, load
-    from bncli.state import checkpoint_path, lock
+    from bncli.state import checkpoint_path, lock, refuse_url
 
     layer_options = dict(layer_options or {})
+    refuse_url(path)
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():

@@ -92,6 +92,9 @@ def inspect(target: str, more_data: tuple[str, ...], **options: Any) -> int:
         )
     if options["fail_on_drift"] and not data:
         raise UsageError("inspect: --fail-on-drift needs --data")
+    from bncli.state import refuse_url
+
+    refuse_url(target)  # before Path() folds its "//"
     path = Path(target)
     report = None
     if options["html"]:

@@ -24,6 +24,7 @@ from bncli.engines.dask_cluster import results
 from bncli.errors import BncliError, DataError
 from bncli.io.chunks import Chunk
 from bncli.io.dataset import Dataset
+from bncli.io.locations import is_url
 from bncli.io.readers import open_source
 from bncli.io.sources import TABLE_BATCH_ROWS, Source
 
@@ -184,7 +185,9 @@ def input_sizes(distributed: Any, client: Any, dataset: Dataset) -> list[int]:
 
 
 def absolute(path: str | os.PathLike[str]) -> str:
-    return str(Path(path).resolve())
+    """The path as every worker must see it: absolute (a URL as it is)."""
+    text = os.fspath(path)
+    return text if is_url(text) else str(Path(text).resolve())
 
 
 def input_files(

@@ -39,6 +39,7 @@ from bncli.errors import (
     UsageError,
 )
 from bncli.io.dataset import Dataset
+from bncli.io.locations import is_url
 from bncli.progress import NullProgress, Progress
 
 __all__ = [
@@ -292,7 +293,7 @@ def _resume_record(
     return {
         **{key: getattr(options, key) for key in RESUMED_OPTIONS},
         "inputs": [
-            text if text == "-" else str(Path(text).resolve())
+            text if text == "-" or is_url(text) else str(Path(text).resolve())
             for text in (os.fspath(p) for p in paths)
         ],
         "mask": _as_recorded("mask", options.mask),
@@ -305,9 +306,21 @@ def fingerprints(
 ) -> list[dict[str, Any]]:
     """Path, size and modification time of every file read, for ``--resume``."""
     paths = [source.path for source in dataset.sources] + list(map(str, mask or ()))
+    from bncli.io.locations import file_info
+
     files = []
     for text in paths:
         if text == "-":
+            continue
+        if is_url(text):
+            info = file_info(text)
+            files.append(
+                {
+                    "path": text,
+                    "size": int(info.size),
+                    "mtime_ns": int(info.mtime_ns or 0),
+                }
+            )
             continue
         status = os.stat(text)
         files.append(

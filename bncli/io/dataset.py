@@ -20,6 +20,7 @@ import numpy as np
 from bncli.errors import ChannelMismatchError, DataError, InputNotFoundError, UsageError
 from bncli.io.chunks import Chunk, Segment
 from bncli.io.detect import format_by_name, sniff_format
+from bncli.io.locations import is_url, list_objects
 from bncli.io.readers import open_source
 from bncli.io.readers.npy import BAD_NPY
 from bncli.io.sources import TABLE_BATCH_ROWS, ArraySource, Source, first_line
@@ -47,6 +48,12 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
         text = os.fspath(item)
         if text == "-":
             paths.append(text)
+            continue
+        if is_url(text):
+            found = [u for u in list_objects(text) if format_by_name(u) is not None]
+            if not found:
+                raise DataError("the prefix holds no data files", path=text)
+            paths.extend(found)
             continue
         path = Path(text)
         if path.is_dir():

@@ -101,6 +101,22 @@ def sniff_format(path: str | os.PathLike[str]) -> str:
         DataError: a format bncli does not read, or contents that contradict
             the extension.
     """
+    from bncli.io.locations import is_url, read_head
+
+    if is_url(path):
+        head = read_head(os.fspath(path), 8)
+        found = data_format_of(head)
+        if found is not None:
+            return found
+        if not head:
+            raise DataError("empty file", path=os.fspath(path))
+        if format_by_name(path) == "csv":
+            return "csv"
+        raise DataError(
+            "unrecognized format; bncli reads .parquet, .arrow/.feather/.ipc, .csv "
+            "and .npy objects",
+            path=os.fspath(path),
+        )
     path = Path(path)
     try:
         with open(path, "rb") as f:

@@ -77,10 +77,16 @@ def check_output(
         if not streams:
             raise UsageError("-: this output cannot be written to stdout")
         return OutputTarget(given, None, True)
+    from bncli.io.locations import is_url
+
+    if is_url(given):
+        raise UsageError(
+            f"{given}: outputs are local files for now; URLs are read, not written"
+        )
     path = Path(os.path.realpath(given))
     for read in reads:
         read = os.fspath(read)
-        if read == "-":
+        if read == "-" or is_url(read):
             continue
         real = Path(os.path.realpath(read))
         if real == path or _same(read, path):

@@ -10,9 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
+from bncli.io.locations import is_url, open_random_access, open_stream
 from bncli.io.sources import TableSource
 
 __all__ = ["ArrowFileSource", "ArrowStreamSource"]
+
+
+def _stream_of(path: str) -> Any:
+    return open_stream(path) if is_url(path) else path
 
 
 def _validated(batches: Iterator[Any]) -> Iterator[Any]:
@@ -31,7 +36,10 @@ class ArrowFileSource(TableSource):
 
         self.path = path if name is None else name
         try:
-            self._file: Any = pa.ipc.open_file(pa.memory_map(path, "r"))
+            source = (
+                open_random_access(path) if is_url(path) else pa.memory_map(path, "r")
+            )
+            self._file: Any = pa.ipc.open_file(source)
             self._schema = self._file.schema
             if hasattr(self._file, "count_rows"):  # reads batch headers only
                 self.num_rows = self._file.count_rows()
@@ -69,7 +77,7 @@ class ArrowStreamSource(TableSource):
         self._stream = stream
         try:
             self._reader: Any = pa.ipc.open_stream(
-                stream if stream is not None else path
+                stream if stream is not None else _stream_of(path)
             )
             self._schema = self._reader.schema
             self._schema.names  # noqa: B018 - names are decoded lazily
@@ -83,6 +91,8 @@ class ArrowStreamSource(TableSource):
 
         # A stream file can be opened again; stdin only read once.
         reader = (
-            self._reader if self._stream is not None else pa.ipc.open_stream(self.path)
+            self._reader
+            if self._stream is not None
+            else pa.ipc.open_stream(_stream_of(self.path))
         )
         yield from self.cut(_validated(iter(reader)), start, rows, columns)

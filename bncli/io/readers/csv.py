@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from bncli.io.locations import is_url, open_stream
 from bncli.io.sources import TableSource
 
 __all__ = ["CsvSource"]
@@ -35,7 +36,10 @@ class CsvSource(TableSource):
         # Only empty cells are nulls: NaN, nan and inf are numbers (then
         # --nan-policy decides), where pyarrow's defaults take "NaN" for null.
         convert = csv.ConvertOptions(null_values=[""], strings_can_be_null=True)
-        source = pa.input_stream(self.location, compression="detect")
+        if is_url(self.location):
+            source = open_stream(self.location, compression="detect")
+        else:
+            source = pa.input_stream(self.location, compression="detect")
         return csv.open_csv(
             source,
             read_options=csv.ReadOptions(block_size=8 << 20),

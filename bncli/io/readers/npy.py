@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bncli.errors import DataError
+from bncli.io.locations import is_url, open_random_access
 from bncli.io.sources import ArraySource, first_line
 
 __all__ = ["BAD_NPY", "NpySource", "load_npy"]
@@ -50,7 +51,12 @@ class NpySource(ArraySource):
         self.path = path
         self._stream = stream
         self._file: BinaryIO | None = None
-        if stream is None:
+        self._remote: Any = None
+        if stream is None and is_url(path):
+            # Read by ranges: the header, then each chunk's bytes.
+            self._remote = open_random_access(path)
+            self.shape, self.dtype, self._offset = _remote_header(self._remote, path)
+        elif stream is None:
             _check_npy_length(path)
             try:
                 self.array: Any = load_npy(path)
@@ -66,6 +72,19 @@ class NpySource(ArraySource):
     def chunks(
         self, start: int, rows: int, columns: Sequence[str] | None = None
     ) -> Iterator[npt.NDArray[Any]]:
+        if self._remote is not None:
+            row_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+            for lo in range(start, self.shape[0], rows):
+                hi = min(lo + rows, self.shape[0])
+                data = self._remote.read_at(
+                    (hi - lo) * row_bytes, self._offset + lo * row_bytes
+                )
+                if len(data) < (hi - lo) * row_bytes:
+                    raise DataError("truncated NPY data", path=self.path)
+                yield np.frombuffer(data, dtype=self.dtype).reshape(
+                    (hi - lo, *self.shape[1:])
+                )
+            return
         if self._stream is None:
             for lo in range(start, self.shape[0], rows):
                 yield self._mapped_rows(lo, min(lo + rows, self.shape[0]))
@@ -108,6 +127,31 @@ class NpySource(ArraySource):
             shape=(hi - lo, *self.shape[1:]),
         )
         return window
+
+
+def _remote_header(f: Any, path: str) -> tuple[tuple[int, ...], np.dtype[Any], int]:
+    """Shape, dtype and data offset of an NPY object, checked against its size."""
+    from numpy.lib import format as npy
+
+    try:
+        shape, fortran, dtype = _read_header(f, npy)
+    except BAD_NPY as e:
+        raise DataError(
+            f"cannot read the NPY array ({first_line(e)})", path=path
+        ) from e
+    if fortran:
+        raise DataError(
+            "a Fortran-ordered NPY object cannot be read by ranges", path=path
+        )
+    offset = f.tell()
+    claimed = math.prod(shape) * np.dtype(dtype).itemsize
+    if any(d < 0 for d in shape) or f.size() - offset < claimed:
+        raise DataError(
+            f"truncated NPY object: its header claims {claimed:,} bytes of data "
+            f"(shape {tuple(shape)}), the object holds {max(f.size() - offset, 0):,}",
+            path=path,
+        )
+    return tuple(shape), np.dtype(dtype), offset
 
 
 def _check_npy_length(path: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from bncli.io.locations import is_url, open_random_access
 from bncli.io.sources import TABLE_BATCH_ROWS, TableSource
 
 __all__ = ["ParquetSource"]
@@ -26,11 +27,14 @@ class ParquetSource(TableSource):
             # column chunk is streamed a page at a time rather than read
             # whole (a row group can be hundreds of MB): about 16 MiB of
             # buffers in all, whatever the size of the row groups.
-            metadata = pq.read_metadata(path)
+            source: Any = path
+            if is_url(path):
+                source = open_random_access(path)
+            metadata = pq.read_metadata(source)
             columns = max(metadata.num_columns, 1)
             buffer_size = min(max((16 << 20) // columns, 64 << 10), 1 << 20)
             self._file: Any = pq.ParquetFile(
-                path,
+                source,
                 metadata=metadata,
                 memory_map=False,
                 buffer_size=buffer_size,

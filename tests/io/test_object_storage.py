@@ -1,0 +1,136 @@
+"""Inputs in object storage: ``s3://`` URLs against a local S3 server.
+
+The tests start moto's server on 127.0.0.1 themselves (a dev extra) and put
+the objects there with pyarrow; every fit from a URL must equal the same fit
+from the local file. The server is stopped at the end of the module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+import bncli
+
+N = 300
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A local S3 server holding a bucket of data, and the same data in files."""
+    from moto.server import ThreadedMotoServer
+    from pyarrow import fs
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    saved = {k: os.environ.get(k) for k in _ENV}
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    folder = tmp_path_factory.mktemp("s3-local")
+    x = np.random.default_rng(9).normal(3.0, 2.0, (N, 3))
+    table = pa.table({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2]})
+    np.save(folder / "x.npy", x)
+    pq.write_table(table.slice(0, 200), folder / "p1.parquet", row_group_size=50)
+    pq.write_table(table.slice(200), folder / "p2.parquet", row_group_size=50)
+    pacsv.write_csv(table, folder / "t.csv")
+    store = fs.S3FileSystem(endpoint_override=endpoint, allow_bucket_creation=True)
+    store.create_dir("data")
+    for name in ("x.npy", "p1.parquet", "p2.parquet", "t.csv"):
+        key = f"data/{'parts/' if name.startswith('p') else ''}{name}"
+        with store.open_output_stream(key) as out:
+            out.write((folder / name).read_bytes())
+    with store.open_output_stream("data/parts/_SUCCESS") as out:
+        out.write(b"")
+    yield {"folder": folder, "x": x}
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+_ENV = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+)
+
+
+def _fit(*inputs, **options):
+    layer = bncli.BatchNormalization()
+    layer.fit(list(inputs), batch_size=16, **options)
+    return layer
+
+
+@pytest.mark.parametrize(
+    ("url", "local"),
+    [
+        ("s3://data/x.npy", ["x.npy"]),
+        ("s3://data/t.csv", ["t.csv"]),
+        ("s3://data/parts/", ["p1.parquet", "p2.parquet"]),
+        ("s3://data/parts", ["p1.parquet", "p2.parquet"]),
+    ],
+)
+def test_a_fit_from_s3_equals_the_fit_from_files(s3, url, local):
+    from_url = _fit(url)
+    from_files = _fit(*(s3["folder"] / name for name in local))
+    np.testing.assert_array_equal(from_url.moving_mean64, from_files.moving_mean64)
+    np.testing.assert_array_equal(
+        from_url.moving_variance64, from_files.moving_variance64
+    )
+    assert from_url.samples_seen == N
+
+
+def test_the_cli_reads_urls_and_transforms_them_to_a_local_file(s3, tmp_path, run_cli):
+    done = run_cli("fit", "s.h5", "s3://data/parts/", "--json")
+    assert done.exit_code == 0, done.stderr
+    assert json.loads(done.stdout)["samples"] == N
+    out = run_cli("transform", "s.h5", "s3://data/parts/", "-o", "y.parquet")
+    assert out.exit_code == 0, out.stderr
+    assert pq.read_table(tmp_path / "y.parquet").num_rows == N
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["fit", "s.h5", "s3://data/missing.parquet"], 3, "error: s3://data/missing.parquet: no such file or object\n"),
+        (["fit", "s3://data/state.h5", "s3://data/x.npy"], 2, "error: s3://data/state.h5: a state is a local file, not a URL"),
+        (["inspect", "s3://data/state.h5"], 2, "a state is a local file, not a URL"),
+        (["transform", "s.h5", "s3://data/x.npy", "-o", "s3://data/y.npy"], 2, "outputs are local files for now"),
+    ],
+)  # fmt: skip
+def test_url_errors_name_the_url(s3, tmp_path, run_cli, args, code, message):
+    np.save(tmp_path / "x.npy", s3["x"])
+    assert run_cli("fit", "s.h5", "x.npy").exit_code == 0
+    result = run_cli(*args)
+    assert result.exit_code == code, result.stderr
+    assert message in result.stderr and result.stderr.count("\n") == 1
+
+
+@pytest.mark.dask
+@pytest.mark.slow
+def test_dask_workers_open_the_urls_themselves(s3):
+    """A cluster of its own, started with the server's address in its environment."""
+    from bncli.engines import dask_engine
+    from bncli.engines.base import FitOptions
+
+    layer = bncli.BatchNormalization()
+    dask_engine.fit_layer(
+        layer, ["s3://data/parts/"], FitOptions(batch_size=16, workers=2), tasks=4
+    )
+    local = _fit(s3["folder"] / "p1.parquet", s3["folder"] / "p2.parquet")
+    np.testing.assert_allclose(layer.moving_mean64, local.moving_mean64, rtol=1e-12)
