@@ -228,6 +228,12 @@ def _chosen_layers(
             and not any(r.path in wanted for r in matches)
         ):
             continue
+        if not matches:
+            raise UsageError(
+                f"{model}: BatchNormalization layer {layer.name!r} is held inside a "
+                "custom layer, whose file has no config for it: it cannot be "
+                "re-estimated yet; name the others with --layers"
+            )
         if len(matches) != 1:
             raise UsageError(
                 f"{model}: {len(matches)} BatchNormalization layers of the file are "

@@ -20,7 +20,7 @@ from bncli.errors import (
 )
 from bncli.keras_compat.records import BATCHNORM_CLASSES, MAX_DEPTH, MAX_RANK, Shape
 
-__all__ = ["FoundLayer", "find_batchnorms"]
+__all__ = ["FoundLayer", "find_batchnorms", "find_custom_layers"]
 
 
 @dataclasses.dataclass
@@ -61,11 +61,41 @@ def _model_layers(entry: Mapping[str, Any]) -> list[dict[str, Any]] | None:
     return layers
 
 
+#: Config keys every BatchNormalization has: a subclass of it keeps them.
+_BATCHNORM_KEYS = frozenset(
+    {"momentum", "epsilon", "moving_mean_initializer", "moving_variance_initializer"}
+)
+
+
+def _is_batchnorm(entry: Mapping[str, Any]) -> bool:
+    """A BatchNormalization layer, or a subclass of one (by its config's keys)."""
+    if entry.get("class_name") in BATCHNORM_CLASSES:
+        return True
+    config = entry.get("config")
+    return isinstance(config, dict) and _BATCHNORM_KEYS <= set(config)
+
+
+def _is_custom(entry: Mapping[str, Any]) -> bool:
+    """A layer of a class registered outside Keras."""
+    module = entry.get("module")
+    return bool(entry.get("registered_name")) or (
+        isinstance(module, str) and not module.startswith("keras")
+    )
+
+
+def find_custom_layers(model: Any, path: Path) -> list[tuple[str, str]]:
+    """``(name, weights path)`` of the custom layers of a model (not models, not BN)."""
+    customs: list[tuple[str, str]] = []
+    if isinstance(model, dict) and _model_layers(model) is not None:
+        _walk_layers(model, "", (), [], 0, path, customs)
+    return customs
+
+
 def find_batchnorms(model: Any, path: Path) -> list[FoundLayer]:
     """The BatchNormalization layers of a serialized model, outermost first."""
     if not isinstance(model, dict) or not isinstance(model.get("class_name"), str):
         raise StateError("the model config is not a serialized Keras object", path=path)
-    if model["class_name"] in BATCHNORM_CLASSES:
+    if _is_batchnorm(model):
         # A bare layer saved with layer.save(): its variables are at the root.
         return [FoundLayer(model, _layer_name(model), "", (), _build_shape(model))]
     found: list[FoundLayer] = []
@@ -80,6 +110,7 @@ def _walk_layers(
     found: list[FoundLayer],
     depth: int,
     path: Path,
+    customs: list[tuple[str, str]] | None = None,
 ) -> None:
     if depth > MAX_DEPTH:
         raise StateError(f"models nested over {MAX_DEPTH} deep", path=path)
@@ -100,7 +131,7 @@ def _walk_layers(
         counters[snake] = k + 1
         segment = snake if k == 0 else f"{snake}_{k}"
         weights_path = f"{prefix}layers/{segment}"
-        if class_name in BATCHNORM_CLASSES:
+        if _is_batchnorm(entry):
             found.append(
                 FoundLayer(
                     entry, _layer_name(entry), weights_path, outer, shapes[index]
@@ -114,7 +145,10 @@ def _walk_layers(
                 found,
                 depth + 1,
                 path,
+                customs,
             )
+        elif customs is not None and _is_custom(entry):
+            customs.append((_layer_name(entry), weights_path))
 
 
 #: Layers whose output shape is their input shape.

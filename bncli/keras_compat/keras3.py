@@ -20,7 +20,7 @@ from bncli.errors import (
     UnsupportedLayerError,
 )
 from bncli.keras_compat.config import normalize_batchnorm_config
-from bncli.keras_compat.graph import FoundLayer, find_batchnorms
+from bncli.keras_compat.graph import FoundLayer, find_batchnorms, find_custom_layers
 from bncli.keras_compat.hdf5_reading import attr_text, child_of, group_of, read_array
 from bncli.keras_compat.records import MAX_DEPTH, MAX_GROUPS, KerasBatchNorm
 from bncli.keras_compat.variables import (
@@ -147,7 +147,79 @@ def read_with_config(
                 file_config=file_config,
             )
         )
+    layers.extend(_inside_custom_layers(model, f, path))
     return layers
+
+
+def _inside_custom_layers(model: Any, f: h5py.File, path: Path) -> list[KerasBatchNorm]:
+    """BatchNormalization layers that custom layers hold as attributes.
+
+    Their configs are not in the file (a custom layer's config is its own), so
+    they are found by their weights' layout, a ``vars`` group of exactly four
+    1-D float arrays of one length (gamma, beta, moving mean and variance),
+    and listed as unsupported, saying so: never silently missed.
+    """
+    found = []
+    visits = [MAX_GROUPS]
+    for owner, weights_path in find_custom_layers(model, path):
+        if weights_path not in f:
+            continue
+        for where, group in _scan_weights_by_layout(
+            f[weights_path], weights_path, 0, path, visits
+        ):
+            if sorted(group.keys()) != ["0", "1", "2", "3"]:
+                continue
+            shapes = {getattr(child_of(group, k, path), "shape", None) for k in group}
+            if len(shapes) != 1 or len(next(iter(shapes)) or ()) != 1:
+                continue  # not four 1-D variables of one length
+            arrays = _vars_arrays(group, path)
+            if any(a.dtype.kind not in "fV" for a in arrays):
+                continue
+            name = where.removeprefix(weights_path.rpartition("/")[0] + "/")
+            problem = UnsupportedLayerError(
+                f"layer {name!r} is held inside custom layer {owner!r}: its config "
+                "is not in the file",
+                reason=f"inside custom layer {owner!r} (found by its weights; no config)",
+                path=path,
+            )
+            found.append(
+                unsupported_record(
+                    name.replace("layers/", ""),
+                    where,
+                    None,
+                    positional_variables(arrays, None),
+                    None,
+                    problem,
+                    path,
+                )
+            )
+    return found
+
+
+def _scan_weights_by_layout(
+    group: h5py.Group, prefix: str, depth: int, path: Path, visits: list[int]
+) -> Iterator[tuple[str, h5py.Group]]:
+    """``(path, vars group)`` of every group below ``group`` that has a ``vars``."""
+    if depth > MAX_DEPTH:
+        raise StateError(f"groups nested over {MAX_DEPTH} deep", path=path)
+    for key in sorted(group.keys()):
+        visits[0] -= 1
+        if visits[0] < 0:
+            raise StateError(
+                f"more than {MAX_GROUPS:,} groups to walk; refused as a crafted file",
+                path=path,
+            )
+        if key == "vars" or not isinstance(group.get(key, getlink=True), h5py.HardLink):
+            continue
+        child = group[key]
+        if not isinstance(child, h5py.Group):
+            continue
+        here = f"{prefix}/{key}"
+        if "vars" in child and isinstance(
+            child.get("vars", getlink=True), h5py.HardLink
+        ):
+            yield here, group_of(child, "vars", path)
+        yield from _scan_weights_by_layout(child, here, depth + 1, path, visits)
 
 
 _BN_SEGMENT = re.compile(r"^(sync_)?batch_normalization(_\d+)?$")
