@@ -209,78 +209,86 @@ def _chosen_layers(
     names: Sequence[str] | None,
     model: Path,
 ) -> dict[str, tuple[Any, Any]]:
-    """The Keras layers to re-estimate, with the file's record of each, by name."""
-    found = [
-        layer
-        for layer in _all_layers(keras, network)
-        if isinstance(layer, keras.layers.BatchNormalization)
-    ]
-    by_name: dict[str, list[Any]] = {}
-    for record in records:
-        by_name.setdefault(record.name, []).append(record)
+    """The Keras layers to re-estimate, with the file's record of each.
+
+    Layers and records meet by their weights path (``layers/block/norm``):
+    Keras 3 names a layer's weights by its class (or, for a custom layer's
+    sublayer, by the attribute holding it), which the file's records use too.
+    """
+    by_path = {record.path: record for record in records}
     wanted = None if names is None else set(names)
     chosen: dict[str, tuple[Any, Any]] = {}
-    for layer in found:
-        matches = by_name.get(layer.name, [])
-        if (
-            wanted is not None
-            and layer.name not in wanted
-            and not any(r.path in wanted for r in matches)
-        ):
+    for path, layer in _layers_with_paths(keras, network):
+        if not isinstance(layer, keras.layers.BatchNormalization):
             continue
-        if not matches:
+        record = by_path.get(path)
+        labels = {layer.name, path} | ({record.name} if record is not None else set())
+        if wanted is not None and not labels & wanted:
+            continue
+        if record is None:
             raise UsageError(
-                f"{model}: BatchNormalization layer {layer.name!r} is held inside a "
-                "custom layer, whose file has no config for it: it cannot be "
-                "re-estimated yet; name the others with --layers"
+                f"{model}: no weights of BatchNormalization layer {layer.name!r} at "
+                f"{path}; name the others with --layers"
             )
-        if len(matches) != 1:
-            raise UsageError(
-                f"{model}: {len(matches)} BatchNormalization layers of the file are "
-                f"named {layer.name!r}; bncli cannot tell which one Keras calls"
-            )
-        if matches[0].problem is not None:
+        inside = record.problem is not None and record.problem.reason.startswith(
+            "inside custom layer"
+        )
+        if record.problem is not None and not inside:
             raise StateError(
-                f"layer {layer.name!r} cannot be re-estimated: {matches[0].problem.reason}",
+                f"layer {record.name!r} cannot be re-estimated: {record.problem.reason}",
                 path=model,
             )
-        chosen[layer.name] = (layer, matches[0])
+        chosen[record.name] = (layer, record)
     if wanted is not None:
-        known = {n for n in by_name} | {r.path for rs in by_name.values() for r in rs}
+        known = {r.name for r in records} | {r.path for r in records}
+        known |= {layer.name for _, layer in _layers_with_paths(keras, network)}
         unknown = sorted(wanted - known)
         if unknown:
             raise UsageError(
                 f"--layers {unknown[0]!r}: no such BatchNormalization layer (the "
-                f"model has {', '.join(sorted(by_name))})"
+                f"model has {', '.join(sorted(r.name for r in records))})"
             )
     if not chosen:
         raise StateError("the model has no BatchNormalization layer", path=model)
     return chosen
 
 
+def _layers_with_paths(keras: Any, root: Any) -> list[tuple[str, Any]]:
+    """Every layer below ``root`` with its weights path, as Keras 3 saves it."""
+    from bncli.keras_compat.graph import snake_case
+
+    found: list[tuple[str, Any]] = []
+
+    def held(layer: Any, path: str, depth: int) -> None:
+        if depth > 64:
+            return
+        for attribute, value in vars(layer).items():
+            if isinstance(value, keras.layers.Layer) and not attribute.startswith("_"):
+                found.append((f"{path}/{attribute}", value))
+                held(value, f"{path}/{attribute}", depth + 1)
+
+    def model(network: Any, prefix: str, depth: int) -> None:
+        counters: dict[str, int] = {}
+        for layer in network.layers:
+            name = type(layer).__name__
+            snake = snake_case("Functional" if name == "Model" else name)
+            k = counters.get(snake, 0)
+            counters[snake] = k + 1
+            path = f"{prefix}layers/{snake if k == 0 else f'{snake}_{k}'}"
+            found.append((path, layer))
+            if hasattr(layer, "layers") and depth < 64:
+                model(layer, f"{path}/", depth + 1)
+            else:
+                held(layer, path, depth + 1)
+
+    model(root, "", 0)
+    return found
+
+
 def _numpy(value: Any) -> np.ndarray:
     """A Keras variable or tensor as a float64 NumPy array, on any backend."""
     ops = __import__("keras").ops
     return np.asarray(ops.convert_to_numpy(value)).astype(np.float64)
-
-
-def _all_layers(keras: Any, root: Any) -> list[Any]:
-    """Every layer below ``root``: nested models' and those custom layers hold."""
-    found: list[Any] = []
-    seen = {id(root)}
-    pending = [root]
-    while pending:
-        layer = pending.pop(0)
-        children = list(getattr(layer, "layers", []) or [])
-        for value in vars(layer).values():
-            items = value if isinstance(value, list | tuple) else [value]
-            children.extend(v for v in items if isinstance(v, keras.layers.Layer))
-        for child in children:
-            if id(child) not in seen:
-                seen.add(id(child))
-                found.append(child)
-                pending.append(child)
-    return found
 
 
 def _moving(layer: Any) -> tuple[np.ndarray, np.ndarray]:

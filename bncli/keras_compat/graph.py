@@ -20,7 +20,7 @@ from bncli.errors import (
 )
 from bncli.keras_compat.records import BATCHNORM_CLASSES, MAX_DEPTH, MAX_RANK, Shape
 
-__all__ = ["FoundLayer", "find_batchnorms", "find_custom_layers"]
+__all__ = ["FoundLayer", "find_batchnorms", "find_custom_layers", "snake_case"]
 
 
 @dataclasses.dataclass
@@ -36,7 +36,7 @@ class FoundLayer:
     input_shape: Shape | None
 
 
-def _snake_case(name: str) -> str:
+def snake_case(name: str) -> str:
     # keras.src.utils.naming.to_snake_case
     name = re.sub(r"\W+", "", name)
     name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
@@ -126,7 +126,7 @@ def _walk_layers(
             raise StateError("a layer of the model config has no class_name", path=path)
         if sequential and class_name == "InputLayer":
             continue  # Sequential.layers leaves its InputLayer out
-        snake = _snake_case("Functional" if class_name == "Model" else class_name)
+        snake = snake_case("Functional" if class_name == "Model" else class_name)
         k = counters.get(snake, 0)
         counters[snake] = k + 1
         segment = snake if k == 0 else f"{snake}_{k}"

@@ -38,6 +38,10 @@ class Block(keras.layers.Layer):
         self.dense = keras.layers.Dense(units)
         self.norm = keras.layers.BatchNormalization(momentum=0.9)
 
+    def build(self, input_shape):
+        self.dense.build(input_shape)
+        self.norm.build((*input_shape[:-1], self.units))
+
     def call(self, x, training=None):
         return self.norm(self.dense(x), training=training)
 
@@ -114,10 +118,32 @@ def test_recalibrate_needs_the_custom_classes(model_file):
     missing = run("o1.keras")
     assert missing.returncode == 2
     assert "--custom-objects MODULE" in missing.stderr
-    inner = run("o2.keras", "--custom-objects", "bncli_custom_classes")
-    assert inner.returncode == 2
-    assert "is held inside a custom layer" in inner.stderr
-    done = run(
-        "o3.keras", "--custom-objects", "bncli_custom_classes", "--layers", "sub_bn"
+    every = run("o2.keras", "--custom-objects", "bncli_custom_classes", "--json")
+    assert every.returncode == 0, every.stderr
+    assert sorted(json.loads(every.stdout)["layers"]) == ["block/norm", "sub_bn"]
+    one = run(
+        "o3.keras", "--custom-objects", "bncli_custom_classes", "--layers", "sub_bn",
+        "--json",
+    )  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    assert sorted(json.loads(one.stdout)["layers"]) == ["sub_bn"]
+
+
+def test_recalibrate_reaches_a_layer_inside_a_custom_layer(model_file, run_cli):
+    """The held layer gets its inputs' population statistics (exact), as Keras sees them."""
+    sys.path.insert(0, str(model_file))
+    try:
+        import bncli_custom_classes  # noqa: F401 - registers the classes
+    finally:
+        sys.path.remove(str(model_file))
+    os.chdir(model_file)
+    done = run_cli(
+        "recalibrate", "c.keras", "x.npy", "-o", "r.keras", "--stats", "exact"
     )
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.stderr
+    out = keras.saving.load_model(model_file / "r.keras")
+    block = out.get_layer("block")
+    x = np.load(model_file / "x.npy")
+    inputs = keras.ops.convert_to_numpy(block.dense(x)).astype(np.float64)
+    mean = keras.ops.convert_to_numpy(block.norm.moving_mean).astype(np.float64)
+    np.testing.assert_allclose(mean, inputs.mean(axis=0), rtol=2e-4, atol=1e-5)
