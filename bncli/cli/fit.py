@@ -134,6 +134,7 @@ def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
         after_commit,
         counted,
         emit_json,
+        fit_document,
         make_progress,
         say,
         warn,
@@ -172,15 +173,7 @@ def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
         progress=make_progress(options["quiet"], "fit"),
     )
     summary = done.summary
-    result = {
-        "state": str(done.state),
-        "batches": summary.batches,
-        "samples": summary.samples,
-        "epochs": summary.epochs,
-        "seconds": round(summary.seconds, 6),
-        "batches_seen": done.batches_seen,
-        "samples_seen": done.samples_seen,
-    }
+    result = fit_document(done.state, summary, done.batches_seen, done.samples_seen)
     with after_commit():
         if options["as_json"]:
             emit_json(result)

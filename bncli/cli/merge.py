@@ -45,20 +45,12 @@ def merge(
       bncli fit part-2.h5 data/ --part 2/2 --stats exact
       bncli merge state.h5 part-*.h5
     """
-    from bncli.cli.render import after_commit, counted, emit_json, say
+    from bncli.cli.render import after_commit, counted, emit_json, fit_document, say
     from bncli.parts import merge_parts
 
     done = merge_parts(state, parts, epochs=epochs, wait=wait)
     summary = done.summary
-    result = {
-        "state": str(done.state),
-        "batches": summary.batches,
-        "samples": summary.samples,
-        "epochs": summary.epochs,
-        "seconds": round(summary.seconds, 6),
-        "batches_seen": done.batches_seen,
-        "samples_seen": done.samples_seen,
-    }
+    result = fit_document(done.state, summary, done.batches_seen, done.samples_seen)
     with after_commit():
         if as_json:
             emit_json(result)

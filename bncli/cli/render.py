@@ -20,6 +20,21 @@ from bncli.cli.text import cell, printable
 from bncli.progress import NullProgress, Progress
 
 
+def fit_document(
+    state: Any, summary: Any, batches_seen: int, samples_seen: int
+) -> dict[str, Any]:
+    """The ``--json`` document of ``fit`` (and of ``merge``, which prints the same)."""
+    return {
+        "state": str(state),
+        "batches": summary.batches,
+        "samples": summary.samples,
+        "epochs": summary.epochs,
+        "seconds": round(summary.seconds, 6),
+        "batches_seen": batches_seen,
+        "samples_seen": samples_seen,
+    }
+
+
 def emit_json(document: Any) -> None:
     """Print one JSON document to stdout (floats at full precision)."""
     stdout = _stdout()
