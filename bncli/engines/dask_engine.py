@@ -358,7 +358,7 @@ def transform_layer(
         BncliError: an unreachable scheduler (exit 1).
         DataError: as the local engine.
     """
-    from bncli.io.sinks import sink_format
+    from bncli.io.sinks import csv_compression, sink_format
 
     started = time.perf_counter()
     progress = progress or NullProgress()
@@ -387,6 +387,11 @@ def transform_layer(
             "device; use --engine local"
         )
     fmt = sink_format(output, dataset.kind)
+    if csv_compression(output) is not None:
+        raise UsageError(
+            f"{output}: --engine dask writes plain CSV; compress it afterwards, or "
+            "use --engine local"
+        )
     dtype = layer.output_dtype(options.output_dtype)
     sample_bytes = chunk_bytes(dataset)[0]
     with connect(distributed, scheduler, workers) as (client, threads):

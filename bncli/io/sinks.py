@@ -44,12 +44,25 @@ def sink_format(output: str, kind: str) -> str:
     if output == "-":
         return "arrow-stream" if kind == "table" else "npy-stream"
     fmt = _FORMATS.get(Path(output).suffix.lower())
+    if fmt is None and csv_compression(output) is not None:
+        fmt = "csv"
     if fmt is None:
         raise UsageError(
             f"{output}: unknown output extension; use .parquet, .arrow, .feather, "
-            ".ipc, .csv, .npy or - (stdout)"
+            ".ipc, .csv (or .csv.gz, .csv.bz2, .csv.zst, .csv.lz4), .npy or - (stdout)"
         )
     return fmt
+
+
+def csv_compression(output: str) -> str | None:
+    """The compression a CSV output's name asks for (``out.csv.gz``: gzip), or None."""
+    from bncli.io.detect import CSV_COMPRESSIONS
+
+    name = Path(output).name.lower()
+    for suffix, codec in CSV_COMPRESSIONS.items():
+        if name.endswith(".csv" + suffix):
+            return codec
+    return None
 
 
 def check_writable(output: str, dataset: Dataset) -> None:
@@ -109,8 +122,9 @@ def open_sink(
         shape: tuple[int, ...] = (len(dataset.features),)
     else:
         shape = dataset.sample_shape
+    compression = csv_compression(output.given) if fmt == "csv" else None
     with writing(output) as place:
-        sink = _make_sink(fmt, place, dataset, dtype, shape)
+        sink = _make_sink(fmt, place, dataset, dtype, shape, compression)
         try:
             yield sink
         finally:
@@ -123,10 +137,11 @@ def _make_sink(
     dataset: Dataset,
     dtype: np.dtype[Any],
     shape: tuple[int, ...],
+    compression: str | None = None,
 ) -> Sink:
     if fmt in ("npy", "npy-stream"):
         return NpySink(target, dtype, shape, dataset.num_samples)
-    return TableSink(fmt, target, dataset, dtype)
+    return TableSink(fmt, target, dataset, dtype, compression)
 
 
 class Sink:
@@ -205,11 +220,17 @@ class TableSink(Sink):
     """Parquet, Arrow IPC (file or stream) or CSV, keeping the other columns."""
 
     def __init__(
-        self, fmt: str, target: Any, dataset: Dataset, dtype: np.dtype[Any]
+        self,
+        fmt: str,
+        target: Any,
+        dataset: Dataset,
+        dtype: np.dtype[Any],
+        compression: str | None = None,
     ) -> None:
         import pyarrow as pa
 
         self.format = fmt
+        self._compressed: Any = None
         self.features = dataset.features
         if dtype.name == "bfloat16" or (fmt == "csv" and dtype.itemsize < 4):
             dtype = np.dtype(np.float32)  # no bfloat16 in Arrow; no float16 in CSV
@@ -249,6 +270,9 @@ class TableSink(Sink):
         else:
             import pyarrow.csv as csv
 
+            if compression is not None:
+                self._compressed = pa.CompressedOutputStream(sink_target, compression)
+                sink_target = self._compressed
             self.writer = csv.CSVWriter(sink_target, self.schema)
 
     def write(self, chunk: Chunk, y: npt.NDArray[Any]) -> None:
@@ -273,6 +297,8 @@ class TableSink(Sink):
 
     def close(self) -> None:
         self.writer.close()
+        if self._compressed is not None:
+            self._compressed.close()  # the compressed stream's last frame
 
 
 def _pandas_metadata_for(

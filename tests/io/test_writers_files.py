@@ -194,3 +194,20 @@ def test_parquet_piped_through_a_real_process(tmp_path):
     assert bncli.load(tmp_path / "s.h5").samples_seen == 20
     leftovers = list((tmp_path).glob("bncli-stdin-*"))
     assert leftovers == []
+
+
+@pytest.mark.parametrize("suffix", [".csv.gz", ".csv.bz2", ".csv.zst", ".csv.lz4"])
+def test_compressed_csv_outputs(tmp_path, run_cli, suffix):
+    text = "a,b\n" + "".join(f"{i * 0.5},{-i}\n" for i in range(30))
+    (tmp_path / "p.csv").write_text(text)
+    assert run_cli("fit", "s.h5", "p.csv").exit_code == 0
+    done = run_cli("transform", "s.h5", "p.csv", "-o", f"y{suffix}")
+    assert done.exit_code == 0, done.stderr
+    assert run_cli("transform", "s.h5", "p.csv", "-o", "y.csv").exit_code == 0
+    import pyarrow.csv as pacsv
+
+    with pa.input_stream(str(tmp_path / f"y{suffix}"), compression="detect") as f:
+        compressed = pacsv.read_csv(f)
+    assert compressed.equals(pacsv.read_csv(tmp_path / "y.csv"))
+    raw = (tmp_path / f"y{suffix}").read_bytes()
+    assert raw[:4] != b"a,b\n"[:4]  # not plain text
