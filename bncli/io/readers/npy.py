@@ -165,7 +165,9 @@ def _check_npy_length(path: str) -> None:
             size = os.fstat(f.fileno()).st_size
     except (*BAD_NPY, OSError):
         return  # a damaged header: np.load reports it
-    if any(d < 0 for d in shape):
+    if any(d < 0 for d in shape) or math.prod(d for d in shape if d) >= 1 << 62:
+        # Negative, or beyond what any index can address (NumPy would
+        # overflow computing it): a crafted header.
         raise DataError(f"corrupt NPY header (shape {shape})", path=path)
     claimed = math.prod(shape) * np.dtype(dtype).itemsize
     if size - offset < claimed:
