@@ -21,7 +21,6 @@ from bncli.cli.lazy import LazyGroup
 from bncli.cli.signals import catching_interrupts, received
 from bncli.version import __version__
 
-EXIT_INTERRUPTED = 130
 #: The error line of each stop signal; the exit code is 128 + its number.
 _STOP_WORDS: dict[int, str] = {
     signal.SIGINT: "interrupted",

@@ -23,7 +23,6 @@ from bncli.errors import DataError
 
 __all__ = [
     "TABLE_BATCH_ROWS",
-    "TABLE_FORMATS",
     "ArraySource",
     "Source",
     "TableSource",
@@ -32,8 +31,6 @@ __all__ = [
 
 #: Rows per record batch asked of table readers.
 TABLE_BATCH_ROWS = 65_536
-#: The table formats, as :func:`bncli.io.detect.sniff_format` names them.
-TABLE_FORMATS = ("parquet", "arrow", "arrow-stream", "csv")
 
 
 def first_line(e: BaseException) -> str:
