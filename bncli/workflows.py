@@ -407,7 +407,8 @@ def keras_layer(
     if found.config is not None:
         # renorm=True never gets here: select_layer raised the layer's problem.
         built = BatchNormalization.from_config(dict(found.config))
-        _refuse_contradictions(built, given, model)
+        rank = None if found.input_shape is None else len(found.input_shape)
+        _refuse_contradictions(built, given, model, rank)
     else:
         if "dtype" not in given:  # the stored variables' dtype, as Keras's
             stored = np.asarray(found.variables["moving_mean"]).dtype.name
@@ -436,8 +437,19 @@ def keras_layer(
     return built
 
 
+def _axes(axis: Any, rank: int | None) -> Any:
+    """An axis (or a list of them) with negative ones counted from ``rank``."""
+    values = axis if isinstance(axis, list) else [axis]
+    if rank is None:
+        return values
+    return sorted(a + rank if a < 0 else a for a in values)
+
+
 def _refuse_contradictions(
-    built: Any, given: Mapping[str, Any], model: str | os.PathLike[str]
+    built: Any,
+    given: Mapping[str, Any],
+    model: str | os.PathLike[str],
+    rank: int | None = None,
 ) -> None:
     """Refuse layer options that contradict a file's config (exit 4): never ignored."""
     if not given:
@@ -448,7 +460,7 @@ def _refuse_contradictions(
         if key == "dtype":
             same = built.dtype_policy.name == probe.dtype_policy.name
         elif key == "axis":
-            same = config["axis"] == wanted["axis"]
+            same = _axes(config["axis"], rank) == _axes(wanted["axis"], rank)
         else:
             same = config.get(key) == wanted.get(key)
         if not same:

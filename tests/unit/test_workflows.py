@@ -160,3 +160,14 @@ def test_a_weights_only_import_keeps_the_stored_dtype(tmp_path):
     layer = keras_layer(tmp_path / "w.h5")
     assert layer.dtype_policy.name == "float64"
     assert layer.to_state().variables["moving_mean"].dtype == np.float64
+
+
+def test_an_axis_spelled_otherwise_is_no_contradiction(tmp_path):
+    np.save(tmp_path / "x.npy", np.random.default_rng(2).normal(size=(8, 3, 2)))
+    fit_state(tmp_path / "s.h5", [tmp_path / "x.npy"], FitOptions())  # axis -1
+    export_state(tmp_path / "s.h5", tmp_path / "m.keras")
+    assert keras_layer(tmp_path / "m.keras", axis=2).channels == 2  # -1 of rank 3
+    with pytest.raises(
+        StateMismatchError, match="--axis 1 contradicts the file's axis -1"
+    ):
+        keras_layer(tmp_path / "m.keras", axis=1)
