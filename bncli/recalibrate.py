@@ -218,7 +218,8 @@ def _chosen_layers(
     by_path = {record.path: record for record in records}
     wanted = None if names is None else set(names)
     chosen: dict[str, tuple[Any, Any]] = {}
-    for path, layer in _layers_with_paths(keras, network):
+    layers = _layers_with_paths(keras, network)
+    for path, layer in layers:
         if not isinstance(layer, keras.layers.BatchNormalization):
             continue
         record = by_path.get(path)
@@ -241,7 +242,7 @@ def _chosen_layers(
         chosen[record.name] = (layer, record)
     if wanted is not None:
         known = {r.name for r in records} | {r.path for r in records}
-        known |= {layer.name for _, layer in _layers_with_paths(keras, network)}
+        known |= {layer.name for _, layer in layers}
         unknown = sorted(wanted - known)
         if unknown:
             raise UsageError(

@@ -210,8 +210,6 @@ def _check_until_share(
     if any(os.fspath(p) == "-" for p in paths):
         raise UsageError("--until-share repeats epochs: not with '-' (stdin)")
     mode = options.statistics or layer.statistics
-    if options.statistics is None and options.reset_statistics:
-        mode = layer.statistics
     if mode != "ema":
         raise UsageError(
             f"--until-share is for the ema statistics (the initializers' share "
