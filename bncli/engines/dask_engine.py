@@ -87,6 +87,8 @@ from bncli.io.atomic import atomic_path, scratch_folder
 from bncli.io.batching import batch_blocks, block_rows
 from bncli.io.chunks import Chunk
 from bncli.io.dataset import Dataset
+from bncli.io.locations import is_url
+from bncli.io.outputs import writing
 from bncli.progress import NullProgress, Progress
 
 __all__ = [
@@ -378,10 +380,15 @@ def transform_layer(
         )
     refuse_stdin(paths)
     parts_folder = not single_file and sink_format(output, "table") == "parquet"
+    if parts_folder and is_url(output):
+        raise UsageError(
+            f"{output}: --engine dask writes Parquet to a URL as one object; "
+            "give --single-file"
+        )
     dataset, target = open_transform_dataset(
         layer, paths, output, options, folder=parts_folder
     )
-    if target.stream or target.path is None:
+    if target.stream:
         raise UsageError(
             f"{output}: --engine dask writes a file or a folder, not a FIFO or a "
             "device; use --engine local"
@@ -433,16 +440,26 @@ def transform_layer(
             return samples
 
         if fmt == "parquet" and not single_file:
+            assert target.path is not None  # a local folder, checked above
             with atomic_path(target.path, directory=True) as folder:
                 samples = run(folder)
         else:
-            with scratch_folder(target.path) as folder:
+            # Parts of a URL output are written in a local scratch folder,
+            # joined, and the whole uploaded.
+            with scratch_folder(target.path or _scratch_place()) as folder:
                 samples = run(folder)
                 parts = sorted(folder.glob(f"part-*{_PART_SUFFIX[fmt]}"))
-                with atomic_path(target.path) as tmp:
+                with writing(target) as tmp:
                     _join(fmt, parts, tmp)
     progress.finish()
     return TransformSummary(samples, output, time.perf_counter() - started)
+
+
+def _scratch_place() -> Path:
+    """A name in the temporary folder beside which a URL output's parts are written."""
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / "bncli-parts"
 
 
 #: Bytes copied at a time when joining parts.

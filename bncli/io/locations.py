@@ -21,6 +21,8 @@ __all__ = [
     "open_random_access",
     "open_stream",
     "read_head",
+    "same_place",
+    "upload",
 ]
 
 #: The schemes read through ``pyarrow.fs``.
@@ -121,3 +123,49 @@ def read_head(url: str, size: int) -> bytes:
     with open_random_access(url) as f:
         head: bytes = f.read(size)
     return head
+
+
+def same_place(a: str, b: str) -> bool:
+    """Whether two URLs name the same object, or ``b`` is below the prefix ``a``.
+
+    Example:
+        >>> same_place("s3://data/parts/", "s3://data/parts/p1.parquet")
+        True
+    """
+    ka, kb = _key(a), _key(b)
+    return ka == kb or kb.startswith(ka + "/") or ka.startswith(kb + "/")
+
+
+def _key(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    scheme = {"gcs": "gs"}.get(scheme.lower(), scheme.lower())
+    return f"{scheme}://{rest.strip('/')}"
+
+
+def upload(local: str | os.PathLike[str], url: str, block: int) -> None:
+    """Copy the finished file ``local`` to the object ``url``, whole or not at all.
+
+    The object is created when the stream closes (a single request, or a
+    multipart upload completed at the end). If anything fails on the way the
+    object is deleted again, so that nothing partial stays under ``url``.
+
+    Raises:
+        OutputError: the upload failed.
+    """
+    from bncli.errors import OutputError
+
+    filesystem, path = _resolve(url)
+    done = False
+    try:
+        with open(local, "rb") as source, filesystem.open_output_stream(path) as out:
+            while data := source.read(block):
+                out.write(data)
+        done = True
+    except OSError as e:
+        raise OutputError(f"upload failed ({_first_line(e)})", path=url) from e
+    finally:
+        if not done:
+            try:
+                filesystem.delete_file(path)
+            except OSError:
+                pass  # nothing was created

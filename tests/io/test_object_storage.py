@@ -110,7 +110,12 @@ def test_the_cli_reads_urls_and_transforms_them_to_a_local_file(s3, tmp_path, ru
         (["fit", "s.h5", "s3://data/missing.parquet"], 3, "error: s3://data/missing.parquet: no such file or object\n"),
         (["fit", "s3://data/state.h5", "s3://data/x.npy"], 2, "error: s3://data/state.h5: a state is a local file, not a URL"),
         (["inspect", "s3://data/state.h5"], 2, "a state is a local file, not a URL"),
-        (["transform", "s.h5", "s3://data/x.npy", "-o", "s3://data/y.npy"], 2, "outputs are local files for now"),
+        (["transform", "s.h5", "s3://data/x.npy", "-o", "s3://data/x.npy", "--overwrite"], 2, "error: s3://data/x.npy: the output is one of the inputs (s3://data/x.npy)"),
+        (["transform", "s.h5", "x.npy", "-o", "s3://data/x.npy"], 2, "error: s3://data/x.npy: output exists; pass --overwrite to replace it"),
+        (["transform", "s.h5", "x.npy", "-o", "s3://data/parts"], 2, "error: s3://data/parts: is a prefix (a folder of objects); the output is one object"),
+        (["transform", "s.h5", "x.npy", "-o", "s3://nobucket/y.npy"], 2, "error: s3://nobucket/y.npy: the output's bucket or folder s3://nobucket does not exist"),
+        (["export", "s.h5", "s3://data/m.keras"], 2, "error: s3://data/m.keras: this output is a local file, not a URL"),
+        (["transform", "s.h5", "x.npy", "-o", "s3://data/new/y.parquet", "--engine", "dask"], 2, "error: s3://data/new/y.parquet: --engine dask writes Parquet to a URL as one object; give --single-file"),
     ],
 )  # fmt: skip
 def test_url_errors_name_the_url(s3, tmp_path, run_cli, args, code, message):
@@ -134,3 +139,107 @@ def test_dask_workers_open_the_urls_themselves(s3):
     )
     local = _fit(s3["folder"] / "p1.parquet", s3["folder"] / "p2.parquet")
     np.testing.assert_allclose(layer.moving_mean64, local.moving_mean64, rtol=1e-12)
+
+
+def _store():
+    from pyarrow import fs
+
+    return fs.S3FileSystem(endpoint_override=os.environ["AWS_ENDPOINT_URL"])
+
+
+def _multipart_uploads(bucket):
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    return client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+
+
+@pytest.mark.parametrize("name", ["y.parquet", "y.npy", "y.csv.gz", "y.arrow"])
+def test_a_transform_to_a_url_uploads_what_a_local_output_holds(
+    s3, tmp_path, run_cli, name
+):
+    np.save(tmp_path / "x.npy", s3["x"])
+    assert run_cli("fit", "s.h5", "x.npy").exit_code == 0
+    local = run_cli("transform", "s.h5", "x.npy", "-o", name)
+    assert local.exit_code == 0, local.stderr
+    url = f"s3://data/out-{tmp_path.name}/{name}"
+    remote = run_cli("transform", "s.h5", "x.npy", "-o", url)
+    assert remote.exit_code == 0, remote.stderr
+    with _store().open_input_stream(url.removeprefix("s3://")) as f:
+        uploaded = f.read()
+    if name.endswith(".gz"):  # gzip's header holds a time stamp
+        import gzip
+
+        assert gzip.decompress(uploaded) == gzip.decompress(
+            (tmp_path / name).read_bytes()
+        )
+    else:
+        assert uploaded == (tmp_path / name).read_bytes()
+    again = run_cli("transform", "s.h5", "x.npy", "-o", url, "--overwrite")
+    assert again.exit_code == 0, again.stderr
+
+
+def test_a_failed_transform_leaves_nothing_under_the_url(s3, tmp_path, run_cli):
+    """A NaN far into the input fails the command after rows were written."""
+    x = np.random.default_rng(3).normal(size=(200_000, 3))
+    np.save(tmp_path / "fit.npy", x[:1000])
+    x[-1, 1] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    assert run_cli("fit", "s.h5", "fit.npy").exit_code == 0
+    url = f"s3://data/failed-{tmp_path.name}/y.parquet"
+    done = run_cli("transform", "s.h5", "x.npy", "-o", url)
+    assert done.exit_code == 3, done.stderr
+    assert "NaN" in done.stderr
+    from pyarrow import fs
+
+    listed = _store().get_file_info(fs.FileSelector("data", recursive=True))
+    assert not [e.path for e in listed if f"failed-{tmp_path.name}" in e.path]
+    assert _multipart_uploads("data") == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fit.npy", "s.h5", "x.npy"]
+
+
+def test_the_python_api_and_a_real_process_write_urls(s3, tmp_path):
+    import subprocess
+    import sys
+
+    from bncli.workflows import transform_state
+
+    np.save(tmp_path / "x.npy", s3["x"])
+    layer = _fit(tmp_path / "x.npy")
+    layer.save(tmp_path / "s.h5")
+    url = f"s3://data/api-{tmp_path.name}/y.npy"
+    summary = transform_state(tmp_path / "s.h5", [tmp_path / "x.npy"], url)
+    assert summary.samples == N
+    with _store().open_input_stream(url.removeprefix("s3://")) as f:
+        import io
+
+        y = np.load(io.BytesIO(f.read()))
+    expected = (s3["x"] - layer.moving_mean64) / np.sqrt(layer.moving_variance64 + 1e-3)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+    process = subprocess.run(
+        [sys.executable, "-m", "bncli", "transform", str(tmp_path / "s.h5"), str(tmp_path / "x.npy"), "-o", url],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert process.returncode == 2
+    assert (
+        process.stderr
+        == f"error: {url}: output exists; pass --overwrite to replace it\n"
+    )
+
+
+@pytest.mark.dask
+@pytest.mark.slow
+def test_dask_joins_its_parts_into_one_uploaded_object(s3, tmp_path, scheduler):
+    from bncli.workflows import transform_state
+
+    np.save(tmp_path / "x.npy", s3["x"])
+    _fit(tmp_path / "x.npy").save(tmp_path / "s.h5")
+    url = f"s3://data/dask-{tmp_path.name}/y.parquet"
+    transform_state(
+        tmp_path / "s.h5", [tmp_path / "x.npy"], url, engine="dask", scheduler=scheduler, single_file=True
+    )  # fmt: skip
+    transform_state(tmp_path / "s.h5", [tmp_path / "x.npy"], tmp_path / "y.parquet")
+    with _store().open_input_file(url.removeprefix("s3://")) as f:
+        remote = pq.read_table(f)
+    assert remote.equals(pq.read_table(tmp_path / "y.parquet"))
