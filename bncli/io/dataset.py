@@ -23,7 +23,13 @@ from bncli.io.detect import format_by_name, sniff_format
 from bncli.io.locations import is_url, list_objects
 from bncli.io.readers import open_source
 from bncli.io.readers.npy import BAD_NPY
-from bncli.io.sources import TABLE_BATCH_ROWS, ArraySource, Source, first_line
+from bncli.io.sources import (
+    TABLE_BATCH_ROWS,
+    ArraySource,
+    Source,
+    TableSource,
+    first_line,
+)
 from bncli.io.tables import can_be_channel, is_numeric, table_chunk
 
 __all__ = [
@@ -350,14 +356,14 @@ def _open_tables(
                 path=first.path,
             )
         index = pandas_index_columns(first.schema)
-        chosen = [
-            f.name
+        candidates = [
+            f
             for f in first.schema
-            if is_numeric(f.type)
-            and f.name not in excluded
-            and f.name != mask_column
-            and f.name not in index
+            if f.name not in excluded and f.name != mask_column and f.name not in index
         ]
+        for field in candidates:
+            _refuse_bad_number(first, field.name, hint=True)
+        chosen = [f.name for f in candidates if is_numeric(f.type)]
         if not chosen:
             raise DataError("no numeric column to use as a channel", path=first.path)
     if mask_column is not None and mask_column in set(chosen):
@@ -374,6 +380,7 @@ def _open_tables(
                 )
             field = schema.field(name)
             if not can_be_channel(field.type):
+                _refuse_bad_number(source, name, hint=False)
                 raise DataError(
                     f"column is not numeric (type {field.type}); choose channels "
                     "with --columns or --exclude",
@@ -403,6 +410,22 @@ def _open_tables(
         mask_column=mask_column,
         nan_policy=nan_policy,
     )
+
+
+def _refuse_bad_number(source: Source, column: str, *, hint: bool) -> None:
+    """Refuse a column of numbers in which one cell is not one (CSV's ``?``)."""
+    if not isinstance(source, TableSource):
+        return
+    found = source.bad_number(column)
+    if found is not None:
+        row, text = found
+        raise DataError(
+            f"{text!r} is not a number",
+            path=source.path,
+            column=column,
+            row=row,
+            hint=f"--exclude {column} if it is not a channel" if hint else None,
+        )
 
 
 def _open_arrays(

@@ -180,6 +180,11 @@ class TableSource(Source):
             for lo in range(0, batch.num_rows, rows):
                 yield batch.slice(lo, rows)
 
+    def bad_number(self, column: str) -> tuple[int, str] | None:
+        """``(row, text)`` of the first cell that is not a number in a text
+        column holding numbers (CSV), or None: typed formats have none."""
+        return None
+
     def opening(self, e: Exception) -> DataError:
         """The error for a file pyarrow cannot open as this format."""
         return DataError(

@@ -211,3 +211,79 @@ def test_compressed_csv_outputs(tmp_path, run_cli, suffix):
     assert compressed.equals(pacsv.read_csv(tmp_path / "y.csv"))
     raw = (tmp_path / f"y{suffix}").read_bytes()
     assert raw[:4] != b"a,b\n"[:4]  # not plain text
+
+
+def _csv_with(tmp_path, name, rows, bad_row, bad_line):
+    """A CSV of ``rows`` rows (``a`` int, ``b`` float, ``c`` text), one line replaced."""
+    rng = np.random.default_rng(1)
+    b = np.round(rng.normal(size=rows), 6)
+    lines = ["a,b,c", *(f"{i},{v},q{i % 7}" for i, v in enumerate(b))]
+    lines[bad_row + 1] = bad_line
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("rows", "bad_row"),
+    [(300, 10), (300, 0), (300, 299), (700_000, 650_000)],
+    ids=["small", "first-row", "last-row", "after-the-first-8-MiB"],
+)
+def test_csv_non_numbers_name_their_row_whatever_the_size(
+    tmp_path, run_cli, rows, bad_row
+):
+    path = _csv_with(tmp_path, "d.csv", rows, bad_row, "7,?,q")
+    if rows > 1000:
+        assert path.stat().st_size > 8 << 20  # past pyarrow's first block
+    done = run_cli("fit", "s.h5", "d.csv")
+    assert done.exit_code == 3
+    hint = "; --exclude b if it is not a channel" if rows < 1000 else ""
+    assert (
+        done.stderr
+        == f"error: d.csv: column 'b', row {bad_row}: '?' is not a number{hint}\n"
+    )
+    named = run_cli("fit", "s.h5", "d.csv", "--columns", "a,b")
+    assert named.exit_code == 3
+    assert f"column 'b', row {bad_row}: '?' is not a number" in named.stderr
+    # Not a channel: the column is never parsed by the fit.
+    assert run_cli("fit", "s.h5", "d.csv", "--exclude", "b").exit_code == 0
+
+
+def test_a_text_column_is_no_channel_and_a_float_in_an_integer_column_is_named(
+    tmp_path, run_cli
+):
+    # ``c`` holds text, a few cells of which are numbers: not a column of numbers.
+    path = _csv_with(tmp_path, "t.csv", 300, 5, "5,0.5,12")
+    done = run_cli("fit", "s.h5", "t.csv")
+    assert done.exit_code == 0, done.stderr
+    assert bncli.load(tmp_path / "s.h5").features == ["a", "b"]
+    assert pd.read_csv(path).shape == (300, 3)
+    _csv_with(tmp_path, "i.csv", 700_000, 650_000, "7.5,0.5,q")
+    late = run_cli("fit", "i.h5", "i.csv")
+    assert late.exit_code == 3
+    assert late.stderr == (
+        "error: i.csv: column 'a', row 650000: '7.5' is not an integer "
+        "(the column is int64, as its first 8 MiB said)\n"
+    )
+    assert run_cli("fit", "i.h5", "i.csv", "--columns", "b").exit_code == 0
+
+
+@pytest.mark.slow
+def test_csv_row_errors_through_a_real_process(tmp_path):
+    import subprocess
+    import sys
+
+    _csv_with(tmp_path, "d.csv", 300, 42, "7,oops,q")
+    gz = tmp_path / "d.csv.gz"
+    gz.write_bytes(gzip.compress((tmp_path / "d.csv").read_bytes()))
+    done = subprocess.run(
+        [sys.executable, "-m", "bncli", "fit", "s.h5", "d.csv.gz"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 3
+    assert done.stderr == (
+        "error: d.csv.gz: column 'b', row 42: 'oops' is not a number; "
+        "--exclude b if it is not a channel\n"
+    )
