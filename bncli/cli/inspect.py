@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from bncli.cli.options import debug_option
+from bncli.cli.options import debug_option, read_options, read_record
 
 EXIT_DRIFT = 5
 
@@ -64,6 +64,8 @@ EXIT_DRIFT = 5
     show_default=True,
     help="With --data: NaN or infinity is an error, or masked out.",
 )
+@read_options[0]
+@read_options[1]
 @debug_option
 def inspect(target: str, more_data: tuple[str, ...], **options: Any) -> int:
     """Show what STATE_OR_MODEL holds.
@@ -138,6 +140,7 @@ def inspect(target: str, more_data: tuple[str, ...], **options: Any) -> int:
             ratio_threshold=options["ratio_threshold"],
             mask_column=options["mask_column"],
             nan_policy=options["nan_policy"],
+            read=read_record(options),
         )
     if options["as_json"]:
         document = render.state_document(layer)

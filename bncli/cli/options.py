@@ -239,10 +239,36 @@ def data_options(f: F) -> F:
             show_default=True,
             help="NaN or infinity in a channel: an error, or masked out.",
         ),
+        *read_options,
     ]
     for option in reversed(options):
         f = option(f)
     return f
+
+
+#: What a file cannot say itself: CSV's separator, an NPZ archive's array.
+read_options = [
+    click.option(
+        "--delimiter",
+        default=",",
+        show_default=True,
+        metavar="C",
+        help="Field separator of CSV inputs and of a CSV output (\\t or tab: a tab).",
+    ),
+    click.option(
+        "--array",
+        default=None,
+        metavar="NAME",
+        help="The array to read of .npz inputs that hold several.",
+    ),
+]
+
+
+def read_record(options: dict[str, Any]) -> Any:
+    """The :class:`bncli.io.sources.ReadOptions` of a command's options."""
+    from bncli.io.sources import ReadOptions
+
+    return ReadOptions(delimiter=options["delimiter"], array=options["array"]).checked()
 
 
 def engine_options(f: F) -> F:
@@ -292,6 +318,8 @@ def engine_record(record: Callable[..., R], options: dict[str, Any]) -> R:
     """
     fields = [field.name for field in dataclasses.fields(record)]  # type: ignore[arg-type]
     values = {name: options[name] for name in fields if name in options}
+    if "delimiter" in options:
+        values["read"] = read_record(options)
     return record(**values, mask=list(options["masks"]) or None)
 
 

@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from bncli import kernels
 from bncli.errors import StateFrozenError, UsageError
+from bncli.io.sources import ReadOptions
 
 __all__ = [
     "RESUMABLE_CHANGES",
@@ -191,6 +192,8 @@ class FitOptions:
     #: under this (``"ema"`` only), for at most ``max_epochs`` in all.
     until_share: float | None = None
     max_epochs: int = 1000
+    #: CSV's delimiter, an NPZ archive's array.
+    read: ReadOptions = dataclasses.field(default_factory=ReadOptions)
 
     def checked(self) -> FitOptions:
         """These options, with every count checked to be a positive integer."""
@@ -246,6 +249,8 @@ class TransformOptions:
     workers: int | None = None
     #: Other files the transform reads (its state): the output may not be one.
     reads: Sequence[str | os.PathLike[str]] = ()
+    #: CSV's delimiter (inputs and a CSV output), an NPZ archive's array.
+    read: ReadOptions = dataclasses.field(default_factory=ReadOptions)
 
     def checked(self) -> TransformOptions:
         """These options, with every count checked to be a positive integer."""

@@ -292,11 +292,12 @@ def transform_task(task: Task, job: TransformJob) -> int:
 
     options = task.options
     schema_source = Dataset(
-        sources=[open_file(job.first)],
+        sources=[open_file(job.first, options.read)],
         kind=options.kind,
         features=list(options.features),
         sample_shape=options.sample_shape,
         axis=options.axis,
+        read=options.read,
     )
     chunks: Iterator[Chunk] = read_task(task, all_columns=True)
     if job.training:
@@ -450,7 +451,7 @@ def transform_layer(
                 samples = run(folder)
                 parts = sorted(folder.glob(f"part-*{_PART_SUFFIX[fmt]}"))
                 with writing(target) as tmp:
-                    _join(fmt, parts, tmp)
+                    _join(fmt, parts, tmp, dataset.read.delimiter)
     progress.finish()
     return TransformSummary(samples, output, time.perf_counter() - started)
 
@@ -466,7 +467,7 @@ def _scratch_place() -> Path:
 _COPY_BYTES = 8 << 20
 
 
-def _join(fmt: str, parts: Sequence[Path], target: Path) -> None:
+def _join(fmt: str, parts: Sequence[Path], target: Path, delimiter: str = ",") -> None:
     """Join ordered parts into ``target``, streaming: constant memory."""
     if fmt == "parquet":
         import pyarrow.parquet as pq
@@ -498,19 +499,19 @@ def _join(fmt: str, parts: Sequence[Path], target: Path) -> None:
             if writer is not None:
                 writer.close()
     elif fmt == "csv":
-        _join_csv(parts, target)
+        _join_csv(parts, target, delimiter)
     else:
         _join_npy(parts, target)
 
 
-def _join_csv(parts: Sequence[Path], target: Path) -> None:
+def _join_csv(parts: Sequence[Path], target: Path, delimiter: str) -> None:
     """Concatenate CSV parts, keeping the first part's header only."""
     header = b""
     with open(target, "wb") as out:
         for index, part in enumerate(parts):
             with open(part, "rb") as f:
                 if index == 0:
-                    header = _csv_header(part)
+                    header = _csv_header(part, delimiter)
                 elif f.read(len(header)) != header:  # pragma: no cover - defensive
                     raise BncliError(
                         f"{part}: a part's CSV header differs from the first's"
@@ -518,15 +519,17 @@ def _join_csv(parts: Sequence[Path], target: Path) -> None:
                 shutil.copyfileobj(f, out, _COPY_BYTES)
 
 
-def _csv_header(part: Path) -> bytes:
+def _csv_header(part: Path, delimiter: str) -> bytes:
     """The header line(s) pyarrow wrote for ``part``'s columns."""
     import pyarrow as pa
     import pyarrow.csv as csv
 
-    names = csv.open_csv(str(part)).schema.names
+    parse = csv.ParseOptions(delimiter=delimiter)
+    names = csv.open_csv(str(part), parse_options=parse).schema.names
     buffer = pa.BufferOutputStream()
     schema = pa.schema([(name, pa.null()) for name in names])
-    csv.CSVWriter(buffer, schema).close()
+    options = csv.WriteOptions(delimiter=delimiter)
+    csv.CSVWriter(buffer, schema, write_options=options).close()
     header: bytes = buffer.getvalue().to_pybytes()
     return header
 

@@ -26,7 +26,7 @@ from bncli.io.chunks import Chunk
 from bncli.io.dataset import Dataset
 from bncli.io.locations import is_url
 from bncli.io.readers import open_source
-from bncli.io.sources import TABLE_BATCH_ROWS, Source
+from bncli.io.sources import TABLE_BATCH_ROWS, ReadOptions, Source
 
 __all__ = [
     "TASK_BYTES",
@@ -81,6 +81,7 @@ class StreamOptions:
     axis: int
     mask_column: str | None
     nan_policy: str
+    read: ReadOptions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,9 +167,9 @@ def num_tasks(
     return threads * max(rounds, 1)
 
 
-def count_rows(path: str) -> int:
+def count_rows(path: str, read: ReadOptions) -> int:
     """Samples in a file without metadata (CSV), counted by reading it."""
-    source = open_file(path)
+    source = open_file(path, read)
     return sum(batch.num_rows for batch in source.chunks(0, TABLE_BATCH_ROWS))
 
 
@@ -178,7 +179,7 @@ def input_sizes(distributed: Any, client: Any, dataset: Dataset) -> list[int]:
     unknown = [i for i, n in enumerate(sizes) if n is None]
     if unknown:
         paths = [absolute(dataset.sources[i].path) for i in unknown]
-        futures = client.map(count_rows, paths, pure=False)
+        futures = client.map(count_rows, paths, read=dataset.read, pure=False)
         for i, n in zip(unknown, results(distributed, futures), strict=True):
             sizes[i] = n
     return [int(n or 0) for n in sizes]
@@ -231,6 +232,7 @@ def make_tasks(
         axis=dataset.axis,
         mask_column=dataset.mask_column,
         nan_policy=dataset.nan_policy,
+        read=dataset.read,
     )
     tasks = []
     for index, (start, stop) in enumerate(ranges):
@@ -253,9 +255,9 @@ def naming_inputs(files: Sequence[InputFile]) -> Iterator[None]:
         raise
 
 
-def open_file(path: str) -> Source:
+def open_file(path: str, read: ReadOptions) -> Source:
     """The reader of an input, on a worker."""
-    return open_source(path)
+    return open_source(path, read)
 
 
 def read_task(task: Task, all_columns: bool = False) -> Iterator[Chunk]:
@@ -263,7 +265,7 @@ def read_task(task: Task, all_columns: bool = False) -> Iterator[Chunk]:
     sources = []
     masks = []
     for file in task.files:
-        source = open_file(file.path)
+        source = open_file(file.path, task.options.read)
         if source.num_rows is not None and source.num_rows != file.rows:
             raise DataError(
                 f"{source.num_rows} samples on a worker, {file.rows} on the client; "

@@ -123,6 +123,7 @@ def open_fit_dataset(
         mask_column=options.mask_column,
         masks=options.mask,
         nan_policy=options.nan_policy,
+        read=options.read,
     )
     if layer.built and layer.kind != dataset.kind:
         raise StateMismatchError(
@@ -168,6 +169,7 @@ def open_transform_dataset(
         mask_column=options.mask_column,
         masks=options.mask,
         nan_policy=options.nan_policy,
+        read=options.read,
     )
     _require_values(dataset)
     if dataset.kind == "table":

@@ -26,6 +26,7 @@ from bncli.io.readers.npy import BAD_NPY
 from bncli.io.sources import (
     TABLE_BATCH_ROWS,
     ArraySource,
+    ReadOptions,
     Source,
     TableSource,
     first_line,
@@ -137,6 +138,7 @@ class Dataset:
     mask_column: str | None = None
     masks: list[Any] | None = None
     nan_policy: str = "error"
+    read: ReadOptions = dataclasses.field(default_factory=ReadOptions)
 
     @property
     def num_samples(self) -> int | None:
@@ -262,6 +264,7 @@ def open_dataset(
     mask_column: str | None = None,
     masks: Sequence[str | os.PathLike[str]] | None = None,
     nan_policy: str = "error",
+    read: ReadOptions | None = None,
 ) -> Dataset:
     """Open the inputs as one stream and settle its channels.
 
@@ -276,8 +279,10 @@ def open_dataset(
         mask_column: a boolean or 0/1 column; false rows count in no statistic.
         masks: NPY masks, one per NPY input or one for the whole stream.
         nan_policy: ``"error"`` or ``"mask"``.
+        read: CSV's delimiter, an NPZ archive's array.
 
     Raises:
+        UsageError: ``read.array`` with no NPZ input, or a bad delimiter.
         DataError: unreadable inputs, or inputs that disagree.
         ChannelMismatchError: channels that differ from ``features``.
     """
@@ -286,7 +291,36 @@ def open_dataset(
     paths = expand_inputs(inputs)
     if paths.count("-") and len(paths) > 1:
         raise UsageError("'-' (stdin) must be the only input")
-    sources = [open_source(p) for p in paths]
+    read = (read or ReadOptions()).checked()
+    sources = [open_source(p, read) for p in paths]
+    if read.array is not None and not any(s.format == "npz" for s in sources):
+        raise UsageError("--array chooses an array of .npz inputs; there is none")
+    dataset = _open(
+        sources,
+        axis,
+        columns,
+        exclude,
+        features,
+        sample_shape,
+        mask_column,
+        masks,
+        nan_policy,
+    )
+    dataset.read = read
+    return dataset
+
+
+def _open(
+    sources: list[Source],
+    axis: int,
+    columns: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+    features: Sequence[str] | None,
+    sample_shape: Sequence[int] | None,
+    mask_column: str | None,
+    masks: Sequence[str | os.PathLike[str]] | None,
+    nan_policy: str,
+) -> Dataset:
     kinds = {s.kind for s in sources}
     if len(kinds) > 1:
         raise DataError("inputs mix tables and NPY arrays", path=sources[-1].path)

@@ -56,6 +56,7 @@ DATA_EXTENSIONS = {
     ".arrows": "arrow-stream",
     ".csv": "csv",
     ".npy": "npy",
+    ".npz": "npz",
 }
 
 
@@ -90,6 +91,8 @@ def data_format_of(head: bytes) -> str | None:
         return "npy"
     if head.startswith(ARROW_STREAM_MAGIC):
         return "arrow-stream"
+    if head.startswith(ZIP_MAGICS):  # NPZ: a zip of NPY files
+        return "npz"
     return None
 
 

@@ -273,7 +273,11 @@ class TableSink(Sink):
             if compression is not None:
                 self._compressed = pa.CompressedOutputStream(sink_target, compression)
                 sink_target = self._compressed
-            self.writer = csv.CSVWriter(sink_target, self.schema)
+            self.writer = csv.CSVWriter(
+                sink_target,
+                self.schema,
+                write_options=csv.WriteOptions(delimiter=dataset.read.delimiter),
+            )
 
     def write(self, chunk: Chunk, y: npt.NDArray[Any]) -> None:
         import pyarrow as pa

@@ -14,20 +14,50 @@ contract every one of them keeps is tested once for all in
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from bncli.errors import DataError
+from bncli.errors import DataError, UsageError
 
 __all__ = [
     "TABLE_BATCH_ROWS",
     "ArraySource",
+    "ReadOptions",
     "Source",
     "TableSource",
     "first_line",
 ]
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadOptions:
+    """What a file cannot say itself: how to read inputs of some formats.
+
+    Attributes:
+        delimiter: the field separator of CSV inputs (and outputs).
+        array: the array of an ``.npz`` archive holding several.
+    """
+
+    delimiter: str = ","
+    array: str | None = None
+
+    def checked(self) -> ReadOptions:
+        """These options, with ``delimiter`` one character (``\\t`` or ``tab``: a tab).
+
+        Raises:
+            UsageError: a delimiter of several characters, a quote, a line end.
+        """
+        delimiter = {"\\t": "\t", "tab": "\t"}.get(self.delimiter, self.delimiter)
+        if len(delimiter) != 1 or delimiter in '"\r\n':
+            raise UsageError(
+                f"--delimiter must be one character (not a quote or a line end), "
+                f"got {self.delimiter!r}"
+            )
+        return dataclasses.replace(self, delimiter=delimiter)
+
 
 #: Rows per record batch asked of table readers.
 TABLE_BATCH_ROWS = 65_536

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from bncli.errors import DataError, InputNotFoundError
 from bncli.io.dataset import open_dataset
 from bncli.io.readers import open_source
+from bncli.io.sources import ReadOptions
 
 N, C = 53, 3
 NAMES = ["a", "b", "c"]
@@ -45,6 +46,8 @@ class ReaderContract:
     knows_rows = True
     #: What a file without a channel is told.
     no_channel = "no numeric column to use as a channel"
+    #: What the file cannot say itself (CSV's delimiter, an NPZ's array).
+    read = ReadOptions()
 
     def write(self, path: Path, values: np.ndarray) -> None:
         """The values as this format's file (tables: three channels and two others)."""
@@ -65,7 +68,7 @@ class ReaderContract:
     def open(self, path: Path, **options: Any):
         if self.kind == "table":
             options.setdefault("columns", NAMES)
-        return open_dataset([path], **options)
+        return open_dataset([path], read=self.read, **options)
 
     # ---------------------------------------------------------- what it knows
 
@@ -75,14 +78,14 @@ class ReaderContract:
         path.rename(renamed)
         if self.format == "csv":  # text has no magic number: by extension only
             with pytest.raises(DataError, match="unrecognized format"):
-                open_source(str(renamed))
+                open_source(str(renamed), self.read)
             return
-        source = open_source(str(renamed))
+        source = open_source(str(renamed), self.read)
         assert (source.format, source.kind) == (self.format, self.kind)
 
     def test_rows_and_units(self, written):
         path, _ = written
-        source = open_source(str(path))
+        source = open_source(str(path), self.read)
         assert source.num_rows == (N if self.knows_rows else None)
         units = source.unit_rows()
         if units is None:
@@ -180,7 +183,7 @@ class ReaderContract:
         path = tmp_path / f"none{self.suffix}"
         self.write_without_channels(path)
         with pytest.raises(DataError, match=self.no_channel) as caught:
-            open_dataset([path])
+            open_dataset([path], read=self.read)
         assert caught.value.path == str(path)
 
     def write_without_channels(self, path: Path) -> None:
@@ -253,3 +256,51 @@ class TestCsv(ReaderContract):
 
     def damage(self, path):
         path.write_bytes(b"a,b\n\xf5\xff\xfe,1\n")  # not UTF-8 text
+
+
+class TestNpz(ReaderContract):
+    """An archive of ``np.savez``: stored members, memory-mapped in place."""
+
+    format = "npz"
+    kind = "array"
+    suffix = ".npz"
+    no_channel = "no channel: axis -1 of shape"
+    read = ReadOptions(array="x")
+
+    def write(self, path, values):
+        with open(path, "wb") as f:  # np.savez would add .npz to another name
+            np.savez(f, x=values, labels=np.arange(len(values)))
+
+    def write_without_channels(self, path):
+        with open(path, "wb") as f:
+            np.savez(f, x=np.zeros((N, 0)))
+
+
+class TestNpzCompressed(TestNpz):
+    """``np.savez_compressed``: deflated members, decompressed as streams."""
+
+    def write(self, path, values):
+        with open(path, "wb") as f:
+            np.savez_compressed(f, x=values, labels=np.arange(len(values)))
+
+    def damage(self, path):
+        data = bytearray(path.read_bytes())
+        data[200:260] = b"\0" * 60  # inside the first member's deflate stream
+        path.write_bytes(bytes(data))
+
+
+class TestNpzFortranOrder(TestNpz):
+    """A stored Fortran-ordered member: read in place, rows gathered."""
+
+    def write(self, path, values):
+        with open(path, "wb") as f:
+            np.savez(f, x=np.asfortranarray(values), labels=np.arange(len(values)))
+
+
+class TestCsvSemicolons(TestCsv):
+    """CSV with another delimiter (``--delimiter ';'``), as European locales write it."""
+
+    read = ReadOptions(delimiter=";")
+
+    def write_table(self, path, table):
+        pacsv.write_csv(table, path, pacsv.WriteOptions(delimiter=";"))

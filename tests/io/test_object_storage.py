@@ -42,12 +42,14 @@ def s3(tmp_path_factory):
     x = np.random.default_rng(9).normal(3.0, 2.0, (N, 3))
     table = pa.table({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2]})
     np.save(folder / "x.npy", x)
+    np.savez(folder / "x.npz", x=x)
+    np.savez_compressed(folder / "xc.npz", x=x)
     pq.write_table(table.slice(0, 200), folder / "p1.parquet", row_group_size=50)
     pq.write_table(table.slice(200), folder / "p2.parquet", row_group_size=50)
     pacsv.write_csv(table, folder / "t.csv")
     store = fs.S3FileSystem(endpoint_override=endpoint, allow_bucket_creation=True)
     store.create_dir("data")
-    for name in ("x.npy", "p1.parquet", "p2.parquet", "t.csv"):
+    for name in ("x.npy", "x.npz", "xc.npz", "p1.parquet", "p2.parquet", "t.csv"):
         key = f"data/{'parts/' if name.startswith('p') else ''}{name}"
         with store.open_output_stream(key) as out:
             out.write((folder / name).read_bytes())
@@ -80,6 +82,8 @@ def _fit(*inputs, **options):
     ("url", "local"),
     [
         ("s3://data/x.npy", ["x.npy"]),
+        ("s3://data/x.npz", ["x.npy"]),
+        ("s3://data/xc.npz", ["x.npy"]),
         ("s3://data/t.csv", ["t.csv"]),
         ("s3://data/parts/", ["p1.parquet", "p2.parquet"]),
         ("s3://data/parts", ["p1.parquet", "p2.parquet"]),

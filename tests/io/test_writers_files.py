@@ -287,3 +287,159 @@ def test_csv_row_errors_through_a_real_process(tmp_path):
         "error: d.csv.gz: column 'b', row 42: 'oops' is not a number; "
         "--exclude b if it is not a channel\n"
     )
+
+
+# ------------------------------------------------------------ NPZ archives
+
+
+@pytest.fixture
+def arrays(tmp_path):
+    rng = np.random.default_rng(5)
+    x = rng.normal(2.0, 3.0, (500, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "one.npz", data=x)
+    np.savez_compressed(tmp_path / "two.npz", x=x, y=x[:, :2] * 2)
+    return x
+
+
+@pytest.mark.parametrize(
+    ("name", "array"), [("one.npz", None), ("two.npz", "x")], ids=["stored", "deflated"]
+)
+def test_an_npz_array_fits_and_transforms_as_the_npy_of_it(
+    tmp_path, run_cli, arrays, name, array
+):
+    assert run_cli("fit", "ref.h5", "x.npy").exit_code == 0
+    assert run_cli("transform", "ref.h5", "x.npy", "-o", "ref.npy").exit_code == 0
+    chosen = ["--array", array] if array else []
+    done = run_cli("fit", "s.h5", name, *chosen)
+    assert done.exit_code == 0, done.stderr
+    ref, got = bncli.load(tmp_path / "ref.h5"), bncli.load(tmp_path / "s.h5")
+    np.testing.assert_array_equal(got.moving_mean64, ref.moving_mean64)
+    np.testing.assert_array_equal(got.moving_variance64, ref.moving_variance64)
+    out = run_cli("transform", "s.h5", name, *chosen, "-o", "y.npy")
+    assert out.exit_code == 0, out.stderr
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "y.npy"), np.load(tmp_path / "ref.npy")
+    )
+    piped = run_cli("fit", "p.h5", "-", *chosen, input=(tmp_path / name).read_bytes())
+    assert piped.exit_code == 0, piped.stderr
+    np.testing.assert_array_equal(
+        bncli.load(tmp_path / "p.h5").moving_mean64, ref.moving_mean64
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["two.npz"], 2, "error: two.npz: the archive holds 2 arrays (x, y); choose one with --array NAME\n"),
+        (["two.npz", "--array", "z"], 2, "error: two.npz: --array z: no such array in the archive (arrays: x, y)\n"),
+        (["x.npy", "--array", "x"], 2, "error: --array chooses an array of .npz inputs; there is none\n"),
+        (["bad.npz"], 3, "error: bad.npz: corrupt NPZ archive (File is not a zip file)\n"),
+        (["empty.npz"], 3, "error: empty.npz: the archive holds no NPY arrays\n"),
+        (["lying.npz"], 3, "error: lying.npz: truncated NPZ member x.npy: its header claims 1,600,000 bytes (shape (1000, 200)), the member holds 800\n"),
+        (["objects.npz"], 3, "error: objects.npz: NPY array of Python objects (would need pickle, which bncli never loads)\n"),
+    ],
+)  # fmt: skip
+def test_npz_errors(tmp_path, run_cli, arrays, args, code, message):
+    import io
+    import zipfile
+
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04" + b"\x00" * 40)
+    with zipfile.ZipFile(tmp_path / "empty.npz", "w") as z:
+        z.writestr("readme.txt", "no arrays")
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f8", "fortran_order": False, "shape": (1000, 200)}
+    )
+    with zipfile.ZipFile(tmp_path / "lying.npz", "w") as z:
+        z.writestr("x.npy", header.getvalue() + b"\x00" * 800)
+    with zipfile.ZipFile(tmp_path / "objects.npz", "w") as z:
+        buffer = io.BytesIO()
+        np.lib.format.write_array(buffer, np.array([[1, "a"]], dtype=object))
+        z.writestr("x.npy", buffer.getvalue())
+    done = run_cli("fit", "s.h5", *args)
+    assert (done.exit_code, done.stderr) == (code, message)
+
+
+# ----------------------------------------------------------- --delimiter
+
+
+def test_a_delimiter_reads_and_writes_csv_alike(tmp_path, run_cli):
+    rng = np.random.default_rng(8)
+    frame = pd.DataFrame(rng.normal(size=(300, 3)), columns=["a", "b", "c"])
+    frame["note"] = "x, y"  # a comma inside a field of a semicolon file
+    frame.to_csv(tmp_path / "comma.csv", index=False)
+    frame.to_csv(tmp_path / "semi.csv", index=False, sep=";")
+    frame.to_csv(tmp_path / "tabs.csv.gz", index=False, sep="\t")
+    assert run_cli("fit", "ref.h5", "comma.csv").exit_code == 0
+    ref = bncli.load(tmp_path / "ref.h5")
+    for name, delimiter in [
+        ("semi.csv", ";"),
+        ("tabs.csv.gz", "\\t"),
+        ("tabs.csv.gz", "tab"),
+    ]:
+        done = run_cli("fit", f"{delimiter}.h5", name, "--delimiter", delimiter)
+        assert done.exit_code == 0, done.stderr
+        got = bncli.load(tmp_path / f"{delimiter}.h5")
+        assert got.features == ["a", "b", "c"]
+        np.testing.assert_allclose(got.moving_mean64, ref.moving_mean64, rtol=1e-12)
+    out = run_cli("transform", ";.h5", "semi.csv", "--delimiter", ";", "-o", "y.csv")
+    assert out.exit_code == 0, out.stderr
+    back = pd.read_csv(tmp_path / "y.csv", sep=";")
+    assert list(back.columns) == ["a", "b", "c", "note"]
+    assert (back["note"] == "x, y").all()
+    wrong = run_cli("fit", "w.h5", "semi.csv")
+    assert wrong.exit_code == 3
+    assert wrong.stderr.startswith(
+        "error: semi.csv: cannot read as csv (CSV parse error"
+    )
+    assert wrong.stderr.endswith("; its header is split by ';': give --delimiter ';'\n")
+    (tmp_path / "plain.csv").write_text("a;b\n1;2\n")
+    alone = run_cli("fit", "w.h5", "plain.csv")
+    assert (alone.exit_code, alone.stderr) == (
+        3,
+        "error: plain.csv: one column only, named 'a;b'; its header is split by "
+        "';': give --delimiter ';'\n",
+    )
+    bad = run_cli("fit", "w.h5", "semi.csv", "--delimiter", ";;")
+    assert bad.exit_code == 2
+    assert bad.stderr == (
+        "error: --delimiter must be one character (not a quote or a line end), got ';;'\n"
+    )
+
+
+@pytest.mark.dask
+@pytest.mark.slow
+def test_dask_workers_read_npz_and_delimited_csv_as_the_local_engine(
+    tmp_path, scheduler, arrays
+):
+    from bncli.engines.base import FitOptions, TransformOptions
+    from bncli.io.sources import ReadOptions
+    from bncli.workflows import fit_state, transform_state
+
+    read = ReadOptions(array="x")
+    for engine in ("local", "dask"):
+        fit_state(
+            tmp_path / f"{engine}.h5",
+            [tmp_path / "two.npz"],
+            FitOptions(read=read),
+            engine=engine,
+            scheduler=scheduler if engine == "dask" else None,
+        )
+    local, dask = (bncli.load(tmp_path / f"{e}.h5") for e in ("local", "dask"))
+    np.testing.assert_allclose(dask.moving_mean64, local.moving_mean64, rtol=1e-12)
+    frame = pd.DataFrame(arrays, columns=list("abcd"))
+    frame.to_csv(tmp_path / "semi.csv", index=False, sep=";")
+    semi = ReadOptions(delimiter=";")
+    fit_state(tmp_path / "c.h5", [tmp_path / "semi.csv"], FitOptions(read=semi))
+    for engine in ("local", "dask"):
+        transform_state(
+            tmp_path / "c.h5",
+            [tmp_path / "semi.csv"],
+            tmp_path / f"{engine}.csv",
+            TransformOptions(read=semi),
+            engine=engine,
+            scheduler=scheduler if engine == "dask" else None,
+        )
+    assert (tmp_path / "dask.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
+    assert (tmp_path / "dask.csv").read_text().startswith('"a";"b";"c";"d"\n')

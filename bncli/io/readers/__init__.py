@@ -16,8 +16,9 @@ from bncli.io.detect import NPY_MAGIC, data_format_of, sniff_format
 from bncli.io.readers.arrow import ArrowFileSource, ArrowStreamSource
 from bncli.io.readers.csv import CsvSource
 from bncli.io.readers.npy import NpySource
+from bncli.io.readers.npz import NpzSource
 from bncli.io.readers.parquet import ParquetSource
-from bncli.io.sources import Source
+from bncli.io.sources import ReadOptions, Source
 
 __all__ = [
     "READERS",
@@ -25,21 +26,23 @@ __all__ = [
     "ArrowStreamSource",
     "CsvSource",
     "NpySource",
+    "NpzSource",
     "ParquetSource",
     "open_source",
 ]
 
-#: The reader of each file format.
-READERS: dict[str, Callable[[str], Source]] = {
-    "npy": NpySource,
-    "parquet": ParquetSource,
-    "arrow": ArrowFileSource,
-    "arrow-stream": ArrowStreamSource,
-    "csv": CsvSource,
+#: The reader of each file format, given the path and the read options.
+READERS: dict[str, Callable[[str, ReadOptions], Source]] = {
+    "npy": lambda path, read: NpySource(path),
+    "npz": lambda path, read: NpzSource(path, array=read.array),
+    "parquet": lambda path, read: ParquetSource(path),
+    "arrow": lambda path, read: ArrowFileSource(path),
+    "arrow-stream": lambda path, read: ArrowStreamSource(path),
+    "csv": lambda path, read: CsvSource(path, delimiter=read.delimiter),
 }
 
 
-def open_source(path: str) -> Source:
+def open_source(path: str, read: ReadOptions | None = None) -> Source:
     """The reader for ``path`` (``"-"``: stdin), chosen by content.
 
     On stdin an NPY array and an Arrow IPC stream are read as they arrive;
@@ -51,8 +54,9 @@ def open_source(path: str) -> Source:
         InputNotFoundError: no such file.
         DataError: an unrecognized or damaged file, or nothing on stdin.
     """
+    read = read or ReadOptions()
     if path != "-":
-        return READERS[sniff_format(path)](path)
+        return READERS[sniff_format(path)](path, read)
     stream: Any = sys.stdin.buffer  # a BufferedReader (peek) in a shell
     if not hasattr(stream, "peek"):  # e.g. an in-memory stream
         stream = io.BufferedReader(_Prepended(stream.read(4096), stream))
@@ -68,8 +72,8 @@ def open_source(path: str) -> Source:
     found = data_format_of(head)
     if found is None and head and _looks_like_text(head):
         found = "csv"
-    if found in ("parquet", "arrow", "csv"):
-        return _spooled(stream, found)
+    if found in ("parquet", "arrow", "csv", "npz"):
+        return _spooled(stream, found, read)
     if found is None and head:
         raise DataError(
             f"unrecognized data on stdin (first bytes: {head[:8].hex(' ')}); bncli "
@@ -111,7 +115,7 @@ def _looks_like_text(head: bytes) -> bool:
     return True
 
 
-def _spooled(stream: Any, fmt: str) -> Source:
+def _spooled(stream: Any, fmt: str, read: ReadOptions) -> Source:
     """Stdin copied to a temporary file, read by ``fmt``'s reader as ``-``."""
     import os
     import shutil
@@ -127,8 +131,10 @@ def _spooled(stream: Any, fmt: str) -> Source:
             reader = ParquetSource(name, name="-")
         elif fmt == "arrow":
             reader = ArrowFileSource(name, name="-")
+        elif fmt == "npz":
+            reader = NpzSource(name, array=read.array, name="-")
         else:
-            reader = CsvSource(name, name="-")
+            reader = CsvSource(name, name="-", delimiter=read.delimiter)
     except BaseException:
         os.unlink(name)
         raise

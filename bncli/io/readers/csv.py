@@ -47,7 +47,15 @@ class CsvSource(TableSource):
             # Bytes that are not UTF-8 (a binary file named .csv) fail here.
             self._schema.names  # noqa: B018
         except (pa.ArrowException, OSError, ValueError) as e:
-            raise self.opening(e) from e
+            raise self._with_hint(self.opening(e)) from e
+        if len(self._schema.names) == 1:
+            hint = self._delimiter_hint()
+            if hint:  # one column named "a;b;c": another delimiter
+                raise DataError(
+                    f"one column only, named {self._schema.names[0]!r}",
+                    path=self.path,
+                    hint=hint,
+                )
 
     def _open(
         self, column: str | None = None, columns: Sequence[str] | None = None
@@ -84,9 +92,37 @@ class CsvSource(TableSource):
         except pa.ArrowInvalid as e:
             found = _COLUMN.search(str(e))
             if found is None or "conversion error" not in str(e):
-                raise
+                raise self._with_hint(self.opening(e)) from e
             self._refuse_bad_value(self._schema.names[int(found.group(1))])
             raise  # not found again: pyarrow's own message
+
+    def _with_hint(self, error: DataError) -> DataError:
+        if "CSV parse error" in error.message and error.hint is None:
+            error.hint = self._delimiter_hint()
+            error.args = (error.line(),)
+        return error
+
+    def _delimiter_hint(self) -> str | None:
+        """``give --delimiter ';'`` when the header holds another separator more."""
+        import pyarrow as pa
+
+        try:
+            if is_url(self.location):
+                stream = open_stream(self.location, compression="detect")
+            else:
+                stream = pa.input_stream(self.location, compression="detect")
+            with stream:
+                head = (
+                    stream.read(1 << 16).split(b"\n", 1)[0].decode("utf-8", "replace")
+                )
+        except (OSError, pa.ArrowException):
+            return None
+        counts = {c: head.count(c) for c in ",;\t|" if c != self.delimiter}
+        best = max(counts, key=lambda c: counts[c])
+        if counts[best] <= head.count(self.delimiter):
+            return None
+        shown = "tab" if best == "\t" else best
+        return f"its header is split by {shown!r}: give --delimiter {shown!r}"
 
     def bad_number(self, column: str) -> tuple[int, str] | None:
         """The first cell that is not a number in a text column of numbers.

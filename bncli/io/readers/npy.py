@@ -12,7 +12,7 @@ import os
 import tokenize
 import weakref
 from collections.abc import Iterator, Sequence
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -21,7 +21,7 @@ from bncli.errors import DataError
 from bncli.io.locations import is_url, open_random_access
 from bncli.io.sources import ArraySource, first_line
 
-__all__ = ["BAD_NPY", "NpySource", "load_npy"]
+__all__ = ["BAD_NPY", "NpySource", "load_npy", "read_npy_header"]
 
 #: What NumPy raises on a damaged NPY header: besides ValueError, its header
 #: parser lets the tokenizer's and the literal parser's errors through.
@@ -49,6 +49,7 @@ class NpySource(ArraySource):
 
     def __init__(self, path: str, stream: BinaryIO | None = None) -> None:
         self.path = path
+        self.location = path
         self._stream = stream
         self._file: BinaryIO | None = None
         self._remote: Any = None
@@ -116,7 +117,7 @@ class NpySource(ArraySource):
             piece: npt.NDArray[Any] = self.array[lo:hi]  # Fortran order: rows
             return piece  # are not contiguous
         if self._file is None:
-            self._file = open(self.path, "rb", buffering=0)
+            self._file = open(self.location, "rb", buffering=0)
             weakref.finalize(self, self._file.close)
         row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
         window: npt.NDArray[Any] = np.memmap(
@@ -179,11 +180,22 @@ def _check_npy_length(path: str) -> None:
         )
 
 
-def _read_header(stream: BinaryIO, npy: Any) -> tuple[Any, bool, Any]:
+def _read_header(stream: IO[bytes], npy: Any) -> tuple[Any, bool, Any]:
     version = npy.read_magic(stream)
     if version == (1, 0):
         return npy.read_array_header_1_0(stream)  # type: ignore[no-any-return]
     return npy.read_array_header_2_0(stream)  # type: ignore[no-any-return]
+
+
+def read_npy_header(stream: IO[bytes]) -> tuple[Any, bool, Any]:
+    """``(shape, fortran_order, dtype)`` of the NPY header at ``stream``'s position.
+
+    Raises:
+        ValueError, SyntaxError, tokenize.TokenError: a damaged header.
+    """
+    from numpy.lib import format as npy
+
+    return _read_header(stream, npy)
 
 
 def _read_stream_header(
