@@ -89,6 +89,7 @@ from bncli.io.chunks import Chunk
 from bncli.io.dataset import Dataset
 from bncli.io.locations import is_url
 from bncli.io.outputs import writing
+from bncli.io.partitions import Keys
 from bncli.progress import NullProgress, Progress
 
 __all__ = [
@@ -273,6 +274,7 @@ class TransformJob:
     nan_policy: str
     #: The first input: its schema is the output's, as with the local engine.
     first: str
+    first_keys: Keys
     folder: str
     suffix: str
     width: int
@@ -292,7 +294,7 @@ def transform_task(task: Task, job: TransformJob) -> int:
 
     options = task.options
     schema_source = Dataset(
-        sources=[open_file(job.first, options.read)],
+        sources=[open_file(job.first, options.read, job.first_keys)],
         kind=options.kind,
         features=list(options.features),
         sample_shape=options.sample_shape,
@@ -428,6 +430,7 @@ def transform_layer(
                 replicas=options.replicas,
                 nan_policy=options.nan_policy,
                 first=files[0].path,
+                first_keys=files[0].keys,
                 folder=str(folder.resolve()),  # workers have their own cwd
                 suffix=_PART_SUFFIX[fmt],
                 width=max(5, len(str(len(specs) - 1))),

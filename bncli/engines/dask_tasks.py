@@ -25,8 +25,9 @@ from bncli.errors import BncliError, DataError
 from bncli.io.chunks import Chunk
 from bncli.io.dataset import Dataset
 from bncli.io.locations import is_url
+from bncli.io.partitions import Keys
 from bncli.io.readers import open_source
-from bncli.io.sources import TABLE_BATCH_ROWS, ReadOptions, Source
+from bncli.io.sources import TABLE_BATCH_ROWS, ReadOptions, Source, TableSource
 
 __all__ = [
     "TASK_BYTES",
@@ -69,6 +70,8 @@ class InputFile:
     rows: int
     mask: str | None = None
     mask_offset: int = 0
+    #: Hive partition keys of the file's folders (columns of its rows).
+    keys: Keys = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,6 +216,7 @@ def input_files(
                 rows,
                 mask_path,
                 mask_offset or 0,
+                getattr(source, "keys", ()),
             )
         )
         offset += rows
@@ -255,9 +259,12 @@ def naming_inputs(files: Sequence[InputFile]) -> Iterator[None]:
         raise
 
 
-def open_file(path: str, read: ReadOptions) -> Source:
-    """The reader of an input, on a worker."""
-    return open_source(path, read)
+def open_file(path: str, read: ReadOptions, keys: Keys = ()) -> Source:
+    """The reader of an input, on a worker, with its Hive keys."""
+    source = open_source(path, read)
+    if keys and isinstance(source, TableSource):
+        source.add_keys(keys)
+    return source
 
 
 def read_task(task: Task, all_columns: bool = False) -> Iterator[Chunk]:
@@ -265,7 +272,7 @@ def read_task(task: Task, all_columns: bool = False) -> Iterator[Chunk]:
     sources = []
     masks = []
     for file in task.files:
-        source = open_file(file.path, task.options.read)
+        source = open_file(file.path, task.options.read, file.keys)
         if source.num_rows is not None and source.num_rows != file.rows:
             raise DataError(
                 f"{source.num_rows} samples on a worker, {file.rows} on the client; "

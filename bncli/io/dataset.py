@@ -21,6 +21,7 @@ from bncli.errors import ChannelMismatchError, DataError, InputNotFoundError, Us
 from bncli.io.chunks import Chunk, Segment
 from bncli.io.detect import format_by_name, sniff_format
 from bncli.io.locations import is_url, list_objects
+from bncli.io.partitions import Keys, hive_keys
 from bncli.io.readers import open_source
 from bncli.io.readers.npy import BAD_NPY
 from bncli.io.sources import (
@@ -37,6 +38,7 @@ __all__ = [
     "Dataset",
     "check_channels",
     "expand_inputs",
+    "expand_with_keys",
     "open_dataset",
     "pandas_index_columns",
 ]
@@ -50,17 +52,27 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
     ``.crc`` files, ``_temporary``) are skipped, and so are files of other
     extensions.
     """
-    paths: list[str] = []
+    return [path for path, _ in expand_with_keys(inputs)]
+
+
+def expand_with_keys(
+    inputs: Sequence[str | os.PathLike[str]],
+) -> list[tuple[str, Keys]]:
+    """:func:`expand_inputs`, each file with the Hive keys of its folders below the input."""
+    paths: list[tuple[str, Keys]] = []
     for item in inputs:
         text = os.fspath(item)
         if text == "-":
-            paths.append(text)
+            paths.append((text, ()))
             continue
         if is_url(text):
             found = [u for u in list_objects(text) if format_by_name(u) is not None]
             if not found:
                 raise DataError("the prefix holds no data files", path=text)
-            paths.extend(found)
+            base = text.rstrip("/") + "/"
+            paths.extend(
+                (u, hive_keys(u.removeprefix(base)) if u != text else ()) for u in found
+            )
             continue
         path = Path(text)
         if path.is_dir():
@@ -75,7 +87,9 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
             )
             if not files:
                 raise DataError("folder holds no data files", path=path)
-            paths.extend(str(p) for p in files)
+            paths.extend(
+                (str(p), hive_keys(p.relative_to(path).as_posix())) for p in files
+            )
         elif not path.exists():
             raise InputNotFoundError("no such file", path=path)
         elif not path.is_file():
@@ -86,7 +100,7 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
                 f"as a named input; give it as stdin: - < {text}"
             )
         else:
-            paths.append(text)
+            paths.append((text, ()))
     if not paths:
         raise UsageError("no input given")
     return paths
@@ -288,11 +302,15 @@ def open_dataset(
     """
     if nan_policy not in ("error", "mask"):
         raise UsageError(f"nan policy must be 'error' or 'mask', got {nan_policy!r}")
-    paths = expand_inputs(inputs)
+    expanded = expand_with_keys(inputs)
+    paths = [path for path, _ in expanded]
     if paths.count("-") and len(paths) > 1:
         raise UsageError("'-' (stdin) must be the only input")
     read = (read or ReadOptions()).checked()
     sources = [open_source(p, read) for p in paths]
+    for source, (_, keys) in zip(sources, expanded, strict=True):
+        if keys and isinstance(source, TableSource):
+            source.add_keys(keys)
     if read.array is not None and not any(s.format == "npz" for s in sources):
         raise UsageError("--array chooses an array of .npz inputs; there is none")
     dataset = _open(

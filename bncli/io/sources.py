@@ -161,6 +161,8 @@ class TableSource(Source):
 
     kind = "table"
     _schema: Any
+    #: Hive partition keys of the file's folders: text columns after its own.
+    keys: tuple[tuple[str, str | None], ...] = ()
 
     @property
     def value_bytes(self) -> int:
@@ -168,7 +170,19 @@ class TableSource(Source):
 
     @property
     def schema(self) -> Any:
-        return self._schema
+        if not self.keys:
+            return self._schema
+        import pyarrow as pa
+
+        schema = self._schema
+        for name, _ in self.keys:
+            schema = schema.append(pa.field(name, pa.string()))
+        return schema
+
+    def add_keys(self, keys: Sequence[tuple[str, str | None]]) -> None:
+        """Add the Hive keys of the file's folders as columns (the file's own win)."""
+        own = set(self._schema.names)
+        self.keys = tuple((name, value) for name, value in keys if name not in own)
 
     def chunks(
         self, start: int, rows: int, columns: Sequence[str] | None = None
@@ -176,13 +190,30 @@ class TableSource(Source):
         import pyarrow as pa
 
         try:
-            yield from self.record_batches(start, rows, columns)
+            if not self.keys:
+                yield from self.record_batches(start, rows, columns)
+                return
+            named = {name for name, _ in self.keys}
+            own = None if columns is None else [c for c in columns if c not in named]
+            for batch in self.record_batches(start, rows, own):
+                yield self._with_keys(batch, columns)
         except DataError:
             raise
         except (pa.ArrowException, OSError, ValueError) as e:
             raise DataError(
                 f"cannot read as {self.format} ({first_line(e)})", path=self.path
             ) from e
+
+    def _with_keys(self, batch: Any, columns: Sequence[str] | None) -> Any:
+        import pyarrow as pa
+
+        arrays = list(batch.columns)
+        names = list(batch.schema.names)
+        for name, value in self.keys:
+            arrays.append(pa.repeat(pa.scalar(value, pa.string()), batch.num_rows))
+            names.append(name)
+        keyed = pa.RecordBatch.from_arrays(arrays, names=names)
+        return keyed if columns is None else keyed.select(list(columns))
 
     @abc.abstractmethod
     def record_batches(

@@ -247,3 +247,16 @@ def test_dask_joins_its_parts_into_one_uploaded_object(s3, tmp_path, scheduler):
     with _store().open_input_file(url.removeprefix("s3://")) as f:
         remote = pq.read_table(f)
     assert remote.equals(pq.read_table(tmp_path / "y.parquet"))
+
+
+def test_hive_keys_of_a_prefix_are_columns(s3, tmp_path, run_cli):
+    store = _store()
+    table = pa.table({"v": s3["x"][:, 0], "w": s3["x"][:, 1]})
+    for year, piece in (("2023", table.slice(0, 100)), ("2024", table.slice(100))):
+        with store.open_output_stream(f"data/sales/year={year}/p.parquet") as out:
+            pq.write_table(piece, out)
+    assert run_cli("fit", "s.h5", "s3://data/sales").exit_code == 0
+    done = run_cli("transform", "s.h5", "s3://data/sales/", "-o", "y.parquet")
+    assert done.exit_code == 0, done.stderr
+    years = pq.read_table(tmp_path / "y.parquet")["year"].to_pylist()
+    assert years == ["2023"] * 100 + ["2024"] * 200

@@ -443,3 +443,97 @@ def test_dask_workers_read_npz_and_delimited_csv_as_the_local_engine(
         )
     assert (tmp_path / "dask.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
     assert (tmp_path / "dask.csv").read_text().startswith('"a";"b";"c";"d"\n')
+
+
+# ------------------------------------------------------ Hive partition keys
+
+
+@pytest.fixture
+def hive(tmp_path):
+    """A dataset partitioned by pyarrow as Hive does: ``year=/region=`` folders."""
+    import pyarrow.dataset as ds
+
+    rng = np.random.default_rng(4)
+    table = pa.table(
+        {
+            "year": [2023] * 60 + [2024] * 60,
+            "region": ["eu", "us", "a/b", None] * 30,
+            "v": rng.normal(size=120),
+            "w": rng.normal(size=120),
+        }
+    )
+    ds.write_dataset(
+        table,
+        tmp_path / "sales",
+        format="parquet",
+        partitioning=["year", "region"],
+        partitioning_flavor="hive",
+    )
+    return table
+
+
+def test_hive_keys_are_columns_that_pass_through_transform(tmp_path, run_cli, hive):
+    import pyarrow.dataset as ds
+
+    done = run_cli("fit", "s.h5", "sales")
+    assert done.exit_code == 0, done.stderr
+    assert bncli.load(tmp_path / "s.h5").features == ["v", "w"]  # keys: no channels
+    out = run_cli("transform", "s.h5", "sales", "-o", "y.parquet")
+    assert out.exit_code == 0, out.stderr
+    got = pq.read_table(tmp_path / "y.parquet")
+    assert got.schema.names == ["v", "w", "year", "region"]
+    # Each row keeps its partition: the same rows, keyed as pyarrow reads them.
+    expected = ds.dataset(tmp_path / "sales", partitioning="hive").to_table()
+    pairs = sorted(
+        zip(got["year"].to_pylist(), got["region"].to_pylist(), strict=True), key=str
+    )
+    want = sorted(
+        zip(
+            [str(y) for y in expected["year"].to_pylist()],
+            expected["region"].to_pylist(),
+            strict=True,
+        ),
+        key=str,
+    )
+    assert pairs == want
+    assert {"a/b", None} <= set(got["region"].to_pylist())  # %2F decoded; Hive's null
+    assert len(pd.read_parquet(tmp_path / "y.parquet")) == 120
+    named = run_cli("fit", "k.h5", "sales", "--columns", "v,year")
+    assert named.exit_code == 3
+    assert "column 'year': column is not numeric (type string)" in named.stderr
+    # Below the folder given only: year=2023 given, its region folders are keys.
+    part = run_cli("transform", "s.h5", "sales/year=2023", "-o", "p.parquet")
+    assert part.exit_code == 0, part.stderr
+    assert pq.read_table(tmp_path / "p.parquet").schema.names == ["v", "w", "region"]
+
+
+def test_a_files_own_column_wins_over_a_key_of_its_name(tmp_path, run_cli):
+    folder = tmp_path / "d" / "v=folder"
+    folder.mkdir(parents=True)
+    pq.write_table(
+        pa.table({"v": [1.0, 2.0, 3.0], "w": [0.5, 1.5, 2.5]}), folder / "p.parquet"
+    )
+    assert run_cli("fit", "s.h5", "d").exit_code == 0
+    assert bncli.load(tmp_path / "s.h5").features == ["v", "w"]
+
+
+@pytest.mark.dask
+@pytest.mark.slow
+def test_dask_workers_keep_the_hive_keys(tmp_path, scheduler, hive):
+    from bncli.engines.base import FitOptions
+    from bncli.workflows import fit_state, transform_state
+
+    fit_state(tmp_path / "s.h5", [tmp_path / "sales"], FitOptions())
+    for engine in ("local", "dask"):
+        transform_state(
+            tmp_path / "s.h5",
+            [tmp_path / "sales"],
+            tmp_path / f"{engine}.parquet",
+            **(
+                {"engine": "dask", "scheduler": scheduler, "single_file": True}
+                if engine == "dask"
+                else {}
+            ),
+        )
+    local = pq.read_table(tmp_path / "local.parquet")
+    assert pq.read_table(tmp_path / "dask.parquet").equals(local)
