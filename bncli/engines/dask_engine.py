@@ -101,7 +101,13 @@ __all__ = [
     "transform_task",
 ]
 
-_PART_SUFFIX = {"parquet": ".parquet", "arrow": ".arrow", "csv": ".csv", "npy": ".npy"}
+_PART_SUFFIX = {
+    "parquet": ".parquet",
+    "arrow": ".arrow",
+    "arrow-stream": ".arrow",  # parts as files, joined into one stream
+    "csv": ".csv",
+    "npy": ".npy",
+}
 
 
 def refuse_stdin(paths: Sequence[str | os.PathLike[str]]) -> None:
@@ -486,16 +492,17 @@ def _join(fmt: str, parts: Sequence[Path], target: Path, delimiter: str = ",") -
         finally:
             if writer is not None:
                 writer.close()
-    elif fmt == "arrow":
+    elif fmt in ("arrow", "arrow-stream"):
         import pyarrow as pa
 
+        new = pa.ipc.new_file if fmt == "arrow" else pa.ipc.new_stream
         writer = None
         try:
             for part in parts:
                 with pa.memory_map(str(part), "r") as f:
                     reader = pa.ipc.open_file(f)
                     if writer is None:
-                        writer = pa.ipc.new_file(str(target), reader.schema)
+                        writer = new(str(target), reader.schema)
                     for i in range(reader.num_record_batches):
                         writer.write_batch(reader.get_batch(i))
         finally:

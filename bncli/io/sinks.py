@@ -34,6 +34,7 @@ _FORMATS = {
     ".arrow": "arrow",
     ".feather": "arrow",
     ".ipc": "arrow",
+    ".arrows": "arrow-stream",
     ".csv": "csv",
     ".npy": "npy",
 }
@@ -49,7 +50,7 @@ def sink_format(output: str, kind: str) -> str:
     if fmt is None:
         raise UsageError(
             f"{output}: unknown output extension; use .parquet, .arrow, .feather, "
-            ".ipc, .csv (or .csv.gz, .csv.bz2, .csv.zst, .csv.lz4), .npy or - (stdout)"
+            ".ipc, .arrows, .csv (or .csv.gz, .csv.bz2, .csv.zst, .csv.lz4), .npy or - (stdout)"
         )
     return fmt
 
