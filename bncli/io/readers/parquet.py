@@ -28,7 +28,8 @@ class ParquetSource(TableSource):
             # whole (a row group can be hundreds of MB): about 16 MiB of
             # buffers in all, whatever the size of the row groups.
             source: Any = path
-            if is_url(path):
+            self._remote = is_url(path)
+            if self._remote:
                 source = open_random_access(path)
             metadata = pq.read_metadata(source)
             columns = max(metadata.num_columns, 1)
@@ -37,8 +38,11 @@ class ParquetSource(TableSource):
                 source,
                 metadata=metadata,
                 memory_map=False,
-                buffer_size=buffer_size,
-                pre_buffer=False,
+                buffer_size=0 if self._remote else buffer_size,
+                # An object store answers few large requests fast and many
+                # small ones slowly: a row group's column chunks are fetched
+                # at once, coalesced (one row group in memory at a time).
+                pre_buffer=self._remote,
             )
             self._schema = self._file.schema_arrow
             self.num_rows = self._file.metadata.num_rows
@@ -68,10 +72,54 @@ class ParquetSource(TableSource):
         # ``rows`` below: pyarrow decodes the columns of a batch in parallel,
         # which pays only on batches that large (about 1.6x the throughput of
         # 16Ki-row batches on 16 float32 columns).
-        batches = self._file.iter_batches(
-            batch_size=max(rows, TABLE_BATCH_ROWS),
-            row_groups=groups,
-            columns=None if columns is None else list(columns),
-            use_threads=True,
-        )
+        size = max(rows, TABLE_BATCH_ROWS)
+        chosen = None if columns is None else list(columns)
+        if self._remote:  # a row group at a time: its buffers go with it
+            batches: Iterator[Any] = _rebatched(
+                (
+                    batch
+                    for group in groups
+                    for batch in self._file.iter_batches(
+                        batch_size=size,
+                        row_groups=[group],
+                        columns=chosen,
+                        use_threads=True,
+                    )
+                ),
+                size,
+            )
+        else:
+            batches = self._file.iter_batches(
+                batch_size=size, row_groups=groups, columns=chosen, use_threads=True
+            )
         yield from self.cut(batches, start - offset, rows, None)
+
+
+def _rebatched(batches: Iterator[Any], size: int) -> Iterator[Any]:
+    """``batches`` as batches of exactly ``size`` rows (the last: the rest).
+
+    As pyarrow batches a file's row groups read together, so that a remote
+    file, read a row group at a time, gives the same chunks, and the same
+    bits, as the local one.
+    """
+    import pyarrow as pa
+
+    pending: list[Any] = []
+    held = 0
+    for batch in batches:
+        while batch.num_rows:
+            take = min(size - held, batch.num_rows)
+            pending.append(batch.slice(0, take))
+            held += take
+            batch = batch.slice(take)
+            if held == size:
+                yield _joined(pa, pending)
+                pending, held = [], 0
+    if held:
+        yield _joined(pa, pending)
+
+
+def _joined(pa: Any, pieces: list[Any]) -> Any:
+    if len(pieces) == 1:
+        return pieces[0]
+    return pa.Table.from_batches(pieces).combine_chunks().to_batches()[0]

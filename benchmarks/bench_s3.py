@@ -1,0 +1,117 @@
+"""The object-storage rows of ``make bench``: a fit from a local S3 server.
+
+The server is moto's (the dev extra the tests use), started here in a
+process of its own on 127.0.0.1 so that it never competes with the fit for
+this process's GIL, and stopped at the end. The Parquet file is uploaded
+once; then bncli's fit from ``s3://`` and from the file are timed in turns,
+and so is ``pyarrow.parquet.read_table`` from both: the second pair tells
+what the server itself allows any reader of the object.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+_ENV = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def s3_server() -> Iterator[str]:
+    """A moto S3 server in a child process; yields its endpoint, environment set."""
+    port = _free_port()
+    code = (
+        "from moto.server import ThreadedMotoServer as S; import time; "
+        f"S(ip_address='127.0.0.1', port={port}, verbose=False).start(); "
+        "time.sleep(10**6)"
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    saved = {k: os.environ.get(k) for k in _ENV}
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        os.environ.update(
+            AWS_ENDPOINT_URL=endpoint,
+            AWS_ACCESS_KEY_ID="bench",
+            AWS_SECRET_ACCESS_KEY="bench",
+            AWS_DEFAULT_REGION="us-east-1",
+        )
+        yield endpoint
+    finally:
+        server.kill()
+        server.wait()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def upload(endpoint: str, path: Path) -> str:
+    """Put ``path`` in the bucket ``bench``; its URL."""
+    from pyarrow import fs
+
+    store = fs.S3FileSystem(endpoint_override=endpoint, allow_bucket_creation=True)
+    store.create_dir("bench")
+    fs.copy_files(str(path), f"bench/{path.name}", destination_filesystem=store)
+    return f"s3://bench/{path.name}"
+
+
+def in_turns(
+    a: Callable[[], object], b: Callable[[], object], repeat: int
+) -> tuple[float, float]:
+    """Median wall times of ``a`` and ``b`` taken in turns (no warm-up: each is long)."""
+    times_a, times_b = [], []
+    for _ in range(repeat):
+        for fn, times in ((a, times_a), (b, times_b)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times_a), statistics.median(times_b)
+
+
+def measure(
+    parquet: Path, fit: Callable[[str], object], repeat: int
+) -> dict[str, float]:
+    """Seconds of bncli's fit and of ``read_table``, from S3 and from the file."""
+    import pyarrow.parquet as pq
+    from pyarrow import fs
+
+    with s3_server() as endpoint:
+        url = upload(endpoint, parquet)
+        t_s3, t_file = in_turns(lambda: fit(url), lambda: fit(str(parquet)), repeat)
+        store = fs.S3FileSystem(endpoint_override=endpoint)
+        key = url.removeprefix("s3://")
+        r_s3, r_file = in_turns(
+            lambda: pq.read_table(key, filesystem=store),
+            lambda: pq.read_table(parquet),
+            repeat,
+        )
+    return {"fit_s3": t_s3, "fit_file": t_file, "read_s3": r_s3, "read_file": r_file}
