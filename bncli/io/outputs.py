@@ -87,7 +87,11 @@ def check_output(
         return OutputTarget(given, None, True)
     from bncli.io.locations import is_url
 
-    if is_url(given):
+    local = given
+    if given.lower().startswith("file://"):
+        # A local file by another name: written as one, renamed into place.
+        local = given[len("file://") :]
+    elif is_url(given):
         if not streams:
             raise UsageError(f"{given}: this output is a local file, not a URL")
         if folder:
@@ -95,9 +99,11 @@ def check_output(
                 f"{given}: a folder of parts is written to a local path, not a URL"
             )
         return _check_url(given, reads, overwrite)
-    path = Path(os.path.realpath(given))
+    path = Path(os.path.realpath(local))
     for read in reads:
         read = os.fspath(read)
+        if read.lower().startswith("file://"):
+            read = read[len("file://") :]
         if read == "-" or is_url(read):
             continue
         real = Path(os.path.realpath(read))
@@ -110,7 +116,7 @@ def check_output(
                 f"{given}: the output folder holds the input {read}; write elsewhere"
             )
     if not path.parent.is_dir():
-        parent = Path(given).parent
+        parent = Path(local).parent
         raise UsageError(f"{given}: the output's folder {parent} does not exist")
     try:
         mode = os.stat(path).st_mode

@@ -260,3 +260,27 @@ def test_hive_keys_of_a_prefix_are_columns(s3, tmp_path, run_cli):
     assert done.exit_code == 0, done.stderr
     years = pq.read_table(tmp_path / "y.parquet")["year"].to_pylist()
     assert years == ["2023"] * 100 + ["2024"] * 200
+
+
+def test_a_file_url_output_is_a_local_file_renamed_into_place(tmp_path, run_cli):
+    np.save(tmp_path / "x.npy", np.random.default_rng(2).normal(size=(50, 3)))
+    assert run_cli("fit", "s.h5", "x.npy").exit_code == 0
+    url = f"file://{tmp_path}/y.npy"
+    done = run_cli("transform", "s.h5", "x.npy", "-o", url)
+    assert done.exit_code == 0, done.stderr
+    assert np.load(tmp_path / "y.npy").shape == (50, 3)
+    again = run_cli("transform", "s.h5", "x.npy", "-o", url)
+    assert (again.exit_code, again.stderr) == (
+        2,
+        f"error: {url}: output exists; pass --overwrite to replace it\n",
+    )
+    itself = run_cli(
+        "transform",
+        "s.h5",
+        f"file://{tmp_path}/x.npy",
+        "-o",
+        url.replace("y.npy", "x.npy"),
+        "--overwrite",
+    )
+    assert itself.exit_code == 2
+    assert "the output is one of the inputs" in itself.stderr
