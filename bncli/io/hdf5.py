@@ -31,9 +31,11 @@ def plain_child(parent: Any, name: str, path: str | os.PathLike[str]) -> Any:
     if not parts:
         raise StateError(f"empty HDF5 path below {parent.name}", path=path)
     for part in parts:
-        if not isinstance(current, h5py.Group) or part not in current:
+        link = (
+            current.get(part, getlink=True) if isinstance(current, h5py.Group) else None
+        )
+        if link is None:
             raise StateError(f"{parent.name.rstrip('/')}/{name} is missing", path=path)
-        link = current.get(part, getlink=True)
         if not isinstance(link, h5py.HardLink):
             raise StateError(
                 f"{current.name.rstrip('/')}/{part} is a "

@@ -23,9 +23,12 @@ equal lengths, matching the config) before it is returned.
 
 from __future__ import annotations
 
+import io
 import json
+import mmap
 import os
 import shutil
+import struct
 import tempfile
 import zipfile
 import zlib
@@ -241,6 +244,16 @@ def _read_keras_zip(path: Path, hints: dict[str, bool | None]) -> list[KerasBatc
             raise StateError("the archive has no model.weights.h5", path=path)
         info = zf.getinfo("model.weights.h5")
         _check_member_size(info, None, path)
+        if info.compress_type == zipfile.ZIP_STORED:
+            # As Keras writes it: the member's bytes lie in the archive as
+            # they are. Its CRC-32 is checked over them in place, and libhdf5
+            # reads only what it needs of them, through a window on the
+            # archive: no copy, so the cost follows the BN layers read, not
+            # the model's size.
+            with open(path, "rb") as raw:
+                window = stored_member(raw, info, path)
+                with h5py.File(window, "r") as f:
+                    return read_with_config(model, f, path, hints)
         # Decompressed once, to its end, into memory (a temporary file past
         # 64 MiB): zipfile checks the member's CRC-32 at the end, so a damaged
         # member is refused before libhdf5 parses it (libhdf5 loops forever on
@@ -254,6 +267,80 @@ def _read_keras_zip(path: Path, hints: dict[str, bool | None]) -> list[KerasBatc
             copy.seek(0)
             with h5py.File(copy, "r") as f:
                 return read_with_config(model, f, path, hints)
+
+
+def stored_member(raw: Any, info: zipfile.ZipInfo, path: Path) -> MemberWindow:
+    """A read-only window on a stored member of the open archive ``raw``, CRC checked.
+
+    Raises:
+        StateError: a damaged local header, or bytes whose CRC-32 is not the
+            member's (refused before libhdf5 parses a byte).
+    """
+    raw.seek(info.header_offset)
+    header = raw.read(_LOCAL_HEADER.size)
+    if len(header) < _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+        raise StateError(
+            f"corrupt Keras archive (bad header of {info.filename})", path=path
+        )
+    fields = _LOCAL_HEADER.unpack(header)
+    start = info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
+    size = os.fstat(raw.fileno()).st_size
+    if start + info.file_size > size:
+        raise StateError(
+            f"corrupt Keras archive ({info.filename} runs past the file's end)",
+            path=path,
+        )
+    crc = 0
+    if info.file_size:  # the mapped pages are the page cache's: no copy
+        with mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            view = memoryview(mapped)
+            try:
+                crc = zlib.crc32(view[start : start + info.file_size])
+            finally:
+                view.release()
+    if crc != info.CRC:
+        raise StateError(
+            f"corrupt Keras archive (Bad CRC-32 for file {info.filename!r})", path=path
+        )
+    return MemberWindow(raw, start, info.file_size)
+
+
+#: A zip local file header before its name and extra field.
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
+
+
+class MemberWindow(io.RawIOBase):
+    """Bytes ``[start, start + size)`` of an open file, as a file of their own."""
+
+    def __init__(self, raw: Any, start: int, size: int) -> None:
+        super().__init__()
+        self._raw = raw
+        self._start = start
+        self._size = size
+        self._at = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._at
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: self._size}[whence]
+        self._at = max(base + offset, 0)
+        return self._at
+
+    def readinto(self, buffer: Any) -> int:
+        want = min(len(buffer), max(self._size - self._at, 0))
+        if not want:
+            return 0
+        self._raw.seek(self._start + self._at)
+        got = self._raw.readinto(memoryview(buffer)[:want])
+        self._at += got
+        return int(got)
 
 
 def _read_keras_dir(path: Path, hints: dict[str, bool | None]) -> list[KerasBatchNorm]:
