@@ -29,6 +29,34 @@ typedef struct {
  * vectorizes them without reassociating anything. */
 #define LANES 8
 
+/* Channels per register block of the row-major path. */
+#define W 16
+
+/* Columns the channel-major path sums side by side. */
+#define GROUP 4
+
+/* How far ahead the row-major path prefetches, at least one batch. */
+#define PREFETCH_BYTES 4096
+
+/* Row length from which the row-major path takes whole rows (wide_). */
+#define WIDE_BYTES 1024
+
+/* An AVX2 build of the loops beside the baseline one, chosen at load time
+ * (GCC on x86-64 Linux). The same operations in the same order on wider
+ * vectors: the same bits either way (no FMA: -ffp-contract=off). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CLONES
+#endif
+#if defined(__GNUC__)
+#define INLINE static inline __attribute__((always_inline))
+#define PREFETCH(p) __builtin_prefetch((p))
+#else
+#define INLINE static inline
+#define PREFETCH(p) ((void)0)
+#endif
+
 /*
  * DEFINE_KERNELS(T, SUFFIX) defines, for element type T:
  *
@@ -38,59 +66,122 @@ typedef struct {
  *   LANES partial sums combined in a fixed order.
  */
 #define DEFINE_KERNELS(T, SUFFIX)                                              \
-    static void rows_##SUFFIX(const T *base, const Layout *s,                  \
-                              double *mean, double *m2)                        \
+    /* W channels of one batch, whole rows of them in registers. */            \
+    INLINE void block_##SUFFIX(const T *batch, Py_ssize_t R, Py_ssize_t sr,    \
+                               Py_ssize_t ahead, double *restrict mu,          \
+                               double *restrict q)                             \
     {                                                                          \
-        const Py_ssize_t R = s->R, C = s->C, sr = s->sr, sc = s->sc;           \
-        const double n = (double)R;                                            \
-        for (Py_ssize_t k = 0; k < s->K; k++) {                                \
-            const T *batch = base + k * s->sk;                                 \
-            double *restrict mu = mean + k * C;                                \
-            double *restrict q = m2 + k * C;                                   \
-            for (Py_ssize_t c = 0; c < C; c++)                                 \
-                mu[c] = 0.0;                                                   \
-            if (sc == 1) {                                                     \
-                for (Py_ssize_t r = 0; r < R; r++) {                           \
-                    const T *restrict row = batch + r * sr;                    \
-                    for (Py_ssize_t c = 0; c < C; c++)                         \
-                        mu[c] += (double)row[c];                               \
-                }                                                              \
+        double acc[W] = {0.0}, m[W];                                           \
+        for (Py_ssize_t r = 0; r < R; r++) {                                   \
+            const T *restrict row = batch + r * sr;                            \
+            PREFETCH(row + ahead);                                             \
+            for (int j = 0; j < W; j++)                                        \
+                acc[j] += (double)row[j];                                      \
+        }                                                                      \
+        for (int j = 0; j < W; j++) {                                          \
+            m[j] = acc[j] / (double)R;                                         \
+            acc[j] = 0.0;                                                      \
+        }                                                                      \
+        for (Py_ssize_t r = 0; r < R; r++) {                                   \
+            const T *restrict row = batch + r * sr;                            \
+            for (int j = 0; j < W; j++) {                                      \
+                const double d = (double)row[j] - m[j];                        \
+                acc[j] += d * d;                                               \
             }                                                                  \
-            else {                                                             \
-                for (Py_ssize_t r = 0; r < R; r++) {                           \
-                    const T *restrict row = batch + r * sr;                    \
-                    for (Py_ssize_t c = 0; c < C; c++)                         \
-                        mu[c] += (double)row[c * sc];                          \
-                }                                                              \
-            }                                                                  \
-            for (Py_ssize_t c = 0; c < C; c++) {                               \
-                mu[c] /= n;                                                    \
-                q[c] = 0.0;                                                    \
-            }                                                                  \
-            if (sc == 1) {                                                     \
-                for (Py_ssize_t r = 0; r < R; r++) {                           \
-                    const T *restrict row = batch + r * sr;                    \
-                    for (Py_ssize_t c = 0; c < C; c++) {                       \
-                        const double d = (double)row[c] - mu[c];               \
-                        q[c] += d * d;                                         \
-                    }                                                          \
-                }                                                              \
-            }                                                                  \
-            else {                                                             \
-                for (Py_ssize_t r = 0; r < R; r++) {                           \
-                    const T *restrict row = batch + r * sr;                    \
-                    for (Py_ssize_t c = 0; c < C; c++) {                       \
-                        const double d = (double)row[c * sc] - mu[c];          \
-                        q[c] += d * d;                                         \
-                    }                                                          \
-                }                                                              \
-            }                                                                  \
-            for (Py_ssize_t c = 0; c < C; c++)                                 \
-                q[c] /= n;                                                     \
+        }                                                                      \
+        for (int j = 0; j < W; j++) {                                          \
+            mu[j] = m[j];                                                      \
+            q[j] = acc[j] / (double)R;                                         \
         }                                                                      \
     }                                                                          \
                                                                                \
-    static void column_##SUFFIX(const T *col, Py_ssize_t R, Py_ssize_t sr,     \
+    /* Any w channels, sc apart: the same sums, accumulated in the output. */  \
+    INLINE void strip_##SUFFIX(const T *batch, Py_ssize_t R, Py_ssize_t sr,    \
+                               Py_ssize_t sc, Py_ssize_t w,                    \
+                               double *restrict mu, double *restrict q)        \
+    {                                                                          \
+        const double n = (double)R;                                            \
+        for (Py_ssize_t c = 0; c < w; c++)                                     \
+            mu[c] = q[c] = 0.0;                                                \
+        for (Py_ssize_t r = 0; r < R; r++) {                                   \
+            const T *restrict row = batch + r * sr;                            \
+            for (Py_ssize_t c = 0; c < w; c++)                                 \
+                mu[c] += (double)row[c * sc];                                  \
+        }                                                                      \
+        for (Py_ssize_t c = 0; c < w; c++)                                     \
+            mu[c] /= n;                                                        \
+        for (Py_ssize_t r = 0; r < R; r++) {                                   \
+            const T *restrict row = batch + r * sr;                            \
+            for (Py_ssize_t c = 0; c < w; c++) {                               \
+                const double d = (double)row[c * sc] - mu[c];                  \
+                q[c] += d * d;                                                 \
+            }                                                                  \
+        }                                                                      \
+        for (Py_ssize_t c = 0; c < w; c++)                                     \
+            q[c] /= n;                                                         \
+    }                                                                          \
+                                                                               \
+    /* Contiguous wide rows (C * sizeof(T) > WIDE_BYTES), whole rows at a  \
+     * time in order, accumulated in the output (rows the same few KiB     \
+     * apart would evict each other from L1 if taken W channels at a time). \
+     */                                                                       \
+    INLINE void wide_##SUFFIX(const T *batch, Py_ssize_t R, Py_ssize_t sr,     \
+                              Py_ssize_t C, Py_ssize_t ahead,                  \
+                              double *restrict mu, double *restrict q)         \
+    {                                                                          \
+        const double n = (double)R;                                            \
+        const Py_ssize_t line = 64 / (Py_ssize_t)sizeof(T);                    \
+        for (Py_ssize_t c = 0; c < C; c++)                                     \
+            mu[c] = q[c] = 0.0;                                                \
+        for (Py_ssize_t r = 0; r < R; r++) {                                   \
+            const T *restrict row = batch + r * sr;                            \
+            if (ahead)                                                         \
+                for (Py_ssize_t c = 0; c < C; c += line)                       \
+                    PREFETCH(row + ahead + c);                                 \
+            for (Py_ssize_t c = 0; c < C; c++)                                 \
+                mu[c] += (double)row[c];                                       \
+        }                                                                      \
+        for (Py_ssize_t c = 0; c < C; c++)                                     \
+            mu[c] /= n;                                                        \
+        for (Py_ssize_t r = 0; r < R; r++) {                                   \
+            const T *restrict row = batch + r * sr;                            \
+            for (Py_ssize_t c = 0; c < C; c++) {                               \
+                const double d = (double)row[c] - mu[c];                       \
+                q[c] += d * d;                                                 \
+            }                                                                  \
+        }                                                                      \
+        for (Py_ssize_t c = 0; c < C; c++)                                     \
+            q[c] /= n;                                                         \
+    }                                                                          \
+                                                                               \
+    CLONES static void rows_##SUFFIX(const T *base, const Layout *s,           \
+                                     double *mean, double *m2)                 \
+    {                                                                          \
+        const Py_ssize_t R = s->R, C = s->C, sr = s->sr, sc = s->sc;           \
+        /* Prefetch the batch some KiB ahead (the mean pass touches each   \
+         * of its lines once): memory is then read while this one sums. */   \
+        const Py_ssize_t bytes = R * C * (Py_ssize_t)sizeof(T);                \
+        const Py_ssize_t lead = bytes >= PREFETCH_BYTES ? 1 : PREFETCH_BYTES / bytes; \
+        for (Py_ssize_t k = 0; k < s->K; k++) {                                \
+            const T *batch = base + k * s->sk;                                 \
+            const Py_ssize_t ahead = k + lead < s->K ? lead * s->sk : 0;       \
+            Py_ssize_t c = 0;                                                  \
+            if (sc == 1 && C * (Py_ssize_t)sizeof(T) > WIDE_BYTES) {           \
+                wide_##SUFFIX(batch, R, sr, C, ahead, mean + k * C,            \
+                              m2 + k * C);                                     \
+                continue;                                                      \
+            }                                                                  \
+            if (sc == 1)                                                       \
+                for (; c + W <= C; c += W)                                     \
+                    block_##SUFFIX(batch + c, R, sr, ahead, mean + k * C + c,  \
+                                   m2 + k * C + c);                            \
+            if (c < C)                                                         \
+                strip_##SUFFIX(batch + c * sc, R, sr, sc, C - c,               \
+                               mean + k * C + c, m2 + k * C + c);              \
+        }                                                                      \
+    }                                                                          \
+                                                                               \
+    INLINE void column_##SUFFIX(const T *col, Py_ssize_t R, Py_ssize_t sr,     \
                                 double *mean_out, double *m2_out)              \
     {                                                                          \
         double a[LANES] = {0.0};                                               \
@@ -139,23 +230,71 @@ typedef struct {
              + tail) / (double)R;                                              \
     }                                                                          \
                                                                                \
-    static void columns_##SUFFIX(const T *base, const Layout *s,               \
+    /* GROUP columns `step` elements apart (outputs `ostep` apart), each     \
+     * summed exactly as column_ sums it: interleaved only so that their     \
+     * dependency chains (sums, the divisions) overlap. R >= LANES. */       \
+    INLINE void group_##SUFFIX(const T *col, Py_ssize_t step, Py_ssize_t R,    \
+                               double *mean_out,                               \
+                               double *m2_out, Py_ssize_t ostep)               \
+    {                                                                          \
+        double a[GROUP][LANES] = {{0.0}}, tail[GROUP] = {0.0}, mu[GROUP];      \
+        const Py_ssize_t body = R - R % LANES;                                 \
+        for (Py_ssize_t r = 0; r < body; r += LANES)                           \
+            for (int i = 0; i < GROUP; i++)                                    \
+                for (int j = 0; j < LANES; j++)                                \
+                    a[i][j] += (double)col[i * step + r + j];           \
+        for (int i = 0; i < GROUP; i++) {                                      \
+            for (Py_ssize_t r = body; r < R; r++)                              \
+                tail[i] += (double)col[i * step + r];                     \
+            mu[i] = ((((a[i][0] + a[i][1]) + (a[i][2] + a[i][3]))              \
+                      + ((a[i][4] + a[i][5]) + (a[i][6] + a[i][7])))           \
+                     + tail[i]) / (double)R;                                   \
+            for (int j = 0; j < LANES; j++)                                    \
+                a[i][j] = 0.0;                                                 \
+            tail[i] = 0.0;                                                     \
+        }                                                                      \
+        for (Py_ssize_t r = 0; r < body; r += LANES)                           \
+            for (int i = 0; i < GROUP; i++)                                    \
+                for (int j = 0; j < LANES; j++) {                              \
+                    const double d = (double)col[i * step + r + j] - mu[i]; \
+                    a[i][j] += d * d;                                          \
+                }                                                              \
+        for (int i = 0; i < GROUP; i++) {                                      \
+            for (Py_ssize_t r = body; r < R; r++) {                            \
+                const double d = (double)col[i * step + r] - mu[i];       \
+                tail[i] += d * d;                                              \
+            }                                                                  \
+            mean_out[i * ostep] = mu[i];                                       \
+            m2_out[i * ostep] = ((((a[i][0] + a[i][1]) + (a[i][2] + a[i][3]))  \
+                                  + ((a[i][4] + a[i][5]) + (a[i][6] + a[i][7]))) \
+                                 + tail[i]) / (double)R;                       \
+        }                                                                      \
+    }                                                                          \
+                                                                               \
+    CLONES static void columns_##SUFFIX(const T *base, const Layout *s,               \
                                  double *mean, double *m2)                     \
     {                                                                          \
         const Py_ssize_t K = s->K, C = s->C;                                   \
         /* Walk the memory in order: channel-outer when channels are the    \
          * farthest apart (a channel's batches are then one long run). */      \
-        if (Py_ABS(s->sc) > Py_ABS(s->sk)) {                                   \
-            for (Py_ssize_t c = 0; c < C; c++)                                 \
-                for (Py_ssize_t k = 0; k < K; k++)                             \
-                    column_##SUFFIX(base + k * s->sk + c * s->sc, s->R, s->sr, \
-                                    mean + k * C + c, m2 + k * C + c);         \
-        }                                                                      \
-        else {                                                                 \
-            for (Py_ssize_t k = 0; k < K; k++)                                 \
-                for (Py_ssize_t c = 0; c < C; c++)                             \
-                    column_##SUFFIX(base + k * s->sk + c * s->sc, s->R, s->sr, \
-                                    mean + k * C + c, m2 + k * C + c);         \
+        const Py_ssize_t R = s->R, sr = s->sr;                                 \
+        /* Walk the memory in order: channel-outer when channels are the    \
+         * farthest apart (a channel's batches are then one long run). */      \
+        const int by_channel = Py_ABS(s->sc) > Py_ABS(s->sk);                  \
+        const Py_ssize_t outer = by_channel ? C : K, inner = by_channel ? K : C; \
+        const Py_ssize_t so = by_channel ? s->sc : s->sk;                      \
+        const Py_ssize_t si = by_channel ? s->sk : s->sc;                      \
+        const Py_ssize_t oo = by_channel ? 1 : C, oi = by_channel ? C : 1;     \
+        for (Py_ssize_t o = 0; o < outer; o++) {                               \
+            Py_ssize_t i = 0;                                                  \
+            if (R >= LANES && sr == 1)                                         \
+                for (; i + GROUP <= inner; i += GROUP)                         \
+                    group_##SUFFIX(base + o * so + i * si, si, R,              \
+                                   mean + o * oo + i * oi,                     \
+                                   m2 + o * oo + i * oi, oi);                  \
+            for (; i < inner; i++)                                             \
+                column_##SUFFIX(base + o * so + i * si, R, sr,                 \
+                                mean + o * oo + i * oi, m2 + o * oo + i * oi); \
         }                                                                      \
     }                                                                          \
                                                                                \
