@@ -1,6 +1,9 @@
 """Pure NumPy kernels: batch moments, Chan's merge, the moving-average fold.
 
 No I/O and no state here: arrays in, arrays out, statistics in float64.
+The unmasked batch moments of float32 and float64 data take a compiled fast
+path where it was built (:mod:`bncli.fast_moments`); :func:`numpy_moments`
+is its reference.
 
 Layout: a run of ``K`` batches is viewed as an array ``x`` of shape
 ``(K, R, C)``: ``R`` rows per batch (samples times the positions of every
@@ -30,6 +33,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from bncli.fast_moments import native_moments
+
 __all__ = [
     "STATISTICS",
     "AnyFold",
@@ -48,6 +53,7 @@ __all__ = [
     "merge_moments",
     "moments",
     "normalize",
+    "numpy_moments",
     "population_moments",
     "replica_moments",
     "shard_bounds",
@@ -410,6 +416,22 @@ def batched_moments(
 
 
 def _unmasked_moments(
+    x: npt.NDArray[np.floating],
+    mean: Float64Array | None = None,
+    m2: Float64Array | None = None,
+) -> tuple[Float64Array, Float64Array]:
+    """``(mean, variance)``, each ``(K, C)``, of ``x`` ``(K, R, C)`` with no mask.
+
+    The compiled kernel where it applies (:mod:`bncli.fast_moments`), else
+    :func:`numpy_moments`.
+    """
+    native = native_moments(x, mean, m2)
+    if native is not None:
+        return native
+    return numpy_moments(x, mean, m2)
+
+
+def numpy_moments(
     x: npt.NDArray[np.floating],
     mean: Float64Array | None = None,
     m2: Float64Array | None = None,

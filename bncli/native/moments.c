@@ -1,0 +1,522 @@
+/*
+ * bncli.native.moments: per-batch moments of float32 / float64 data.
+ *
+ * moments(x, mean, m2, K, R, C, stride_k, stride_r, stride_c, kind)
+ *
+ * x is any buffer whose first element is batch 0, row 0, channel 0; element
+ * (k, r, c) is at that element plus k*stride_k + r*stride_r + c*stride_c
+ * elements of type kind ("f": float32, "d": float64, native byte order). The
+ * elements read must lie inside the buffer's own extent (checked). mean and m2
+ * are writable, C-contiguous float64 buffers of at least K*C elements; they
+ * receive, for each batch k and channel c (at k*C + c),
+ *
+ *     mean = sum_r x / R,    m2 = sum_r (x - mean)^2 / R     (biased)
+ *
+ * both accumulated in float64, two passes over each batch. The summation
+ * order depends only on the shape and the strides, never on timing, so the
+ * same input gives the same bits on every call. The GIL is released while
+ * computing. Build with -ffp-contract=off so that no FMA changes the rounding.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+typedef struct {
+    Py_ssize_t K, R, C, sk, sr, sc; /* strides in elements */
+} Layout;
+
+/* Lanes of the per-column partial sums: independent, so the compiler
+ * vectorizes them without reassociating anything. */
+#define LANES 8
+
+/* Channels per register block of the row-major path. */
+#define W 16
+
+/* Columns the channel-major path sums side by side. */
+#define GROUP 4
+
+/* How far ahead the row-major path prefetches, at least one batch. */
+#define PREFETCH_BYTES 4096
+
+/* Row length from which the row-major path takes whole rows (wide_). */
+#define WIDE_BYTES 1024
+
+/* An AVX2 build of the loops beside the baseline one, chosen at load time
+ * (GCC on x86-64 Linux). The same operations in the same order on wider
+ * vectors: the same bits either way (no FMA: -ffp-contract=off). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CLONES
+#endif
+#if defined(__GNUC__)
+#define INLINE static inline __attribute__((always_inline))
+#define PREFETCH(p) __builtin_prefetch((p))
+#else
+#define INLINE static inline
+#define PREFETCH(p) ((void)0)
+#endif
+
+/*
+ * DEFINE_KERNELS(T, SUFFIX) defines, for element type T:
+ *
+ * rows_SUFFIX: inner loop over the channels of a row (accumulators are the
+ *   output rows themselves, one per channel); contiguous when sc == 1.
+ * column_SUFFIX: one channel of one batch, R elements stride sr, summed in
+ *   LANES partial sums combined in a fixed order.
+ */
+#define DEFINE_KERNELS(T, SUFFIX)                                              \
+    /* W channels of one batch, whole rows of them in registers. */            \
+    INLINE void block_##SUFFIX(const T *batch, Py_ssize_t R, Py_ssize_t sr,    \
+                               Py_ssize_t ahead, double *restrict mu,          \
+                               double *restrict q)                             \
+    {                                                                          \
+        double acc[W] = {0.0}, m[W];                                           \
+        for (Py_ssize_t r = 0; r < R; r++) {                                   \
+            const T *restrict row = batch + r * sr;                            \
+            PREFETCH(row + ahead);                                             \
+            for (int j = 0; j < W; j++)                                        \
+                acc[j] += (double)row[j];                                      \
+        }                                                                      \
+        for (int j = 0; j < W; j++) {                                          \
+            m[j] = acc[j] / (double)R;                                         \
+            acc[j] = 0.0;                                                      \
+        }                                                                      \
+        for (Py_ssize_t r = 0; r < R; r++) {                                   \
+            const T *restrict row = batch + r * sr;                            \
+            for (int j = 0; j < W; j++) {                                      \
+                const double d = (double)row[j] - m[j];                        \
+                acc[j] += d * d;                                               \
+            }                                                                  \
+        }                                                                      \
+        for (int j = 0; j < W; j++) {                                          \
+            mu[j] = m[j];                                                      \
+            q[j] = acc[j] / (double)R;                                         \
+        }                                                                      \
+    }                                                                          \
+                                                                               \
+    /* Any w channels, sc apart: the same sums, accumulated in the output. */  \
+    INLINE void strip_##SUFFIX(const T *batch, Py_ssize_t R, Py_ssize_t sr,    \
+                               Py_ssize_t sc, Py_ssize_t w,                    \
+                               double *restrict mu, double *restrict q)        \
+    {                                                                          \
+        const double n = (double)R;                                            \
+        for (Py_ssize_t c = 0; c < w; c++)                                     \
+            mu[c] = q[c] = 0.0;                                                \
+        for (Py_ssize_t r = 0; r < R; r++) {                                   \
+            const T *restrict row = batch + r * sr;                            \
+            for (Py_ssize_t c = 0; c < w; c++)                                 \
+                mu[c] += (double)row[c * sc];                                  \
+        }                                                                      \
+        for (Py_ssize_t c = 0; c < w; c++)                                     \
+            mu[c] /= n;                                                        \
+        for (Py_ssize_t r = 0; r < R; r++) {                                   \
+            const T *restrict row = batch + r * sr;                            \
+            for (Py_ssize_t c = 0; c < w; c++) {                               \
+                const double d = (double)row[c * sc] - mu[c];                  \
+                q[c] += d * d;                                                 \
+            }                                                                  \
+        }                                                                      \
+        for (Py_ssize_t c = 0; c < w; c++)                                     \
+            q[c] /= n;                                                         \
+    }                                                                          \
+                                                                               \
+    /* Contiguous wide rows (C * sizeof(T) > WIDE_BYTES), whole rows at a  \
+     * time in order, accumulated in the output (rows the same few KiB     \
+     * apart would evict each other from L1 if taken W channels at a time). \
+     */                                                                       \
+    INLINE void wide_##SUFFIX(const T *batch, Py_ssize_t R, Py_ssize_t sr,     \
+                              Py_ssize_t C, Py_ssize_t ahead,                  \
+                              double *restrict mu, double *restrict q)         \
+    {                                                                          \
+        const double n = (double)R;                                            \
+        const Py_ssize_t line = 64 / (Py_ssize_t)sizeof(T);                    \
+        for (Py_ssize_t c = 0; c < C; c++)                                     \
+            mu[c] = q[c] = 0.0;                                                \
+        for (Py_ssize_t r = 0; r < R; r++) {                                   \
+            const T *restrict row = batch + r * sr;                            \
+            if (ahead)                                                         \
+                for (Py_ssize_t c = 0; c < C; c += line)                       \
+                    PREFETCH(row + ahead + c);                                 \
+            for (Py_ssize_t c = 0; c < C; c++)                                 \
+                mu[c] += (double)row[c];                                       \
+        }                                                                      \
+        for (Py_ssize_t c = 0; c < C; c++)                                     \
+            mu[c] /= n;                                                        \
+        for (Py_ssize_t r = 0; r < R; r++) {                                   \
+            const T *restrict row = batch + r * sr;                            \
+            for (Py_ssize_t c = 0; c < C; c++) {                               \
+                const double d = (double)row[c] - mu[c];                       \
+                q[c] += d * d;                                                 \
+            }                                                                  \
+        }                                                                      \
+        for (Py_ssize_t c = 0; c < C; c++)                                     \
+            q[c] /= n;                                                         \
+    }                                                                          \
+                                                                               \
+    CLONES static void rows_##SUFFIX(const T *base, const Layout *s,           \
+                                     double *mean, double *m2)                 \
+    {                                                                          \
+        const Py_ssize_t R = s->R, C = s->C, sr = s->sr, sc = s->sc;           \
+        /* Prefetch the batch some KiB ahead (the mean pass touches each   \
+         * of its lines once): memory is then read while this one sums. */   \
+        const Py_ssize_t bytes = R * C * (Py_ssize_t)sizeof(T);                \
+        const Py_ssize_t lead = bytes >= PREFETCH_BYTES ? 1 : PREFETCH_BYTES / bytes; \
+        for (Py_ssize_t k = 0; k < s->K; k++) {                                \
+            const T *batch = base + k * s->sk;                                 \
+            const Py_ssize_t ahead = k + lead < s->K ? lead * s->sk : 0;       \
+            Py_ssize_t c = 0;                                                  \
+            if (sc == 1 && C * (Py_ssize_t)sizeof(T) > WIDE_BYTES) {           \
+                wide_##SUFFIX(batch, R, sr, C, ahead, mean + k * C,            \
+                              m2 + k * C);                                     \
+                continue;                                                      \
+            }                                                                  \
+            if (sc == 1)                                                       \
+                for (; c + W <= C; c += W)                                     \
+                    block_##SUFFIX(batch + c, R, sr, ahead, mean + k * C + c,  \
+                                   m2 + k * C + c);                            \
+            if (c < C)                                                         \
+                strip_##SUFFIX(batch + c * sc, R, sr, sc, C - c,               \
+                               mean + k * C + c, m2 + k * C + c);              \
+        }                                                                      \
+    }                                                                          \
+                                                                               \
+    INLINE void column_##SUFFIX(const T *col, Py_ssize_t R, Py_ssize_t sr,     \
+                                double *mean_out, double *m2_out)              \
+    {                                                                          \
+        double a[LANES] = {0.0};                                               \
+        double tail = 0.0;                                                     \
+        Py_ssize_t r = 0;                                                      \
+        if (sr == 1) {                                                         \
+            for (; r + LANES <= R; r += LANES)                                 \
+                for (int j = 0; j < LANES; j++)                                \
+                    a[j] += (double)col[r + j];                                \
+        }                                                                      \
+        else {                                                                 \
+            for (; r + LANES <= R; r += LANES)                                 \
+                for (int j = 0; j < LANES; j++)                                \
+                    a[j] += (double)col[(r + j) * sr];                         \
+        }                                                                      \
+        const Py_ssize_t body = r;                                             \
+        for (; r < R; r++)                                                     \
+            tail += (double)col[r * sr];                                       \
+        const double mu =                                                      \
+            ((((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))) \
+             + tail) / (double)R;                                              \
+        for (int j = 0; j < LANES; j++)                                        \
+            a[j] = 0.0;                                                        \
+        tail = 0.0;                                                            \
+        if (sr == 1) {                                                         \
+            for (r = 0; r < body; r += LANES)                                  \
+                for (int j = 0; j < LANES; j++) {                              \
+                    const double d = (double)col[r + j] - mu;                  \
+                    a[j] += d * d;                                             \
+                }                                                              \
+        }                                                                      \
+        else {                                                                 \
+            for (r = 0; r < body; r += LANES)                                  \
+                for (int j = 0; j < LANES; j++) {                              \
+                    const double d = (double)col[(r + j) * sr] - mu;           \
+                    a[j] += d * d;                                             \
+                }                                                              \
+        }                                                                      \
+        for (r = body; r < R; r++) {                                           \
+            const double d = (double)col[r * sr] - mu;                         \
+            tail += d * d;                                                     \
+        }                                                                      \
+        *mean_out = mu;                                                        \
+        *m2_out =                                                              \
+            ((((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))) \
+             + tail) / (double)R;                                              \
+    }                                                                          \
+                                                                               \
+    /* GROUP columns `step` elements apart (outputs `ostep` apart), each     \
+     * summed exactly as column_ sums it: interleaved only so that their     \
+     * dependency chains (sums, the divisions) overlap. R >= LANES. */       \
+    INLINE void group_##SUFFIX(const T *col, Py_ssize_t step, Py_ssize_t R,    \
+                               double *mean_out,                               \
+                               double *m2_out, Py_ssize_t ostep)               \
+    {                                                                          \
+        double a[GROUP][LANES] = {{0.0}}, tail[GROUP] = {0.0}, mu[GROUP];      \
+        const Py_ssize_t body = R - R % LANES;                                 \
+        for (Py_ssize_t r = 0; r < body; r += LANES)                           \
+            for (int i = 0; i < GROUP; i++)                                    \
+                for (int j = 0; j < LANES; j++)                                \
+                    a[i][j] += (double)col[i * step + r + j];           \
+        for (int i = 0; i < GROUP; i++) {                                      \
+            for (Py_ssize_t r = body; r < R; r++)                              \
+                tail[i] += (double)col[i * step + r];                     \
+            mu[i] = ((((a[i][0] + a[i][1]) + (a[i][2] + a[i][3]))              \
+                      + ((a[i][4] + a[i][5]) + (a[i][6] + a[i][7])))           \
+                     + tail[i]) / (double)R;                                   \
+            for (int j = 0; j < LANES; j++)                                    \
+                a[i][j] = 0.0;                                                 \
+            tail[i] = 0.0;                                                     \
+        }                                                                      \
+        for (Py_ssize_t r = 0; r < body; r += LANES)                           \
+            for (int i = 0; i < GROUP; i++)                                    \
+                for (int j = 0; j < LANES; j++) {                              \
+                    const double d = (double)col[i * step + r + j] - mu[i]; \
+                    a[i][j] += d * d;                                          \
+                }                                                              \
+        for (int i = 0; i < GROUP; i++) {                                      \
+            for (Py_ssize_t r = body; r < R; r++) {                            \
+                const double d = (double)col[i * step + r] - mu[i];       \
+                tail[i] += d * d;                                              \
+            }                                                                  \
+            mean_out[i * ostep] = mu[i];                                       \
+            m2_out[i * ostep] = ((((a[i][0] + a[i][1]) + (a[i][2] + a[i][3]))  \
+                                  + ((a[i][4] + a[i][5]) + (a[i][6] + a[i][7]))) \
+                                 + tail[i]) / (double)R;                       \
+        }                                                                      \
+    }                                                                          \
+                                                                               \
+    CLONES static void columns_##SUFFIX(const T *base, const Layout *s,               \
+                                 double *mean, double *m2)                     \
+    {                                                                          \
+        const Py_ssize_t K = s->K, C = s->C;                                   \
+        /* Walk the memory in order: channel-outer when channels are the    \
+         * farthest apart (a channel's batches are then one long run). */      \
+        const Py_ssize_t R = s->R, sr = s->sr;                                 \
+        /* Walk the memory in order: channel-outer when channels are the    \
+         * farthest apart (a channel's batches are then one long run). */      \
+        const int by_channel = Py_ABS(s->sc) > Py_ABS(s->sk);                  \
+        const Py_ssize_t outer = by_channel ? C : K, inner = by_channel ? K : C; \
+        const Py_ssize_t so = by_channel ? s->sc : s->sk;                      \
+        const Py_ssize_t si = by_channel ? s->sk : s->sc;                      \
+        const Py_ssize_t oo = by_channel ? 1 : C, oi = by_channel ? C : 1;     \
+        for (Py_ssize_t o = 0; o < outer; o++) {                               \
+            Py_ssize_t i = 0;                                                  \
+            if (R >= LANES && sr == 1)                                         \
+                for (; i + GROUP <= inner; i += GROUP)                         \
+                    group_##SUFFIX(base + o * so + i * si, si, R,              \
+                                   mean + o * oo + i * oi,                     \
+                                   m2 + o * oo + i * oi, oi);                  \
+            for (; i < inner; i++)                                             \
+                column_##SUFFIX(base + o * so + i * si, R, sr,                 \
+                                mean + o * oo + i * oi, m2 + o * oo + i * oi); \
+        }                                                                      \
+    }                                                                          \
+                                                                               \
+    static void moments_##SUFFIX(const T *base, const Layout *s,               \
+                                 double *mean, double *m2)                     \
+    {                                                                          \
+        if (s->C == 1 || (s->sr == 1 && s->sc != 1))                           \
+            columns_##SUFFIX(base, s, mean, m2);                               \
+        else                                                                   \
+            rows_##SUFFIX(base, s, mean, m2);                                  \
+    }
+
+DEFINE_KERNELS(float, f32)
+DEFINE_KERNELS(double, f64)
+
+/* a * b into *out, or 0 on overflow. */
+static int
+mul_ok(Py_ssize_t a, Py_ssize_t b, Py_ssize_t *out)
+{
+    if (a != 0 && b != 0) {
+        Py_ssize_t aa = Py_ABS(a), bb = Py_ABS(b);
+        if (a == PY_SSIZE_T_MIN || b == PY_SSIZE_T_MIN || aa > PY_SSIZE_T_MAX / bb)
+            return 0;
+    }
+    *out = a * b;
+    return 1;
+}
+
+/* Byte offsets [lo, hi) touched by a strided array of ndim dimensions
+ * (shape all > 0), relative to its first element; 0 on overflow. */
+static int
+extent(int ndim, const Py_ssize_t *shape, const Py_ssize_t *strides,
+       Py_ssize_t itemsize, Py_ssize_t *lo, Py_ssize_t *hi)
+{
+    Py_ssize_t low = 0, high = itemsize;
+    for (int i = 0; i < ndim; i++) {
+        Py_ssize_t span;
+        if (!mul_ok(shape[i] - 1, strides[i], &span))
+            return 0;
+        if (span >= 0) {
+            if (high > PY_SSIZE_T_MAX - span)
+                return 0;
+            high += span;
+        }
+        else {
+            if (low < PY_SSIZE_T_MIN - span)
+                return 0;
+            low += span;
+        }
+    }
+    *lo = low;
+    *hi = high;
+    return 1;
+}
+
+/* Whether a buffer format names the element type `kind` (or raw bytes). */
+static int
+format_matches(const char *format, char kind)
+{
+    if (format == NULL)
+        return 1; /* unsigned bytes */
+    if (format[0] == '@' || format[0] == '=')
+        format++;
+#if PY_LITTLE_ENDIAN
+    else if (format[0] == '<')
+        format++;
+#else
+    else if (format[0] == '>' || format[0] == '!')
+        format++;
+#endif
+    if (format[0] == '\0' || format[1] != '\0')
+        return 0;
+    return format[0] == kind || format[0] == 'B';
+}
+
+static PyObject *
+moments(PyObject *self, PyObject *args)
+{
+    PyObject *x_obj, *mean_obj, *m2_obj;
+    Layout s;
+    const char *kind_str;
+    if (!PyArg_ParseTuple(args, "OOOnnnnnns:moments", &x_obj, &mean_obj, &m2_obj,
+                          &s.K, &s.R, &s.C, &s.sk, &s.sr, &s.sc, &kind_str))
+        return NULL;
+    char kind;
+    Py_ssize_t itemsize;
+    if (strcmp(kind_str, "f") == 0 || strcmp(kind_str, "float32") == 0) {
+        kind = 'f';
+        itemsize = sizeof(float);
+    }
+    else if (strcmp(kind_str, "d") == 0 || strcmp(kind_str, "float64") == 0) {
+        kind = 'd';
+        itemsize = sizeof(double);
+    }
+    else {
+        PyErr_Format(PyExc_ValueError,
+                     "kind must be 'f' (float32) or 'd' (float64), not %R",
+                     PyTuple_GET_ITEM(args, 9));
+        return NULL;
+    }
+    if (s.K < 0 || s.R < 0 || s.C < 0) {
+        PyErr_SetString(PyExc_ValueError, "K, R and C must be non-negative");
+        return NULL;
+    }
+    Py_ssize_t cells;
+    if (!mul_ok(s.K, s.C, &cells) || cells > PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(double)) {
+        PyErr_SetString(PyExc_OverflowError, "K * C is too large");
+        return NULL;
+    }
+
+    Py_buffer xv, mv, qv;
+    if (PyObject_GetBuffer(x_obj, &xv, PyBUF_RECORDS_RO) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(mean_obj, &mv, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&xv);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(m2_obj, &qv, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&mv);
+        PyBuffer_Release(&xv);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    const Py_ssize_t out_bytes = cells * (Py_ssize_t)sizeof(double);
+
+    if (!format_matches(mv.format, 'd') || !format_matches(qv.format, 'd')
+        || mv.len < out_bytes || qv.len < out_bytes) {
+        PyErr_SetString(PyExc_ValueError,
+                        "mean and m2 must be writable float64 buffers of K*C elements");
+        goto done;
+    }
+    if (!format_matches(xv.format, kind)) {
+        PyErr_Format(PyExc_ValueError, "x's format %s is not kind %c",
+                     xv.format, kind);
+        goto done;
+    }
+    const Py_ssize_t accessed_shape[3] = {s.K, s.R, s.C};
+    const int empty = (s.K == 0 || s.R == 0 || s.C == 0);
+    if (!empty) {
+        /* Every element read must lie within the buffer's own extent. */
+        Py_ssize_t bstrides[3], need_lo, need_hi, have_lo, have_hi;
+        if (!mul_ok(s.sk, itemsize, &bstrides[0]) || !mul_ok(s.sr, itemsize, &bstrides[1])
+            || !mul_ok(s.sc, itemsize, &bstrides[2])
+            || !extent(3, accessed_shape, bstrides, itemsize, &need_lo, &need_hi)) {
+            PyErr_SetString(PyExc_OverflowError, "strides are too large");
+            goto done;
+        }
+        if (xv.len == 0) {
+            have_lo = have_hi = 0;
+        }
+        else if (xv.strides == NULL || xv.ndim == 0) {
+            have_lo = 0;
+            have_hi = xv.len;
+        }
+        else if (!extent(xv.ndim, xv.shape, xv.strides, xv.itemsize, &have_lo, &have_hi)) {
+            PyErr_SetString(PyExc_OverflowError, "x's extent overflows");
+            goto done;
+        }
+        if (need_lo < have_lo || need_hi > have_hi) {
+            PyErr_SetString(PyExc_ValueError,
+                            "K, R, C and the strides reach outside x's buffer");
+            goto done;
+        }
+        /* The outputs are written while x is read: they must not overlap
+         * it, nor each other (the kernels declare them restrict). */
+        const char *x_lo = (const char *)xv.buf + need_lo;
+        const char *x_hi = (const char *)xv.buf + need_hi;
+        const char *m_lo = (const char *)mv.buf, *q_lo = (const char *)qv.buf;
+        if ((m_lo < x_hi && x_lo < m_lo + out_bytes)
+            || (q_lo < x_hi && x_lo < q_lo + out_bytes)
+            || (m_lo < q_lo + out_bytes && q_lo < m_lo + out_bytes)) {
+            PyErr_SetString(PyExc_ValueError,
+                            "mean, m2 and x must not overlap");
+            goto done;
+        }
+        if (((Py_uintptr_t)xv.buf) % (Py_uintptr_t)itemsize != 0) {
+            PyErr_SetString(PyExc_ValueError, "x's first element is not aligned");
+            goto done;
+        }
+    }
+
+    double *mean = (double *)mv.buf, *m2 = (double *)qv.buf;
+    Py_BEGIN_ALLOW_THREADS
+    if (empty) {
+        for (Py_ssize_t i = 0; i < cells; i++) {
+            mean[i] = 0.0;
+            m2[i] = 0.0;
+        }
+    }
+    else if (kind == 'f')
+        moments_f32((const float *)xv.buf, &s, mean, m2);
+    else
+        moments_f64((const double *)xv.buf, &s, mean, m2);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+
+done:
+    PyBuffer_Release(&qv);
+    PyBuffer_Release(&mv);
+    PyBuffer_Release(&xv);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"moments", moments, METH_VARARGS,
+     "moments(x, mean, m2, K, R, C, stride_k, stride_r, stride_c, kind)\n--\n\n"
+     "Write each batch's float64 mean and biased variance (two-pass) of the\n"
+     "(K, R, C) elements of x, strides in elements, kind 'f' or 'd', into the\n"
+     "float64 buffers mean and m2 (K*C each, batch-major). Releases the GIL."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    "bncli.native.moments",
+    "Per-batch moments of float32/float64 data, in C (see moments.c).",
+    -1,
+    methods,
+};
+
+PyMODINIT_FUNC
+PyInit_moments(void)
+{
+    return PyModule_Create(&module);
+}

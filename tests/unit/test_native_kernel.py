@@ -1,0 +1,242 @@
+"""The compiled moments kernel (``bncli.native.moments``) against NumPy.
+
+The C path must give what :func:`bncli.kernels.numpy_moments` (the NumPy
+reference, which ``BNCLI_KERNEL=numpy`` forces) gives, and what the plain
+float64 formula gives, for float32 and float64 data in every layout:
+contiguous ``(K, R, C)``, channel-major, and arbitrary slices and axis orders
+with negative steps. It must give the same bits on every call and from
+concurrent threads.
+
+Tolerances: the two kernels sum in different orders, so they agree to the
+rounding of a sum of ``R`` terms: ``rtol`` 1e-12 with an ``atol`` of 1e-12
+times the data's scale (``max|x|`` for the mean, ``max|x|**2`` for the
+variance), without which a mean that cancels to about zero would have no
+relative precision to compare. Against the plain formula, 1e-10 likewise.
+
+The tests of the C path skip when it was not built; with
+``BNCLI_REQUIRE_NATIVE=1``, :func:`test_the_native_kernel_is_built` fails
+instead.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bncli import fast_moments, kernels
+
+ROOT = Path(__file__).resolve().parents[2]
+DTYPES = [np.float32, np.float64]
+
+
+@pytest.fixture
+def compiled():
+    """The compiled module; the test skips when it was not built."""
+    return pytest.importorskip("bncli.native.moments")
+
+
+@pytest.mark.skipif(
+    os.environ.get("BNCLI_REQUIRE_NATIVE") != "1",
+    reason="BNCLI_REQUIRE_NATIVE=1 not set",
+)
+def test_the_native_kernel_is_built():
+    import bncli.native.moments  # noqa: F401  (fails loudly when missing)
+
+    assert fast_moments.AVAILABLE
+
+
+def _native(x, mean=None, m2=None):
+    result = fast_moments.native_moments(x, mean, m2, force=True)
+    assert result is not None, "the C kernel declined"
+    return result
+
+
+def _plain(x):
+    x64 = np.asarray(x, dtype=np.float64)
+    mean = x64.mean(axis=1)
+    variance = ((x64 - mean[:, None, :]) ** 2).mean(axis=1)
+    return mean, variance
+
+
+def _assert_close(got, want, x, rtol):
+    scale = float(np.max(np.abs(x), initial=0.0)) if x.size else 0.0
+    np.testing.assert_allclose(got[0], want[0], rtol=rtol, atol=rtol * scale)
+    np.testing.assert_allclose(got[1], want[1], rtol=rtol, atol=rtol * scale**2)
+
+
+@st.composite
+def batches(draw, dtype):
+    """``(K, R, C)`` data of ``dtype`` in a drawn layout."""
+    k = draw(st.integers(0, 20))
+    r = draw(st.integers(1, 300))
+    c = draw(st.integers(1, 40))
+    layout = draw(st.sampled_from(["contiguous", "channel-major", "strided"]))
+    offset = draw(st.sampled_from([0.0, 1.0, -1e3, 1e6]))
+    scale = draw(st.sampled_from([1.0, 1e-3, 1e4]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+
+    def data(shape):
+        return (offset + scale * rng.standard_normal(shape)).astype(dtype)
+
+    if layout == "contiguous":
+        return data((k, r, c))
+    if layout == "channel-major":
+        return np.ascontiguousarray(data((k, r, c)).transpose(2, 0, 1)).transpose(
+            1, 2, 0
+        )
+    steps = [draw(st.integers(1, 3)) for _ in range(3)]
+    backwards = [draw(st.booleans()) for _ in range(3)]
+    order = draw(st.permutations([0, 1, 2]))
+    full = (k * steps[0], r * steps[1], c * steps[2])
+    storage = data(tuple(full[axis] for axis in order))
+    x = storage.transpose(np.argsort(order))
+    assert x.shape == full
+    x = x[
+        tuple(
+            slice(None, None, -step if back else step)
+            for step, back in zip(steps, backwards, strict=True)
+        )
+    ]
+    assert x.shape == (k, r, c)
+    return x
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(data=st.data())
+def test_native_equals_the_numpy_reference(compiled, dtype, data):
+    x = data.draw(batches(dtype))
+    _assert_close(_native(x), kernels.numpy_moments(x), x, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(data=st.data())
+def test_native_equals_the_plain_formula(compiled, dtype, data):
+    x = data.draw(batches(dtype))
+    _assert_close(_native(x), _plain(x), x, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(data=st.data())
+def test_native_gives_the_same_bits_every_call(compiled, dtype, data):
+    x = data.draw(batches(dtype))
+    first = _native(x)
+    second = _native(x)
+    assert first[0].tobytes() == second[0].tobytes()
+    assert first[1].tobytes() == second[1].tobytes()
+
+
+@pytest.mark.parametrize(
+    "layout", ["contiguous", "channel-major", "channel-major-long", "big-batch"]
+)
+def test_threads_give_the_same_bits(compiled, layout):
+    rng = np.random.default_rng(7)
+    shape = {
+        "contiguous": (400, 32, 16),
+        "channel-major": (400, 32, 16),
+        "channel-major-long": (3, 5000, 16),
+        "big-batch": (2, 70_000, 2),  # a batch bigger than the caches' 256 KiB
+    }[layout]
+    x = (3.0 + rng.standard_normal(shape)).astype(np.float32)
+    if layout.startswith("channel-major"):
+        x = np.ascontiguousarray(x.transpose(2, 0, 1)).transpose(1, 2, 0)
+    alone = _native(x)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: _native(x), range(8)))
+    for mean, variance in results:
+        assert mean.tobytes() == alone[0].tobytes()
+        assert variance.tobytes() == alone[1].tobytes()
+    _assert_close(alone, kernels.numpy_moments(x), x, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_edge_shapes(compiled, dtype):
+    for shape in [(0, 5, 3), (4, 0, 3), (4, 5, 0), (0, 0, 0), (3, 1, 4), (3, 9, 1)]:
+        x = np.arange(np.prod(shape), dtype=dtype).reshape(shape) - 2.5
+        got, want = _native(x), kernels.numpy_moments(x)
+        assert got[0].shape == got[1].shape == (shape[0], shape[2])
+        _assert_close(got, want, x, rtol=1e-12)
+
+
+def test_out_arrays_of_any_layout_are_written(compiled):
+    x = np.random.default_rng(1).standard_normal((6, 10, 5)).astype(np.float32)
+    mean = np.full((5, 6), np.nan).T  # (6, 5), not C-contiguous
+    m2 = np.full((6, 5), np.nan)
+    got = _native(x, mean, m2)
+    assert got[0] is mean and got[1] is m2
+    _assert_close((mean, m2), kernels.numpy_moments(x), x, rtol=1e-12)
+
+
+def test_out_arrays_are_filled_through_batched_moments(compiled):
+    x = np.random.default_rng(2).standard_normal((6, 10, 5))
+    out = (np.empty((6, 5)), np.empty((6, 5)))
+    result = kernels.batched_moments(x, out=out)
+    _assert_close((out[0], out[1]), _plain(x), x, rtol=1e-10)
+    np.testing.assert_array_equal(result.count, 10.0)
+
+
+@pytest.mark.parametrize(
+    "x",
+    [
+        np.ones((2, 3, 4), dtype=np.float16),
+        np.ones((2, 3, 4), dtype=np.int32),
+        np.ones((2, 3, 4), dtype=np.longdouble),
+        np.ones((2, 3, 4), dtype=">f8" if sys.byteorder == "little" else "<f8"),
+        np.frombuffer(np.zeros(2 * 3 * 4 * 4 + 1, np.uint8)[1:], np.float32).reshape(
+            2, 3, 4
+        ),  # unaligned
+    ],
+    ids=["float16", "int32", "longdouble", "swapped", "unaligned"],
+)
+def test_declines_what_it_does_not_handle(compiled, x):
+    assert fast_moments.native_moments(x, force=True) is None
+    result = kernels.batched_moments(x)
+    _assert_close(
+        (result.mean, result.variance), _plain(x), x.astype(np.float64), rtol=1e-10
+    )
+
+
+def test_the_module_checks_its_arguments(compiled):
+    x = np.zeros((2, 3, 4))
+    mean, m2 = np.empty(8), np.empty(8)
+    compiled.moments(x, mean, m2, 2, 3, 4, 12, 4, 1, "d")
+    with pytest.raises(ValueError, match="outside"):
+        compiled.moments(x, mean, m2, 2, 4, 4, 12, 4, 1, "d")
+    with pytest.raises(ValueError, match="outside"):
+        compiled.moments(x, mean, m2, 2, 3, 4, 12, 4, -1, "d")
+    with pytest.raises(ValueError, match="kind"):
+        compiled.moments(x, mean, m2, 2, 3, 4, 12, 4, 1, "e")
+    with pytest.raises(ValueError, match="format"):
+        compiled.moments(x, mean, m2, 2, 3, 4, 12, 4, 1, "f")
+    with pytest.raises(ValueError, match="float64 buffers"):
+        compiled.moments(x, np.empty(7), m2, 2, 3, 4, 12, 4, 1, "d")
+    with pytest.raises(ValueError, match="overlap"):
+        compiled.moments(x, x.reshape(-1)[:8], m2, 2, 3, 4, 12, 4, 1, "d")
+    with pytest.raises(BufferError):  # read-only
+        compiled.moments(x, mean, np.empty(8).tobytes(), 2, 3, 4, 12, 4, 1, "d")
+    with pytest.raises(OverflowError):
+        compiled.moments(x, mean, m2, 2, 3, 4, 2**62, 4, 1, "d")
+
+
+def test_bncli_kernel_numpy_turns_it_off():
+    code = "from bncli import fast_moments as f; print(f.KERNEL, f.AVAILABLE)"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BNCLI_KERNEL": "numpy"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    kernel, available = out.stdout.split()
+    assert kernel == "numpy"
+    env.pop("BNCLI_KERNEL")
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True
+    )
+    kernel, available = out.stdout.split()
+    assert kernel == ("native" if available == "True" else "numpy")
