@@ -84,15 +84,15 @@ def main() -> None:
             def native(part=x):
                 assert fast_moments.native_moments(part, force=True) is not None
 
-            def two_threads():
+            def two_threads(x=x):
                 half = x.shape[0] // 2
                 with ThreadPoolExecutor(2) as pool:
                     list(pool.map(native, [x[:half], x[half:]]))
 
             cases = [
-                lambda: data.reshape(-1).sum(),
-                lambda: np.add.reduce(rows, axis=0),
-                lambda: kernels.numpy_moments(x),
+                lambda data=data: data.reshape(-1).sum(),
+                lambda rows=rows: np.add.reduce(rows, axis=0),
+                lambda x=x: kernels.numpy_moments(x),
                 native,
             ]
             if args.threads:
@@ -100,7 +100,6 @@ def main() -> None:
             rates = [gb / _best(fn, args.repeat) for fn in cases]
             label = f"{'(C, N)' if first else '(N, C)'} C={channels} K={x.shape[0]}"
             print(f"{label:<28}" + "".join(f"{r:>10.2f}" for r in rates))
-            del data, rows, x
 
 
 if __name__ == "__main__":

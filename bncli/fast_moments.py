@@ -22,7 +22,7 @@ from types import ModuleType
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["AVAILABLE", "KERNEL", "native_moments"]
+__all__ = ["AVAILABLE", "KERNEL", "native_ema_offsets", "native_moments"]
 
 compiled: ModuleType | None
 try:
@@ -111,3 +111,35 @@ def _writable(
     ):
         return out
     return np.empty(shape)
+
+
+def native_ema_offsets(
+    mean: Float64Array, variance: Float64Array, momentum: float
+) -> tuple[Float64Array, Float64Array] | None:
+    """The moving-average offsets of ``K`` batches' ``(K, C)`` moments, in C.
+
+    ``sum_k (1 - momentum) * momentum**(K-1-k) * statistic_k`` per channel,
+    as :func:`bncli.kernels.fold_batches` computes it for unmasked batches,
+    summed in batch order (Horner's form). None where the kernel does not
+    serve (not built, ``BNCLI_KERNEL=numpy``, other layouts) or where a
+    statistic or an offset is not finite: the NumPy fold then decides.
+    """
+    if compiled is None or KERNEL != "native":
+        return None
+    if mean.ndim != 2 or mean.dtype != np.float64 or variance.dtype != np.float64:
+        return None
+    if not (mean.flags.c_contiguous and variance.flags.c_contiguous):
+        return None
+    num_batches, channels = mean.shape
+    mean_offset = np.empty(channels)
+    variance_offset = np.empty(channels)
+    finite = compiled.ema_fold(
+        mean,
+        variance,
+        num_batches,
+        channels,
+        float(momentum),
+        mean_offset,
+        variance_offset,
+    )
+    return (mean_offset, variance_offset) if finite else None

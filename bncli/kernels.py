@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from bncli.fast_moments import native_moments
+from bncli.fast_moments import native_ema_offsets, native_moments
 
 __all__ = [
     "STATISTICS",
@@ -253,6 +253,18 @@ def fold_statistics(
         statistics: ``"ema"``, ``"precise"`` or ``"exact"``.
     """
     if statistics == "ema":
+        if valid is None:
+            fast = native_ema_offsets(stats.mean, stats.variance, momentum)
+            if fast is not None:
+                num_batches, channels = np.shape(stats.mean)
+                return Fold(
+                    decay=np.power(
+                        float(momentum), np.full(channels, float(num_batches))
+                    ),
+                    mean_offset=fast[0],
+                    variance_offset=fast[1],
+                    batches=np.full(channels, num_batches, dtype=np.int64),
+                )
         return fold_batches(stats.mean, stats.variance, valid, momentum)
     num_batches, channels = np.shape(stats.mean)
     if valid is None:

@@ -19,6 +19,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <string.h>
 
 typedef struct {
@@ -498,7 +499,85 @@ done:
     return result;
 }
 
+/*
+ * ema_fold(mean, m2, K, C, momentum, mean_offset, variance_offset) -> bool
+ *
+ * Folds the moving-average updates of K batches whose moments moments()
+ * wrote (K*C float64 each, batch-major) into per-channel offsets, in batch
+ * order: offset = momentum * offset + (1 - momentum) * statistic (Horner's
+ * form of sum_k (1 - momentum) * momentum**(K-1-k) * statistic_k). Returns
+ * whether every mean and variance was finite (the offsets are then
+ * meaningless otherwise). Releases the GIL.
+ */
+static PyObject *
+ema_fold(PyObject *self, PyObject *args)
+{
+    PyObject *mean_obj, *m2_obj, *mo_obj, *vo_obj;
+    Py_ssize_t K, C;
+    double momentum;
+    if (!PyArg_ParseTuple(args, "OOnndOO:ema_fold", &mean_obj, &m2_obj, &K, &C,
+                          &momentum, &mo_obj, &vo_obj))
+        return NULL;
+    Py_ssize_t cells;
+    if (K < 0 || C < 0 || !mul_ok(K, C, &cells)
+        || cells > PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(double)) {
+        PyErr_SetString(PyExc_ValueError, "K and C must be non-negative and small enough");
+        return NULL;
+    }
+    Py_buffer views[4];
+    PyObject *objs[4] = {mean_obj, m2_obj, mo_obj, vo_obj};
+    const Py_ssize_t need[4] = {cells, cells, C, C};
+    int got = 0;
+    PyObject *result = NULL;
+    for (; got < 4; got++) {
+        const int flags = PyBUF_FORMAT | PyBUF_C_CONTIGUOUS | (got >= 2 ? PyBUF_WRITABLE : 0);
+        if (PyObject_GetBuffer(objs[got], &views[got], flags) < 0)
+            goto done;
+        if (!format_matches(views[got].format, 'd')
+            || views[got].len < need[got] * (Py_ssize_t)sizeof(double)) {
+            PyErr_SetString(PyExc_ValueError,
+                            "ema_fold takes float64 buffers of K*C (moments) and C (offsets)");
+            got++;
+            goto done;
+        }
+    }
+    {
+        const double *mean = (const double *)views[0].buf;
+        const double *m2 = (const double *)views[1].buf;
+        double *mo = (double *)views[2].buf, *vo = (double *)views[3].buf;
+        const double rest = 1.0 - momentum;
+        int finite = 1;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t c = 0; c < C; c++) {
+            mo[c] = 0.0;
+            vo[c] = 0.0;
+        }
+        for (Py_ssize_t k = 0; k < K; k++) {
+            const double *mk = mean + k * C, *qk = m2 + k * C;
+            for (Py_ssize_t c = 0; c < C; c++) {
+                mo[c] = momentum * mo[c] + rest * mk[c];
+                vo[c] = momentum * vo[c] + rest * qk[c];
+            }
+        }
+        for (Py_ssize_t c = 0; c < C; c++)
+            finite &= isfinite(mo[c]) && isfinite(vo[c]);
+        Py_END_ALLOW_THREADS
+        /* A NaN or an infinity in any batch reaches its channel's offset:
+         * infinity * momentum stays infinite, NaN stays NaN; an overflow to
+         * infinity of finite terms is caught as well. */
+        result = PyBool_FromLong(finite);
+    }
+done:
+    for (int i = 0; i < got; i++)
+        PyBuffer_Release(&views[i]);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"ema_fold", ema_fold, METH_VARARGS,
+     "ema_fold(mean, m2, K, C, momentum, mean_offset, variance_offset) -> bool\n--\n\n"
+     "Fold K batches' moments (K*C float64, batch-major) into the offsets of\n"
+     "the moving-average update, in batch order; whether all were finite."},
     {"moments", moments, METH_VARARGS,
      "moments(x, mean, m2, K, R, C, stride_k, stride_r, stride_c, kind)\n--\n\n"
      "Write each batch's float64 mean and biased variance (two-pass) of the\n"

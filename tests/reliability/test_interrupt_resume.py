@@ -204,14 +204,14 @@ def test_a_swallowed_ctrl_c_still_stops_the_fit(tmp_path, run_cli, monkeypatch):
     from bncli.cli import signals
 
     np.save(tmp_path / "x.npy", np.ones((50_000, 4), dtype=np.float32))
-    original = kernels.fold_batches
+    original = kernels.fold_statistics
 
     def swallowing(*args, **kwargs):
         signals.request_stop()  # what the handler records before raising
         return original(*args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(kernels, "fold_batches", swallowing)
+        patch.setattr(kernels, "fold_statistics", swallowing)
         result = run_cli("fit", "s.h5", "x.npy", "--workers", "1")
     assert result.exit_code == 130
     assert result.stderr == "error: interrupted\n"
