@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -51,6 +52,7 @@ __all__ = [
     "fold_statistics",
     "identity_fold",
     "merge_moments",
+    "merged_sample_moments",
     "moments",
     "normalize",
     "numpy_moments",
@@ -528,6 +530,28 @@ def numpy_moments(
                 m2[k] += np.einsum("rc,rc->c", block, block)
     m2 /= rows
     return mean, m2
+
+
+def merged_sample_moments(rows: npt.NDArray[Any], per_batch: int) -> Moments:
+    """The moments of batches of ``per_batch`` samples, from each sample's own.
+
+    ``rows`` is ``(n, P, C)``, any strides (channels-first data, whose batch
+    is no single run of rows, is read in place). Each sample's two-pass
+    moments over its ``P`` positions are merged per batch, all counts equal:
+    ``mean = mean_b(mean_s)``, ``M2 = sum_b(M2_s) + P * sum_b((mean_s - mean)**2)``
+    (Chan et al.'s merge; never ``E[x**2] - E[x]**2``).
+    """
+    n, positions, channels = rows.shape
+    samples = batched_moments(rows)  # per sample: K = n, R = P
+    k = n // per_batch
+    means = samples.mean.reshape(k, per_batch, channels)
+    mean = means.sum(axis=1) / per_batch
+    spread = means - mean[:, None, :]
+    np.square(spread, out=spread)
+    m2 = samples.variance.reshape(k, per_batch, channels).sum(axis=1) * positions
+    m2 += positions * spread.sum(axis=1)
+    count = np.full((k, channels), float(per_batch * positions))
+    return Moments(count, mean, m2 / (per_batch * positions))
 
 
 def moments(x: npt.NDArray[np.floating], mask: BoolArray | None = None) -> Moments:

@@ -114,6 +114,16 @@ def as_batches(
     return x, m.reshape(n // per_batch, per_batch * positions, m.shape[-1])
 
 
+def batches_are_views(rows: npt.NDArray[Any], per_batch: int) -> bool:
+    """Whether ``(n, P, C)`` rows view as ``(n // per_batch, per_batch * P, C)`` without a copy."""
+    positions = rows.shape[1]
+    return (
+        positions <= 1
+        or per_batch <= 1
+        or rows.strides[0] == positions * rows.strides[1]
+    )
+
+
 _scratch = threading.local()
 
 
@@ -144,15 +154,25 @@ def fold_block(chunk: Chunk, params: FitParams) -> tuple[kernels.AnyFold, int, i
     synchronized = params.synchronized or params.statistics == "exact"
     batches = 0
     for start, stop, per_batch in equal_batch_runs(chunk, params.batch_size):
-        x, m = as_batches(rows, chunk.mask, start, stop, per_batch)
-        if m is None and (params.replicas == 1 or synchronized):
+        piece = rows[start:stop]
+        num_batches = len(piece) // per_batch
+        unmasked = chunk.mask is None and (params.replicas == 1 or synchronized)
+        if unmasked and not batches_are_views(piece, per_batch):
+            # Channels first ((N, C, H, W), axis 1): a batch's positions are
+            # no single run of rows. Moments per sample (views), merged per
+            # batch, rather than a copy of every batch in channels-last order.
+            stats = kernels.merged_sample_moments(piece, per_batch)
+            m = None
+        elif unmasked:
+            x, m = as_batches(rows, None, start, stop, per_batch)
             scratch = _moments_scratch(x.shape[0], x.shape[2])
             stats = kernels.batched_moments(x, out=scratch)
         else:
+            x, m = as_batches(rows, chunk.mask, start, stop, per_batch)
             stats, _ = batch_statistics(x, m, per_batch, params.replicas, synchronized)
         # Without a mask every batch counts every channel (shards are never
         # empty): no (K, C) test of validity, and a cheap test of finiteness.
-        valid = None if m is None and x.shape[1] else stats.count > 0
+        valid = None if m is None and piece.shape[1] else stats.count > 0
         if valid is None:
             finite = all_finite(stats.mean) and all_finite(stats.variance)
         else:
@@ -165,7 +185,7 @@ def fold_block(chunk: Chunk, params: FitParams) -> tuple[kernels.AnyFold, int, i
             fold,
             kernels.fold_statistics(stats, valid, params.momentum, params.statistics),
         )
-        batches += x.shape[0]
+        batches += num_batches
     return fold, batches, len(chunk)
 
 

@@ -357,3 +357,50 @@ def test_prefetched_keeps_order_raises_in_order_and_stops():
     stream.close()
     assert stopped.wait(5)
     assert len(produced) < 10
+
+
+@given(
+    samples=st.integers(8, 60),
+    per_batch=st.integers(1, 8),
+    channels=st.integers(1, 6),
+    positions=st.sampled_from([(1,), (3,), (2, 3)]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_merged_sample_moments_equal_the_plain_batch_moments(
+    samples, per_batch, channels, positions, seed
+):
+    """Channels-first samples ``(n, C, ...)``, read in place, merged per batch."""
+    rng = np.random.default_rng(seed)
+    data = rng.normal(3.0, 2.0, (samples, channels, *positions)).astype(np.float32)
+    n = samples - samples % per_batch
+    rows = kernels.to_rows(data[:n], 1)  # a strided view: no copy
+    got = kernels.merged_sample_moments(rows, per_batch)
+    batches = np.moveaxis(data[:n], 1, -1).reshape(
+        n // per_batch, per_batch * math.prod(positions), channels
+    )
+    mean, variance = _plain_moments(batches)
+    np.testing.assert_allclose(got.mean, mean, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got.variance, variance, rtol=1e-10, atol=1e-12)
+    assert np.all(got.count == per_batch * math.prod(positions))
+
+
+@pytest.mark.parametrize("statistics", ["ema", "precise", "exact"])
+@pytest.mark.parametrize("batch_size", [1, 7, 32])
+def test_a_channels_first_fit_equals_the_channels_last_fit(
+    tmp_path, statistics, batch_size
+):
+    import bncli
+
+    x = np.random.default_rng(5).normal(1.0, 4.0, (203, 5, 4, 3)).astype(np.float32)
+    np.save(tmp_path / "first.npy", x)
+    np.save(tmp_path / "last.npy", np.ascontiguousarray(np.moveaxis(x, 1, -1)))
+    first = bncli.BatchNormalization(axis=1)
+    first.fit(tmp_path / "first.npy", batch_size=batch_size, stats=statistics)
+    last = bncli.BatchNormalization()
+    last.fit(tmp_path / "last.npy", batch_size=batch_size, stats=statistics)
+    np.testing.assert_allclose(
+        first.moving_mean64, last.moving_mean64, rtol=1e-12, atol=1e-13
+    )
+    np.testing.assert_allclose(
+        first.moving_variance64, last.moving_variance64, rtol=1e-11
+    )
