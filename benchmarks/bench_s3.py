@@ -1,11 +1,13 @@
 """The object-storage rows of ``make bench``: a fit from a local S3 server.
 
-The server is moto's (the dev extra the tests use), started here in a
-process of its own on 127.0.0.1 so that it never competes with the fit for
-this process's GIL, and stopped at the end. The Parquet file is uploaded
-once; then bncli's fit from ``s3://`` and from the file are timed in turns,
-and so is ``pyarrow.parquet.read_table`` from both: the second pair tells
-what the server itself allows any reader of the object.
+Two servers, each started here in a process of its own on 127.0.0.1 (never
+competing with the fit for this process's GIL) and stopped at the end:
+``s3_server.py``, a minimal read-only endpoint over a folder that sends
+ranges with ``sendfile``, and moto's (the dev extra the tests use), which
+copies the whole object for every ranged request and so measures itself
+more than the reader. With each, bncli's fit from ``s3://`` and from the
+file are timed in turns, and so is ``pyarrow.parquet.read_table``: the
+yardstick of what the server and the loopback allow any reader.
 """
 
 from __future__ import annotations
@@ -35,16 +37,21 @@ def _free_port() -> int:
 
 
 @contextmanager
-def s3_server() -> Iterator[str]:
-    """A moto S3 server in a child process; yields its endpoint, environment set."""
+def s3_server(folder: Path | None = None) -> Iterator[str]:
+    """An S3 server in a child process: moto's, or ``s3_server.py`` over
+    ``folder``; yields its endpoint, with the environment set for it."""
     port = _free_port()
-    code = (
-        "from moto.server import ThreadedMotoServer as S; import time; "
-        f"S(ip_address='127.0.0.1', port={port}, verbose=False).start(); "
-        "time.sleep(10**6)"
-    )
+    if folder is None:
+        argv = [
+            "-c",
+            "from moto.server import ThreadedMotoServer as S; import time; "
+            f"S(ip_address='127.0.0.1', port={port}, verbose=False).start(); "
+            "time.sleep(10**6)",
+        ]
+    else:
+        argv = [str(Path(__file__).with_name("s3_server.py")), str(folder), str(port)]
     server = subprocess.Popen(
-        [sys.executable, "-c", code],
+        [sys.executable, *argv],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -98,14 +105,29 @@ def in_turns(
 
 
 def measure(
-    parquet: Path, fit: Callable[[str], object], repeat: int
+    parquet: Path,
+    fit: Callable[[str], object],
+    repeat: int,
+    scratch: Path,
+    server: str = "plain",
 ) -> dict[str, float]:
-    """Seconds of bncli's fit and of ``read_table``, from S3 and from the file."""
+    """Seconds of bncli's fit and of ``read_table``, from S3 and from the file.
+
+    ``server``: ``"plain"`` (``s3_server.py`` over a folder in ``scratch``
+    holding a link to the file) or ``"moto"`` (the file uploaded to it).
+    """
     import pyarrow.parquet as pq
     from pyarrow import fs
 
-    with s3_server() as endpoint:
-        url = upload(endpoint, parquet)
+    folder = None
+    if server == "plain":
+        folder = scratch / "s3-root"
+        (folder / "bench").mkdir(parents=True, exist_ok=True)
+        link = folder / "bench" / parquet.name
+        link.unlink(missing_ok=True)
+        link.symlink_to(parquet.resolve())
+    with s3_server(folder) as endpoint:
+        url = f"s3://bench/{parquet.name}" if folder else upload(endpoint, parquet)
         t_s3, t_file = in_turns(lambda: fit(url), lambda: fit(str(parquet)), repeat)
         store = fs.S3FileSystem(endpoint_override=endpoint)
         key = url.removeprefix("s3://")

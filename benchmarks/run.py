@@ -554,31 +554,41 @@ def main(argv: list[str] | None = None) -> int:
                 (work / leftover).unlink(missing_ok=True)
 
         # ---- object storage: the same Parquet fit from a local S3 server
-        say("bench: fit Parquet from a local S3 server (moto)")
         import bench_s3
 
-        s3 = bench_s3.measure(parquet, lambda p: bncli_fit(p), 1 if quick else 2)
-        ratio = s3["fit_s3"] / s3["fit_file"]
-        add(
-            Row(
-                "fit Parquet from s3:// (moto) vs from the file, time",
-                f"{s3['fit_s3']:.2f} s",
-                f"{s3['fit_file']:.2f} s",
-                ratio,
-                "<= 1.5x",
-                ratio <= 1.5,
+        for server, label, judged in (
+            ("plain", "a range server", True),
+            ("moto", "moto", False),
+        ):
+            say(f"bench: fit Parquet from a local S3 server ({label})")
+            s3 = bench_s3.measure(
+                parquet,
+                lambda p: bncli_fit(p),
+                1 if quick or server == "moto" else 2,
+                work,
+                server,
             )
-        )
-        add(
-            Row(
-                "  the server's own cost: read_table from s3:// vs the file",
-                f"{s3['read_s3']:.2f} s",
-                f"{s3['read_file']:.2f} s",
-                s3["read_s3"] / s3["read_file"],
-                "report",
-                None,
+            ratio = s3["fit_s3"] / s3["fit_file"]
+            add(
+                Row(
+                    f"fit Parquet from s3:// ({label}) vs from the file, time",
+                    f"{s3['fit_s3']:.2f} s",
+                    f"{s3['fit_file']:.2f} s",
+                    ratio,
+                    "<= 1.5x" if judged else "report",
+                    ratio <= 1.5 if judged else None,
+                )
             )
-        )
+            add(
+                Row(
+                    f"  yardstick: read_table from s3:// ({label}) vs the file",
+                    f"{s3['read_s3']:.2f} s",
+                    f"{s3['read_file']:.2f} s",
+                    s3["read_s3"] / s3["read_file"],
+                    "report",
+                    None,
+                )
+            )
 
         # ---- start-up, side by side with the imports it cannot avoid
         say("bench: start-up")
