@@ -1,0 +1,88 @@
+"""The rows of ``make bench`` for the kernel's pace, every layout and inspect.
+
+- a fit of the 1 GiB NPY against one flat ``x.sum()`` over the same mapped
+  bytes (the memory's pace on one thread);
+- layouts, on 256 MiB float32 files generated once into ``benchmarks/data``:
+  channels first ``(N, 64, 8, 8) --axis 1`` against the same bytes as
+  channels last ``(N, 8, 8, 64)``; 1,024 and 1 channels against 16;
+- ``bncli inspect`` of a ResNet50 ``.keras`` (103 MB, 53 BN layers) against
+  a three-layer model's, whole processes in turns.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import data
+import numpy as np
+
+LAYOUT_BYTES = 256 << 20
+
+
+def flat_sum(path: Path) -> None:
+    np.load(path, mmap_mode="r").reshape(-1).sum()
+
+
+def layout_file(name: str, shape_of: Callable[[int], tuple[int, ...]]) -> Path:
+    """A float32 NPY of LAYOUT_BYTES, shaped by ``shape_of(values)``, made once."""
+    path = data.DATA / f"layout-{name}.npy"
+    values = LAYOUT_BYTES // 4
+    if path.exists():
+        return path
+    data.DATA.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    out = np.lib.format.open_memmap(tmp, "w+", np.float32, shape_of(values))
+    flat = out.reshape(-1)
+    rng = np.random.default_rng(7)
+    for lo in range(0, values, 1 << 24):
+        n = min(1 << 24, values - lo)
+        flat[lo : lo + n] = 2.0 + rng.standard_normal(n, dtype=np.float32)
+    out.flush()
+    del out, flat
+    os.replace(tmp, path)
+    return path
+
+
+def layouts() -> dict[str, Path]:
+    return {
+        "last": layout_file("cl", lambda v: (v // 4096, 8, 8, 64)),
+        "first": layout_file("cf", lambda v: (v // 4096, 64, 8, 8)),
+        "c16": layout_file("c16", lambda v: (v // 16, 16)),
+        "c1024": layout_file("c1024", lambda v: (v // 1024, 1024)),
+        "c1": layout_file("c1", lambda v: (v, 1)),
+    }
+
+
+def keras_models() -> tuple[Path, Path]:
+    """A ResNet50 ``.keras`` (random weights) and a three-layer one, made once."""
+    big = data.DATA / "resnet50.keras"
+    small = data.DATA / "three-layers.keras"
+    if not (big.exists() and small.exists()):
+        code = (
+            "import keras; "
+            f"keras.applications.ResNet50(weights=None).save({str(big)!r}); "
+            "keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), "
+            "keras.layers.BatchNormalization(), keras.layers.Dense(2)])"
+            f".save({str(small)!r})"
+        )
+        env = {**os.environ, "KERAS_BACKEND": "numpy"}
+        subprocess.run([sys.executable, "-c", code], check=True, env=env)
+    return big, small
+
+
+def processes_in_turns(a: list[str], b: list[str], repeat: int) -> tuple[float, float]:
+    """Median wall seconds of two commands run as whole processes, in turns."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for i in range(repeat + 1):
+        for argv, seen in ((a, times[0]), (b, times[1])):
+            start = time.perf_counter()
+            subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+            if i:  # the first round warms up
+                seen.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
