@@ -606,17 +606,20 @@ def main(argv: list[str] | None = None) -> int:
             ("moto", "moto", False),
         ):
             say(f"bench: fit Parquet from a local S3 server ({label})")
-            s3 = bench_s3.measure(
-                parquet,
-                lambda p: bncli_fit(p),
-                1 if quick or server == "moto" else 2,
-                work,
-                server,
-            )
+            # moto copies the whole object for every ranged request (about
+            # 50 s a fit of the 1 GiB file): it is measured on the 32 MiB one.
+            source = data.parquet_path(data.QUICK_ROWS) if server == "moto" else parquet
+            try:
+                s3 = bench_s3.measure(
+                    source, lambda p: bncli_fit(p), 1 if quick else 2, work, server
+                )
+            except Exception as e:  # a server that fails must not sink the table
+                say(f"  note: the {label} measurement failed: {type(e).__name__}: {e}")
+                continue
             ratio = s3["fit_s3"] / s3["fit_file"]
             add(
                 Row(
-                    f"fit Parquet from s3:// ({label}) vs from the file, time",
+                    f"fit {source.stat().st_size >> 20} MiB Parquet from s3:// ({label}) vs the file, time",
                     f"{s3['fit_s3']:.2f} s",
                     f"{s3['fit_file']:.2f} s",
                     ratio,

@@ -114,6 +114,20 @@ def as_batches(
     return x, m.reshape(n // per_batch, per_batch * positions, m.shape[-1])
 
 
+def _population_fold(
+    chunk: Chunk, piece: npt.NDArray[Any], num_batches: int
+) -> kernels.AnyFold:
+    """The ``"exact"`` fold of a run of unmasked batches, from one pass over all of it."""
+    channels = piece.shape[2]
+    whole = kernels.batched_moments(piece.reshape(1, -1, channels))
+    if not (all_finite(whole.mean) and all_finite(whole.variance)):
+        chunk.raise_nonfinite()
+    moments = kernels.Moments(whole.count[0], whole.mean[0], whole.variance[0])
+    return kernels.PopulationFold(
+        moments, np.full(channels, num_batches, dtype=np.int64)
+    )
+
+
 def batches_are_views(rows: npt.NDArray[Any], per_batch: int) -> bool:
     """Whether ``(n, P, C)`` rows view as ``(n // per_batch, per_batch * P, C)`` without a copy."""
     positions = rows.shape[1]
@@ -157,6 +171,17 @@ def fold_block(chunk: Chunk, params: FitParams) -> tuple[kernels.AnyFold, int, i
         piece = rows[start:stop]
         num_batches = len(piece) // per_batch
         unmasked = chunk.mask is None and (params.replicas == 1 or synchronized)
+        if (
+            unmasked
+            and params.statistics == "exact"
+            and piece.shape[1]
+            and batches_are_views(piece, len(piece))
+        ):
+            # "exact" wants the moments of every value: those of the whole
+            # run at once (one two-pass call), not K batches' merged.
+            fold = kernels.compose(fold, _population_fold(chunk, piece, num_batches))
+            batches += num_batches
+            continue
         if unmasked and not batches_are_views(piece, per_batch):
             # Channels first ((N, C, H, W), axis 1): a batch's positions are
             # no single run of rows. Moments per sample (views), merged per
