@@ -10,6 +10,7 @@ sizes checked from the metadata before any byte is read.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -59,21 +60,25 @@ def check_dataset(
 
     if not isinstance(dataset, h5py.Dataset):
         raise StateError(f"{where} is not a dataset", path=path)
-    if dataset.external:
+    # One creation property list for both questions (each of h5py's
+    # properties makes its own: the dearest part of reading a small dataset).
+    plist = dataset.id.get_create_plist()
+    if plist.get_external_count() > 0:
         raise StateError(
             f"{where} keeps its data in external files; bncli reads only data "
             "stored in the file itself",
             path=path,
         )
-    if dataset.is_virtual:
+    if plist.get_layout() == h5py.h5d.VIRTUAL:
         raise StateError(
             f"{where} is a virtual dataset (its data lives in other files); bncli "
             "reads only data stored in the file itself",
             path=path,
         )
-    if dataset.shape is None or dataset.size > max_elements:
+    shape = dataset.shape
+    if shape is None or math.prod(shape) > max_elements:
         raise StateError(
-            f"{where} has shape {dataset.shape}: more than {max_elements:,} values",
+            f"{where} has shape {shape}: more than {max_elements:,} values",
             path=path,
         )
 

@@ -119,19 +119,23 @@ def attr_strings(obj: h5py.HLObject, name: str, path: Path) -> list[str]:
 def read_array(dataset: Any, where: str, path: Path) -> np.ndarray:
     """A checked BatchNormalization variable: 1-D, bounded, in its stored dtype."""
     check_dataset(dataset, where, path, max_elements=MAX_CHANNELS)
-    if len(dataset.shape or ()) != 1:
+    shape: tuple[int, ...] = tuple(dataset.shape or ())
+    if len(shape) != 1:
         raise StateError(
             f"{where} has shape {dataset.shape}; a BatchNormalization variable is 1-D",
             path=path,
         )
-    _spend_values(dataset.size, where, path)
-    bfloat16 = attr_text(dataset, "dtype") == "bfloat16"
-    if bfloat16 and dataset.dtype.itemsize == 2 and dataset.dtype.kind == "V":
-        import ml_dtypes  # only for bfloat16: importing it costs 0.5 s
+    _spend_values(shape[0], where, path)
+    dtype = dataset.dtype
+    # Keras stores bfloat16 as 2-byte opaque values marked by a "dtype"
+    # attribute: read only for such values (an attribute costs a lookup).
+    if dtype.itemsize == 2 and dtype.kind == "V":
+        if attr_text(dataset, "dtype") == "bfloat16":
+            import ml_dtypes  # only for bfloat16: importing it costs 0.5 s
 
-        return np.asarray(dataset[()]).view(ml_dtypes.bfloat16)
-    if dataset.dtype.kind != "f":
+            return np.asarray(dataset[()]).view(ml_dtypes.bfloat16)
+    if dtype.kind != "f":
         raise StateError(
-            f"{where} holds {dataset.dtype}, not floating-point numbers", path=path
+            f"{where} holds {dtype}, not floating-point numbers", path=path
         )
     return np.asarray(dataset[()])
