@@ -30,11 +30,11 @@ __all__ = [
 def chunk_bytes(dataset: Dataset, outputs: bool = False) -> tuple[int, int]:
     """``(sample_bytes, target_bytes)`` for :func:`block_rows`: how much to read at once.
 
-    Sized in float64 samples. NPY chunks are memory-mapped windows, mapped
-    whole by the reader and unmapped once computed: 16 MiB (8 MiB of
-    float32), for long kernel calls and few hand-offs between threads (with
-    the compiled kernel, 8 MiB chunks left the workers waiting on the
-    hand-offs; 32 MiB ran no faster and doubled the peak memory). Table chunks are decoded copies, and a transform's also hold
+    Sized in float64 samples. NPY chunks are windows on one mapping of the
+    file, whose pages leave the resident set once computed: 16 MiB (8 MiB
+    of float32), for long kernel calls and few hand-offs between threads
+    (with the compiled kernel, 8 MiB chunks left the workers waiting on the
+    hand-offs; 32 MiB ran barely faster for half as much memory again). Table chunks are decoded copies, and a transform's also hold
     their outputs and the record batch while a few are in flight: 4 MiB for
     a fit (a fit on Parquet runs about 1.25x faster than with 2 MiB chunks)
     and 2 MiB for a transform (whose writing sets the pace), to keep the peak

@@ -252,7 +252,7 @@ def test_npy_is_memory_mapped_and_sliced(tmp_path):
     base = chunks[0].data
     while isinstance(base, np.ndarray):  # a view of the file's mapped pages
         base = base.base
-    assert isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)
+    assert isinstance(base.mapped, mmap.mmap)  # the file's mapping, no copy
     np.testing.assert_array_equal(data, x)
     assert open_dataset([tmp_path / "x.npy"], axis=1).features == ["0", "1", "2", "3"]
 
@@ -331,3 +331,43 @@ def test_object_and_one_dimensional_arrays_refused(tmp_path):
     np.save(tmp_path / "flat.npy", np.zeros(5))
     with pytest.raises(DataError, match="1-D array"):
         open_dataset([tmp_path / "flat.npy"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="reads Linux's /proc/self/status")
+def test_a_fit_holds_the_chunks_in_flight_not_the_file(tmp_path):
+    """Resident memory of a fit of a 256 MiB NPY: within 96 MiB of a tiny fit's.
+
+    The file is mapped once; each window's pages leave the resident set when
+    the window's last view is dropped (a window released too early, or
+    never, shows here as the whole file resident).
+    """
+    import subprocess
+
+    rng = np.random.default_rng(0)
+    big = np.lib.format.open_memmap(
+        tmp_path / "big.npy", "w+", np.float32, (1 << 22, 16)
+    )
+    for lo in range(0, big.shape[0], 1 << 20):
+        big[lo : lo + (1 << 20)] = rng.standard_normal((1 << 20, 16), dtype=np.float32)
+    big.flush()
+    del big
+    np.save(tmp_path / "tiny.npy", np.ones((64, 16), np.float32))
+
+    def peak_mib(name):
+        # VmHWM: this process's own peak (getrusage's carries over the peak
+        # of the forked test process).
+        code = (
+            "import bncli, pathlib; "
+            f"bncli.BatchNormalization().fit({str(tmp_path / name)!r}, workers=2); "
+            "print([l for l in pathlib.Path('/proc/self/status').read_text()"
+            ".splitlines() if l.startswith('VmHWM')][0].split()[1])"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        return int(done.stdout) / 1024
+
+    tiny, large = peak_mib("tiny.npy"), peak_mib("big.npy")
+    assert large - tiny < 96, (tiny, large)

@@ -46,6 +46,7 @@ class NpzSource(NpySource):
         self.path = path if name is None else name
         self._stream = None
         self._file = None
+        self._whole = None
         self._remote = None
         location = path
         remote = is_url(location)
