@@ -281,7 +281,7 @@ typedef struct {
         const Py_ssize_t R = s->R, sr = s->sr;                                 \
         /* Walk the memory in order: channel-outer when channels are the    \
          * farthest apart (a channel's batches are then one long run). */      \
-        const int by_channel = Py_ABS(s->sc) > Py_ABS(s->sk);                  \
+        const int by_channel = C == 1 || Py_ABS(s->sc) > Py_ABS(s->sk);       \
         const Py_ssize_t outer = by_channel ? C : K, inner = by_channel ? K : C; \
         const Py_ssize_t so = by_channel ? s->sc : s->sk;                      \
         const Py_ssize_t si = by_channel ? s->sk : s->sc;                      \
