@@ -197,7 +197,7 @@ def fold_block(chunk: Chunk, params: FitParams) -> tuple[kernels.AnyFold, int, i
             and batches_are_views(piece, len(piece))
         ):
             # "exact" wants the moments of every value: those of the whole
-            # run at once (one two-pass call), not K batches' merged.
+            # run, in cache-sized blocks, not K batches' merged.
             fold = kernels.compose(fold, _population_fold(chunk, piece, num_batches))
             batches += num_batches
             continue
