@@ -21,7 +21,13 @@ from bncli.errors import (
 )
 from bncli.keras_compat.config import normalize_batchnorm_config
 from bncli.keras_compat.graph import FoundLayer, find_batchnorms, find_custom_layers
-from bncli.keras_compat.hdf5_reading import attr_text, child_of, group_of, read_array
+from bncli.keras_compat.hdf5_reading import (
+    attr_text,
+    child_of,
+    group_of,
+    read_array,
+    read_plain_vector,
+)
 from bncli.keras_compat.records import MAX_DEPTH, MAX_GROUPS, KerasBatchNorm
 from bncli.keras_compat.variables import (
     expected_names,
@@ -62,10 +68,14 @@ def _vars_arrays(group: h5py.Group, path: Path) -> list[np.ndarray]:
         raise StateError(
             f"{group.name} holds {sorted(keys)}, not datasets 0..n-1", path=path
         )
-    return [
-        read_array(child_of(group, str(i), path), f"{group.name}/{i}", path)
-        for i in range(len(keys))
-    ]
+    arrays = []
+    for i in range(len(keys)):
+        where = f"{group.name}/{i}"
+        values = read_plain_vector(group, str(i), where, path)
+        if values is None:
+            values = read_array(child_of(group, str(i), path), where, path)
+        arrays.append(values)
+    return arrays
 
 
 def _layer_arrays(

@@ -1122,3 +1122,29 @@ def test_a_damaged_keras_archive_is_refused_before_libhdf5_parses_it(
     result = run_cli("inspect", "bad.keras")
     assert result.exit_code == 4
     assert "corrupt Keras archive (Bad CRC-32" in result.stderr
+
+
+def test_the_fast_variable_read_takes_only_plain_vectors(tmp_path: Path) -> None:
+    """Anything but a hard-linked 1-D float dataset in the file goes to the checked path."""
+    import h5py
+
+    from bncli.keras_compat.hdf5_reading import read_budget, read_plain_vector
+
+    with h5py.File(tmp_path / "w.h5", "w") as f:
+        group = f.create_group("vars")
+        group["0"] = np.arange(4, dtype=np.float32)
+        group["1"] = np.ones((2, 2), dtype=np.float32)
+        group["2"] = np.arange(3, dtype=np.int64)
+        group["3"] = h5py.SoftLink("/vars/0")
+        group.create_dataset("4", (4,), "f4", external=[(str(tmp_path / "raw"), 0, 16)])
+        group.create_group("5")
+    (tmp_path / "raw").write_bytes(bytes(16))
+    with h5py.File(tmp_path / "w.h5", "r") as f, read_budget():
+        group = f["vars"]
+        got = read_plain_vector(group, "0", "vars/0", tmp_path)
+        np.testing.assert_array_equal(got, np.arange(4, dtype=np.float32))
+        assert got.dtype == np.float32
+        for name in ("1", "2", "3", "4", "5", "missing"):
+            assert read_plain_vector(group, name, f"vars/{name}", tmp_path) is None, (
+                name
+            )
