@@ -497,7 +497,7 @@ def print_model(path: str, layers: list[Any]) -> None:
         folded = column in ("layer", "path")
         table.add_column(column, overflow="fold" if folded else "ellipsis")
     for layer in layers:
-        doc = model_layer_document(layer)
+        doc = model_layer_document(layer, variables=False)
         settings = layer.config if layer.config is not None else layer.file_config
         center, scale = (settings or {}).get("center"), (settings or {}).get("scale")
         table.add_row(
@@ -515,14 +515,15 @@ def print_model(path: str, layers: list[Any]) -> None:
     console.print(table)
 
 
-def model_layer_document(layer: Any) -> dict[str, Any]:
+def model_layer_document(layer: Any, *, variables: bool = True) -> dict[str, Any]:
     """A Keras file's BatchNormalization layer as JSON data, with a health line.
 
     An unsupported layer (renorm, ambiguous variables...) has ``"supported":
     false``, its ``"problem"`` in a few words, and what the file tells of it:
-    channels, momentum and epsilon (None where unknown), no config.
+    channels, momentum and epsilon (None where unknown), no config. Without
+    ``variables`` (the text table shows none), ``"variables"`` is empty.
     """
-    variables = {k: _floats(v) for k, v in layer.variables.items()}
+    values = {k: _floats(v) for k, v in layer.variables.items()} if variables else {}
     if layer.problem is not None:
         settings = layer.file_config or {}
         return {
@@ -532,7 +533,7 @@ def model_layer_document(layer: Any) -> dict[str, Any]:
             "momentum": _finite(settings.get("momentum")),
             "epsilon": _finite(settings.get("epsilon")),
             "config": None,
-            "variables": variables,
+            "variables": values,
             "health": f"unsupported: {layer.problem.reason}",
             "supported": False,
             "problem": layer.problem.reason,
@@ -551,7 +552,7 @@ def model_layer_document(layer: Any) -> dict[str, Any]:
         "momentum": None if config is None else config["momentum"],
         "epsilon": None if config is None else config["epsilon"],
         "config": config,
-        "variables": variables,
+        "variables": values,
         "health": health,
         "supported": True,
         "problem": None,
