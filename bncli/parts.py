@@ -256,6 +256,10 @@ def _shared_options(options: FitOptions) -> dict[str, Any]:
         values["mask"] = [str(Path(m).resolve()) for m in values["mask"]]
     else:
         values["mask"] = None
+    # How the inputs are read: parts read with another delimiter or array
+    # are parts of another stream.
+    values["delimiter"] = options.read.delimiter
+    values["array"] = options.read.array
     return values
 
 

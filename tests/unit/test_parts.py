@@ -316,3 +316,23 @@ def test_a_sharded_fit_through_real_processes(stream, tmp_path):
     assert merged.returncode == 0, merged.stderr
     whole = _whole(stream, stats="exact")
     _assert_same(bncli.load(tmp_path / "s.h5"), whole)
+
+
+def test_parts_read_otherwise_are_parts_of_another_stream(tmp_path, run_cli):
+    """Two arrays of one NPZ archive, or one CSV read with two delimiters: no merge."""
+    rng = np.random.default_rng(4)
+    np.savez(tmp_path / "z.npz", x=rng.normal(size=(60, 3)), y=rng.normal(size=(60, 3)))
+    for name, array, rows in (("a", "x", "0:30"), ("b", "y", "30:"), ("c", "x", "30:")):
+        done = run_cli("fit", f"{name}.h5", "z.npz", "--array", array, "--rows", rows)
+        assert done.exit_code == 0, done.stderr
+    refused = run_cli("merge", "s.h5", "a.h5", "b.h5")
+    assert refused.exit_code == 4, refused.stderr
+    assert "b.h5" in refused.stderr and "fit options" in refused.stderr
+    done = run_cli("merge", "s.h5", "a.h5", "c.h5")
+    assert done.exit_code == 0, done.stderr
+    assert run_cli("fit", "w.h5", "z.npz", "--array", "x").exit_code == 0
+    np.testing.assert_allclose(
+        bncli.load(tmp_path / "s.h5").moving_mean64,
+        bncli.load(tmp_path / "w.h5").moving_mean64,
+        rtol=1e-12,
+    )
