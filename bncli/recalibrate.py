@@ -29,13 +29,16 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bncli import kernels
 from bncli.errors import StateError, UsageError
 from bncli.progress import NullProgress, Progress
+
+if TYPE_CHECKING:
+    from bncli.io.sources import ReadOptions
 
 __all__ = ["INSTALL_COMMAND", "RecalibrateResult", "recalibrate"]
 
@@ -86,6 +89,7 @@ def recalibrate(
     overwrite: bool = False,
     custom_objects: Sequence[str] = (),
     progress: Progress | None = None,
+    read: ReadOptions | None = None,
 ) -> RecalibrateResult:
     """Re-estimate the BatchNormalization layers of the ``.keras`` file ``model``.
 
@@ -99,6 +103,7 @@ def recalibrate(
         layers: names (or paths) of the layers to re-estimate; all by default.
         columns: the table columns that are the input vector.
         custom_objects: modules to import first, registering custom classes.
+        read: CSV's delimiter, an NPZ archive's array.
 
     Raises:
         UsageError: Keras missing, a bad option, a weights-only file, a class
@@ -143,7 +148,7 @@ def recalibrate(
             ) from e
     network = _load(keras, model)
     chosen = _chosen_layers(keras, network, records, layers, model)
-    dataset = open_dataset(inputs, columns=columns)
+    dataset = open_dataset(inputs, columns=columns, read=read)
     shape = tuple(int(d) for d in dataset.sample_shape)
     expected = tuple(network.inputs[0].shape[1:]) if network.inputs else None
     if expected is not None and not _fits(shape, expected):

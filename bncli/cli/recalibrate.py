@@ -6,7 +6,13 @@ from typing import Any
 
 import click
 
-from bncli.cli.options import POSITIVE, NameList, report_options
+from bncli.cli.options import (
+    POSITIVE,
+    NameList,
+    read_options,
+    read_record,
+    report_options,
+)
 
 
 @click.command(short_help="Re-estimate every BatchNormalization layer of a model.")
@@ -52,6 +58,8 @@ from bncli.cli.options import POSITIVE, NameList, report_options
     help="Import this module first, to register custom classes (repeatable).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT (MODEL itself too).")
+@read_options[0]
+@read_options[1]
 @report_options
 def recalibrate(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     """Re-estimate the moving statistics of MODEL's BatchNormalization layers from INPUTS.
@@ -80,6 +88,7 @@ def recalibrate(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         columns=options["columns"],
         overwrite=options["overwrite"],
         custom_objects=options["custom_objects"],
+        read=read_record(options),
         progress=make_progress(options["quiet"], "recalibrate"),
     )
     result = {

@@ -292,3 +292,27 @@ def test_through_a_real_process(files):
     assert refused.stderr.startswith(
         "error: m.weights.h5: recalibrate needs a .keras model"
     )
+
+
+def test_a_semicolon_csv_and_an_npz_feed_it_as_the_npy_does(files, run_cli):
+    x = files["x"]
+    header = ";".join(f"f{j}" for j in range(x.shape[1]))
+    rows = "\n".join(";".join(repr(float(v)) for v in row) for row in x)
+    (files["path"] / "x.csv").write_text(header + "\n" + rows + "\n")
+    np.savez(files["path"] / "x.npz", x=x, other=x[:10])
+    for args in (
+        ["x.npy"],
+        ["x.csv", "--delimiter", ";"],
+        ["x.npz", "--array", "x"],
+    ):
+        out = f"out-{args[0]}.keras"
+        result = run_cli("recalibrate", "m.keras", *args, "-o", out)
+        assert result.exit_code == 0, result.stderr
+    reference = keras.saving.load_model(files["path"] / "out-x.npy.keras")
+    for name in ("out-x.csv.keras", "out-x.npz.keras"):
+        other = keras.saving.load_model(files["path"] / name)
+        for layer in ("bn1", "bn2"):
+            for got, want in zip(
+                _stats(other, layer), _stats(reference, layer), strict=True
+            ):
+                np.testing.assert_allclose(got, want, **TOL)
