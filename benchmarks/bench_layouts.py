@@ -5,17 +5,15 @@
 - layouts, on 256 MiB float32 files generated once into ``benchmarks/data``:
   channels first ``(N, 64, 8, 8) --axis 1`` against the same bytes as
   channels last ``(N, 8, 8, 64)``; 1,024 and 1 channels against 16;
-- ``bncli inspect`` of a ResNet50 ``.keras`` (103 MB, 53 BN layers) against
-  a three-layer model's, whole processes in turns.
+- the two Keras models that ``bncli inspect`` is timed on: a ResNet50
+  ``.keras`` (103 MB, 53 BN layers) and a three-layer model.
 """
 
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,15 +72,3 @@ def keras_models() -> tuple[Path, Path]:
         env = {**os.environ, "KERAS_BACKEND": "numpy"}
         subprocess.run([sys.executable, "-c", code], check=True, env=env)
     return big, small
-
-
-def processes_in_turns(a: list[str], b: list[str], repeat: int) -> tuple[float, float]:
-    """Median wall seconds of two commands run as whole processes, in turns."""
-    times: tuple[list[float], list[float]] = ([], [])
-    for i in range(repeat + 1):
-        for argv, seen in ((a, times[0]), (b, times[1])):
-            start = time.perf_counter()
-            subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
-            if i:  # the first round warms up
-                seen.append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])

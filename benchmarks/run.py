@@ -91,6 +91,11 @@ def side_by_side(
     return statistics.median(times_a), statistics.median(times_b)
 
 
+def run(argv: list[str]) -> Callable[[], None]:
+    """A whole process, its output thrown away, as a callable to time."""
+    return lambda: subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+
+
 def rate(samples: int, seconds: float) -> str:
     return f"{samples / seconds / 1e6:.2f} M/s"
 
@@ -641,9 +646,9 @@ def main(argv: list[str] | None = None) -> int:
         # ---- inspect: its cost follows the BN layers, not the model's size
         say("bench: inspect of a ResNet50 .keras against a three-layer model's")
         big, small_model = bench_layouts.keras_models()
-        t_big, t_small_model = bench_layouts.processes_in_turns(
-            [*command, "inspect", str(big)],
-            [*command, "inspect", str(small_model)],
+        t_big, t_small_model = side_by_side(
+            run([*command, "inspect", str(big)]),
+            run([*command, "inspect", str(small_model)]),
             2 * repeat,
         )
         ratio = t_big / t_small_model
@@ -661,9 +666,6 @@ def main(argv: list[str] | None = None) -> int:
         # ---- start-up, side by side with the imports it cannot avoid
         say("bench: start-up")
         small_state = work / "small.h5"
-
-        def run(argv: list[str]) -> Callable[[], None]:
-            return lambda: subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
 
         def small_fit() -> None:
             small_state.unlink(missing_ok=True)

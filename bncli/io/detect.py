@@ -10,7 +10,9 @@ and of Keras archives (zip) all live here.
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
+from typing import Any
 
 from bncli.errors import DataError, InputNotFoundError
 
@@ -27,6 +29,7 @@ __all__ = [
     "data_format_of",
     "format_by_name",
     "sniff_format",
+    "stored_member_start",
 ]
 
 #: Parquet files start (and end) with these bytes.
@@ -149,3 +152,25 @@ def sniff_format(path: str | os.PathLike[str]) -> str:
         ".csv (also .csv.gz, .csv.bz2, .csv.zst, .csv.lz4) and .npy files",
         path=path,
     )
+
+
+#: A zip local file header, before its name and extra field.
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
+
+
+def stored_member_start(raw: Any, info: Any) -> int | None:
+    """Where the bytes of the stored zip member ``info`` begin in the open file ``raw``.
+
+    Read from the member's local header (its name and extra field may differ
+    from the central directory's). None when that header is damaged or the
+    member's bytes would run past the file's end: a crafted archive.
+    """
+    raw.seek(info.header_offset)
+    header = raw.read(_LOCAL_HEADER.size)
+    if len(header) < _LOCAL_HEADER.size or header[:4] != ZIP_MAGICS[0]:
+        return None
+    fields = _LOCAL_HEADER.unpack(header)
+    start = int(info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10])
+    if start + info.file_size > os.fstat(raw.fileno()).st_size:
+        return None
+    return start

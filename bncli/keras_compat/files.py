@@ -28,7 +28,6 @@ import json
 import mmap
 import os
 import shutil
-import struct
 import tempfile
 import zipfile
 import zlib
@@ -39,6 +38,7 @@ from typing import Any
 import h5py
 
 from bncli.errors import BncliError, StateError, StateNotFoundError
+from bncli.io.detect import stored_member_start
 from bncli.keras_compat.config import normalize_batchnorm_config
 from bncli.keras_compat.detect import (
     hdf5_kind,
@@ -276,19 +276,10 @@ def stored_member(raw: Any, info: zipfile.ZipInfo, path: Path) -> MemberWindow:
         StateError: a damaged local header, or bytes whose CRC-32 is not the
             member's (refused before libhdf5 parses a byte).
     """
-    raw.seek(info.header_offset)
-    header = raw.read(_LOCAL_HEADER.size)
-    if len(header) < _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+    start = stored_member_start(raw, info)
+    if start is None:
         raise StateError(
-            f"corrupt Keras archive (bad header of {info.filename})", path=path
-        )
-    fields = _LOCAL_HEADER.unpack(header)
-    start = info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
-    size = os.fstat(raw.fileno()).st_size
-    if start + info.file_size > size:
-        raise StateError(
-            f"corrupt Keras archive ({info.filename} runs past the file's end)",
-            path=path,
+            f"corrupt Keras archive (bad local header of {info.filename})", path=path
         )
     crc = 0
     if info.file_size:  # the mapped pages are the page cache's: no copy
@@ -303,10 +294,6 @@ def stored_member(raw: Any, info: zipfile.ZipInfo, path: Path) -> MemberWindow:
             f"corrupt Keras archive (Bad CRC-32 for file {info.filename!r})", path=path
         )
     return MemberWindow(raw, start, info.file_size)
-
-
-#: A zip local file header before its name and extra field.
-_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 
 
 class MemberWindow(io.RawIOBase):

@@ -71,16 +71,20 @@ class CsvSource(TableSource):
             convert.include_columns = [column]
         elif columns is not None:  # the others are never parsed
             convert.include_columns = list(columns)
-        if is_url(self.location):
-            source = open_stream(self.location, compression="detect")
-        else:
-            source = pa.input_stream(self.location, compression="detect")
         return csv.open_csv(
-            source,
+            self._text(),
             read_options=csv.ReadOptions(block_size=_BLOCK_BYTES),
             parse_options=csv.ParseOptions(delimiter=self.delimiter),
             convert_options=convert,
         )
+
+    def _text(self) -> Any:
+        """The file's bytes as a stream, decompressed by its extension."""
+        import pyarrow as pa
+
+        if is_url(self.location):
+            return open_stream(self.location, compression="detect")
+        return pa.input_stream(self.location, compression="detect")
 
     def record_batches(
         self, start: int, rows: int, columns: Sequence[str] | None
@@ -107,11 +111,7 @@ class CsvSource(TableSource):
         import pyarrow as pa
 
         try:
-            if is_url(self.location):
-                stream = open_stream(self.location, compression="detect")
-            else:
-                stream = pa.input_stream(self.location, compression="detect")
-            with stream:
+            with self._text() as stream:
                 head = (
                     stream.read(1 << 16).split(b"\n", 1)[0].decode("utf-8", "replace")
                 )

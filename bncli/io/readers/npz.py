@@ -20,14 +20,12 @@ import numpy as np
 import numpy.typing as npt
 
 from bncli.errors import BncliError, DataError, UsageError
+from bncli.io.detect import stored_member_start
 from bncli.io.locations import is_url, open_random_access
 from bncli.io.readers.npy import BAD_NPY, NpySource, read_npy_header
 from bncli.io.sources import first_line
 
 __all__ = ["NpzSource", "npz_arrays"]
-
-#: Bytes of a zip local file header before its name and extra field.
-_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 
 
 def npz_arrays(archive: zipfile.ZipFile) -> list[str]:
@@ -66,9 +64,12 @@ class NpzSource(NpySource):
                     header = f.tell()
                 start = None
                 if info.compress_type == zipfile.ZIP_STORED and not remote:
-                    raw.seek(info.header_offset)
-                    fields = _LOCAL_HEADER.unpack(raw.read(_LOCAL_HEADER.size))
-                    start = info.header_offset + _LOCAL_HEADER.size + sum(fields[9:])
+                    start = stored_member_start(raw, info)
+                    if start is None:
+                        raise DataError(
+                            f"corrupt NPZ archive (bad local header of {self.member})",
+                            path=path,
+                        )
         except BncliError:
             raise
         except (zipfile.BadZipFile, OSError, EOFError, struct.error) as e:
