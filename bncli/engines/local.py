@@ -37,9 +37,14 @@ from bncli.engines.blocks import (
     transform_chunk,
 )
 from bncli.engines.inputs import chunk_bytes, open_transform_dataset
-from bncli.engines.threads import default_workers, ordered_map, prefetched
+from bncli.engines.threads import (
+    default_workers,
+    ordered_map,
+    ordered_results,
+    prefetched,
+)
 from bncli.errors import DataError
-from bncli.io.batching import batch_blocks, block_rows
+from bncli.io.batching import Block, batch_blocks, block_rows
 from bncli.io.chunks import Chunk
 from bncli.io.dataset import Dataset
 from bncli.progress import NullProgress, Progress
@@ -97,10 +102,14 @@ class LocalFolds:
         if self.workers > 1:
             blocks = prefetched(blocks, self.workers)
         params = self.params
-        for block, (fold, batches, samples) in ordered_map(
-            lambda b: fold_block(b.chunk, params), blocks, self.workers
-        ):
-            yield BlockFold(fold, batches, samples, block.end_sample)
+
+        def fold(block: Block) -> BlockFold:
+            fold, batches, samples = fold_block(block.chunk, params)
+            return BlockFold(fold, batches, samples, block.end_sample)
+
+        # The workers drop the blocks they folded: a window of a mapped file
+        # leaves the resident set in the thread that read it.
+        yield from ordered_results(fold, blocks, self.workers)
 
 
 def fit_layer(

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-__all__ = ["default_workers", "ordered_map", "prefetched"]
+__all__ = ["default_workers", "ordered_map", "ordered_results", "prefetched"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -37,24 +37,37 @@ def ordered_map(
     At most ``2 * workers`` items are in flight, so memory stays bounded
     however long the stream.
     """
+    return ordered_results(lambda item: (item, fn(item)), items, workers)
+
+
+def ordered_results(
+    fn: Callable[[T], R], items: Iterable[T], workers: int
+) -> Iterator[R]:
+    """``fn(item)`` for each item, in order, computed by ``workers`` threads.
+
+    Unlike :func:`ordered_map`, nothing here holds an item once it is handed
+    to a worker: the item dies in the thread that computed it, as soon as
+    its result is ready. Freeing it can be work (a window of a file mapping
+    whose pages leave the resident set), which is then done by the workers
+    side by side instead of by the calling thread in turn.
+    """
     if workers <= 1:
         for item in items:
-            yield item, fn(item)
+            yield fn(item)
         return
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        pending: collections.deque[tuple[T, concurrent.futures.Future[R]]]
+        pending: collections.deque[concurrent.futures.Future[R]]
         pending = collections.deque()
         try:
             for item in items:
-                pending.append((item, pool.submit(fn, item)))
+                pending.append(pool.submit(fn, item))
+                del item
                 if len(pending) >= 2 * workers:
-                    head, future = pending.popleft()
-                    yield head, future.result()
+                    yield pending.popleft().result()
             while pending:
-                head, future = pending.popleft()
-                yield head, future.result()
+                yield pending.popleft().result()
         finally:
-            for _, future in pending:
+            for future in pending:
                 future.cancel()
 
 
@@ -65,12 +78,14 @@ def prefetched(items: Iterable[T], depth: int) -> Iterator[T]:
     with the workers' computing and with the calling thread's bookkeeping,
     instead of alternating with them; the reader's errors are raised here,
     in order. Leaving early (an error, Ctrl-C) stops the reader at its next
-    item.
+    item. An item handed over is no longer held here (see
+    :func:`ordered_results`).
     """
-    slots: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=max(depth, 1))
+    # Entries are [done, value] lists, emptied of their value when handed on.
+    slots: queue.Queue[list[Any]] = queue.Queue(maxsize=max(depth, 1))
     stop = threading.Event()
 
-    def put(entry: tuple[bool, Any]) -> bool:
+    def put(entry: list[Any]) -> bool:
         while not stop.is_set():
             try:
                 slots.put(entry, timeout=0.1)
@@ -82,22 +97,22 @@ def prefetched(items: Iterable[T], depth: int) -> Iterator[T]:
     def read() -> None:
         try:
             for item in items:
-                if not put((False, item)):
+                if not put([False, item]):
                     return
-            put((True, None))
+            put([True, None])
         except BaseException as e:  # handed to the consumer, raised there
-            put((True, e))
+            put([True, e])
 
     reader = threading.Thread(target=read, name="bncli-reader", daemon=True)
     reader.start()
     try:
         while True:
-            done, value = slots.get()
-            if done:
-                if value is not None:
-                    raise value
+            entry = slots.get()
+            if entry[0]:
+                if entry[1] is not None:
+                    raise entry[1]
                 return
-            yield value
+            yield entry.pop()
     finally:
         stop.set()
         # Wait for the reader to leave its current item: a thread still inside

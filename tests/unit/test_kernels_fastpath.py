@@ -359,6 +359,92 @@ def test_prefetched_keeps_order_raises_in_order_and_stops():
     assert len(produced) < 10
 
 
+class _Item:
+    """An item that records the thread it died in."""
+
+    def __init__(self, value, deaths):
+        import threading
+        import weakref
+
+        self.value = value
+        weakref.finalize(
+            self, lambda: deaths.append((value, threading.current_thread().name))
+        )
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_ordered_results_keep_order_and_bound_the_items_in_flight(workers):
+    import threading
+
+    from bncli.engines.threads import ordered_results
+
+    alive = 0
+    most = 0
+    lock = threading.Lock()
+
+    def items():
+        nonlocal alive, most
+        for i in range(60):
+            with lock:
+                alive += 1
+                most = max(most, alive)
+            yield i
+
+    def square(i):
+        nonlocal alive
+        with lock:
+            alive -= 1
+        return i * i
+
+    assert list(ordered_results(square, items(), workers)) == [i * i for i in range(60)]
+    assert most <= max(2 * workers, 1) + 1
+
+
+def test_ordered_results_let_the_workers_drop_the_items():
+    import gc
+    import threading
+
+    from bncli.engines.threads import ordered_results
+
+    gc.disable()  # an item must die of its last reference, not of a collection
+    try:
+        deaths = []
+        # Item i's worker waits until the caller has asked for item i + 1,
+        # so the caller has long let go of item i when the worker does.
+        moved_on = [threading.Event() for _ in range(9)]
+
+        def slow_value(item):
+            assert moved_on[item.value].wait(5)
+            return item.value
+
+        def items():
+            for i in range(8):
+                yield _Item(i, deaths)
+                moved_on[i].set()
+
+        assert list(ordered_results(slow_value, items(), 2)) == list(range(8))
+    finally:
+        gc.enable()
+    assert sorted(v for v, _ in deaths) == list(range(8))
+    caller = threading.current_thread().name
+    assert all(thread != caller for _, thread in deaths), deaths
+
+
+def test_ordered_results_raise_the_first_error_in_order():
+    from bncli.engines.threads import ordered_results
+
+    def fail_on_five(i):
+        if i == 5:
+            raise ValueError("five")
+        return i
+
+    seen = []
+    with pytest.raises(ValueError, match="five"):
+        for result in ordered_results(fail_on_five, iter(range(20)), 2):
+            seen.append(result)
+    assert seen == [0, 1, 2, 3, 4]
+
+
 @given(
     samples=st.integers(8, 60),
     per_batch=st.integers(1, 8),
