@@ -108,10 +108,30 @@ def _error(message: str) -> None:
         pass
 
 
+def _choose_arrow_pool() -> None:
+    """Arrow's jemalloc with one arena, in bncli's own process, where it has one.
+
+    A table fit decodes its columns in pyarrow's threads, copies the channels
+    in a reader thread and frees them in the workers: with pyarrow's default
+    pool (mimalloc) about 40 MiB of freed pages stayed resident (a 1 GiB
+    Parquet fit peaked at 196-215 MiB); jemalloc with a single arena gives
+    them to the next batches (170-175 MiB, at the same speed). Arrow reads
+    both variables when it first allocates, so they are set before anything
+    imports pyarrow; on Linux only, where pyarrow's wheels and conda builds
+    carry jemalloc (elsewhere naming it would print Arrow's warning). Values
+    already in the environment win, and a program calling the library keeps
+    its own pool.
+    """
+    if sys.platform.startswith("linux") and "pyarrow" not in sys.modules:
+        os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
+        os.environ.setdefault("JE_ARROW_MALLOC_CONF", "narenas:1")
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run the CLI and exit with its code; the only place exceptions become codes."""
     from bncli.errors import BncliError
 
+    _choose_arrow_pool()
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or bool(os.environ.get("BNCLI_DEBUG"))
     code = 0
