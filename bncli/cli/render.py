@@ -251,15 +251,28 @@ def share_warning(layer: Any) -> str | None:
     return state_health(layer).warning
 
 
-def _console() -> Any:
-    """A stdout console; wide enough for the tables when not a terminal."""
+def _console(natural_width: int = 0) -> Any:
+    """A stdout console; when not a terminal, as wide as the table to print.
+
+    In a file or a pipe a table's rows are not wrapped (a row is a line, for
+    grep), at least 160 columns wide; ``natural_width`` is the width of the
+    table's longest cells side by side.
+    """
     from rich.console import Console
 
     _stdout()  # rich would draw into nothing
     console = Console(highlight=False)
     if not console.is_terminal:
-        console = Console(highlight=False, width=160)
+        console = Console(highlight=False, width=max(160, natural_width))
     return console
+
+
+def _natural_width(rows: list[list[str]]) -> int:
+    """Columns a rich table of ``rows`` (the header first) takes unwrapped."""
+    from rich.cells import cell_len
+
+    widths = [max(cell_len(row[j]) for row in rows) for j in range(len(rows[0]))]
+    return sum(widths) + 3 * len(widths) + 1  # "| " and " " per cell, "|" at the end
 
 
 def log_bars(values: Any, width: int = 10) -> list[str]:
@@ -475,16 +488,16 @@ def _convergence_line(layer: Any) -> str:
 
 
 def print_model(path: str, layers: list[Any]) -> None:
-    """The BatchNormalization layers of a Keras model file, as a rich table."""
-    from rich.table import Table
+    """The BatchNormalization layers of a Keras model file, as a rich table.
 
-    console = _console()
-    unsupported = sum(layer.problem is not None for layer in layers)
-    title = f"{cell(path)}: {len(layers)} BatchNormalization layer(s)"
-    if unsupported:
-        title += f", {unsupported} unsupported"
-    table = Table(title=title, title_justify="left")
-    for column in (
+    The cells are :class:`rich.text.Text`, taken as they are: a string cell
+    would be parsed for markup and emoji codes, which for the 50-odd layers
+    of a ResNet cost more than reading them.
+    """
+    from rich.table import Table
+    from rich.text import Text
+
+    header = [
         "layer",
         "path",
         "channels",
@@ -492,26 +505,39 @@ def print_model(path: str, layers: list[Any]) -> None:
         "epsilon",
         "center/scale",
         "health",
-    ):
-        # A layer's name and path are what --layer takes: folded, never cut.
-        folded = column in ("layer", "path")
-        table.add_column(column, overflow="fold" if folded else "ellipsis")
+    ]
+    rows: list[list[str]] = []
+    styles = []
     for layer in layers:
         doc = model_layer_document(layer, variables=False)
         settings = layer.config if layer.config is not None else layer.file_config
         center, scale = (settings or {}).get("center"), (settings or {}).get("scale")
-        table.add_row(
-            cell(doc["name"]),
-            cell(doc["path"]),
-            str(doc["channels"]),
-            "?" if doc["momentum"] is None else f"{doc['momentum']:g}",
-            "?" if doc["epsilon"] is None else f"{doc['epsilon']:g}",
-            f"{center}/{scale}"
-            if isinstance(center, bool) and isinstance(scale, bool)
-            else "?",
-            cell(doc["health"]),
-            style=None if doc["supported"] else "yellow",
+        rows.append(
+            [
+                printable(doc["name"]),
+                printable(doc["path"]),
+                str(doc["channels"]),
+                "?" if doc["momentum"] is None else f"{doc['momentum']:g}",
+                "?" if doc["epsilon"] is None else f"{doc['epsilon']:g}",
+                f"{center}/{scale}"
+                if isinstance(center, bool) and isinstance(scale, bool)
+                else "?",
+                printable(doc["health"]),
+            ]
         )
+        styles.append(None if doc["supported"] else "yellow")
+    console = _console(_natural_width([header, *rows]))
+    unsupported = sum(layer.problem is not None for layer in layers)
+    title = f"{cell(path)}: {len(layers)} BatchNormalization layer(s)"
+    if unsupported:
+        title += f", {unsupported} unsupported"
+    table = Table(title=title, title_justify="left")
+    for column in header:
+        # A layer's name and path are what --layer takes: folded, never cut.
+        folded = column in ("layer", "path")
+        table.add_column(column, overflow="fold" if folded else "ellipsis")
+    for row, style in zip(rows, styles, strict=True):
+        table.add_row(*(Text(text) for text in row), style=style)
     console.print(table)
 
 

@@ -38,6 +38,7 @@ from typing import Any
 import h5py
 
 from bncli.errors import BncliError, StateError, StateNotFoundError
+from bncli.io import checksums
 from bncli.io.detect import stored_member_start
 from bncli.keras_compat.config import normalize_batchnorm_config
 from bncli.keras_compat.detect import (
@@ -286,7 +287,7 @@ def stored_member(raw: Any, info: zipfile.ZipInfo, path: Path) -> MemberWindow:
         with mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             view = memoryview(mapped)
             try:
-                crc = zlib.crc32(view[start : start + info.file_size])
+                crc = checksums.crc32(view[start : start + info.file_size])
             finally:
                 view.release()
     if crc != info.CRC:

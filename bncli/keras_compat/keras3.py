@@ -26,6 +26,7 @@ from bncli.keras_compat.hdf5_reading import (
     child_of,
     group_of,
     read_array,
+    read_plain_vars,
     read_plain_vector,
 )
 from bncli.keras_compat.records import MAX_DEPTH, MAX_GROUPS, KerasBatchNorm
@@ -71,7 +72,7 @@ def _vars_arrays(group: h5py.Group, path: Path) -> list[np.ndarray]:
     arrays = []
     for i in range(len(keys)):
         where = f"{group.name}/{i}"
-        values = read_plain_vector(group, str(i), where, path)
+        values = read_plain_vector(group.id, str(i), where, path)
         if values is None:
             values = read_array(child_of(group, str(i), path), where, path)
         arrays.append(values)
@@ -82,15 +83,22 @@ def _layer_arrays(
     f: h5py.File, found: FoundLayer, name: str, path: Path
 ) -> list[np.ndarray]:
     """The datasets of a layer's ``vars`` group, which must carry its name."""
-    group = vars_group(f, found.weights_path, path)
-    stored = attr_text(group, "name")
+    plain = read_plain_vars(
+        f, f"{found.weights_path}/vars" if found.weights_path else "vars", path
+    )
+    if plain is not None:
+        stored, arrays = plain
+    else:
+        group = vars_group(f, found.weights_path, path)
+        stored = attr_text(group, "name")
+        arrays = _vars_arrays(group, path)
     if stored is not None and stored != name:
         raise StateError(
             f"{found.weights_path} holds layer {stored!r}, the config says "
             f"{name!r}: the weights do not match the config",
             path=path,
         )
-    return _vars_arrays(group, path)
+    return arrays
 
 
 def read_with_config(

@@ -1124,6 +1124,95 @@ def test_a_damaged_keras_archive_is_refused_before_libhdf5_parses_it(
     assert "corrupt Keras archive (Bad CRC-32" in result.stderr
 
 
+def test_the_fast_layer_read_takes_only_plain_vars_groups(tmp_path: Path) -> None:
+    """A vars group of datasets 0..n-1 and a string name, reached by hard links only."""
+    import h5py
+
+    from bncli.keras_compat.hdf5_reading import read_budget, read_plain_vars
+
+    with h5py.File(tmp_path / "w.h5", "w") as f:
+        plain = f.create_group("layers/bn/vars")
+        plain.attrs["name"] = "bn"
+        for i in range(4):
+            plain[str(i)] = np.full(3, i, dtype=np.float32)
+        unnamed = f.create_group("layers/unnamed/vars")
+        unnamed["0"] = np.ones(2)
+        f["layers/soft"] = h5py.SoftLink("/layers/bn")
+        extra = f.create_group("layers/extra/vars")
+        extra["0"] = np.ones(2)
+        extra["x"] = np.ones(2)
+        gap = f.create_group("layers/gap/vars")
+        gap["1"] = np.ones(2)
+        matrix = f.create_group("layers/matrix/vars")
+        matrix["0"] = np.ones((2, 2))
+        many = f.create_group("layers/many/vars")
+        for i in range(17):
+            many[str(i)] = np.ones(1)
+        number = f.create_group("layers/number/vars")
+        number.attrs["name"] = 3
+        number["0"] = np.ones(2)
+        names = f.create_group("layers/names/vars")
+        names.attrs["name"] = ["a", "b"]
+        names["0"] = np.ones(2)
+        f.create_dataset("layers/dataset/vars", data=np.ones(2))
+    with h5py.File(tmp_path / "w.h5", "r") as f, read_budget():
+        name, arrays = read_plain_vars(f, "layers/bn/vars", tmp_path)
+        assert name == "bn"
+        assert [a.tolist() for a in arrays] == [[float(i)] * 3 for i in range(4)]
+        assert all(a.dtype == np.float32 for a in arrays)
+        assert read_plain_vars(f, "layers/unnamed/vars", tmp_path) == (
+            None,
+            [pytest.approx(np.ones(2))],
+        )
+        for where in (
+            "layers/soft/vars",
+            "layers/extra/vars",
+            "layers/gap/vars",
+            "layers/matrix/vars",
+            "layers/many/vars",
+            "layers/number/vars",
+            "layers/names/vars",
+            "layers/dataset/vars",
+            "layers/missing/vars",
+        ):
+            assert read_plain_vars(f, where, tmp_path) is None, where
+
+
+def test_the_fast_and_the_checked_layer_reads_agree(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A model read through the low-level calls equals the one read through h5py's checked path."""
+    from bncli.keras_compat import keras3
+    from bncli.keras_compat.files import read_batchnorm_layers
+
+    model = _nested()
+    rng = np.random.default_rng(0)
+    for layer in _batchnorms(model):
+        _randomize(layer, rng)
+    path = tmp_path / "nested.keras"
+    model.save(path)
+    taken = []
+    real = keras3.read_plain_vars
+
+    def spy(*args):
+        found = real(*args)
+        taken.append(found is not None)
+        return found
+
+    monkeypatch.setattr(keras3, "read_plain_vars", spy)
+    fast = read_batchnorm_layers(path)
+    assert len(fast) == 2
+    assert taken == [True, True]  # both layers by the low-level calls
+    monkeypatch.setattr(keras3, "read_plain_vars", lambda *args: None)
+    checked = read_batchnorm_layers(path)
+    assert [layer.name for layer in fast] == [layer.name for layer in checked]
+    for a, b in zip(fast, checked, strict=True):
+        assert a.variables.keys() == b.variables.keys()
+        for key in a.variables:
+            np.testing.assert_array_equal(a.variables[key], b.variables[key])
+            assert a.variables[key].dtype == b.variables[key].dtype
+
+
 def test_the_fast_variable_read_takes_only_plain_vectors(tmp_path: Path) -> None:
     """Anything but a hard-linked 1-D float dataset in the file goes to the checked path."""
     import h5py
@@ -1140,7 +1229,7 @@ def test_the_fast_variable_read_takes_only_plain_vectors(tmp_path: Path) -> None
         group.create_group("5")
     (tmp_path / "raw").write_bytes(bytes(16))
     with h5py.File(tmp_path / "w.h5", "r") as f, read_budget():
-        group = f["vars"]
+        group = f["vars"].id
         got = read_plain_vector(group, "0", "vars/0", tmp_path)
         np.testing.assert_array_equal(got, np.arange(4, dtype=np.float32))
         assert got.dtype == np.float32

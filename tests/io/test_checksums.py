@@ -1,0 +1,52 @@
+"""CRC-32 in pieces, joined: equal to zlib's over the whole, however cut."""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bncli.io import checksums
+
+
+@given(a=st.binary(max_size=300), b=st.binary(max_size=300))
+def test_combine_equals_the_crc_of_the_joined_bytes(a, b):
+    assert checksums.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(
+        a + b
+    )
+
+
+@given(
+    length=st.integers(0, 2**40),
+    crc1=st.integers(0, 2**32 - 1),
+)
+def test_combine_with_nothing_after_is_the_first_crc(length, crc1):
+    assert checksums.crc32_combine(crc1, 0, 0) == crc1
+    # A run of zero bytes after: as zlib extends a CRC over them.
+    if length <= 4096:
+        zeros = bytes(length)
+        assert checksums.crc32_combine(crc1, zlib.crc32(zeros), length) == zlib.crc32(
+            zeros, crc1
+        )
+
+
+def test_combine_refuses_a_negative_length():
+    with pytest.raises(ValueError):
+        checksums.crc32_combine(1, 2, -1)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 5])
+@pytest.mark.parametrize("size", [0, 1, (8 << 20) - 1, (24 << 20) + 7])
+def test_crc_in_threads_equals_zlib(monkeypatch, workers, size):
+    data = (bytes(range(256)) * (size // 256 + 1))[:size]
+    assert checksums.crc32(data, workers) == zlib.crc32(data)
+    assert checksums.crc32(memoryview(data), workers) == zlib.crc32(data)
+
+
+def test_small_pieces_are_joined_in_order(monkeypatch):
+    monkeypatch.setattr(checksums, "_PIECE_BYTES", 7)
+    data = bytes(range(200)) * 3
+    for workers in range(1, 12):
+        assert checksums.crc32(data, workers) == zlib.crc32(data), workers
