@@ -63,3 +63,30 @@ def test_model_tables_never_cut_a_layer_name_at_any_width(tmp_path):
     rows = [line.split("│") for line in plain.splitlines() if line.startswith("│")]
     first_column = "".join(cells[1].strip() for cells in rows)
     assert first_column == name  # folded over lines, every character kept
+
+
+@pytest.mark.slow
+def test_model_tables_in_a_pipe_give_each_layer_one_line(tmp_path):
+    """Not a terminal: the table is as wide as its rows, nothing wrapped."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.ones((4, 2)))
+    name = "layer_" + "n" * 150  # with its path and health, far past 160 columns
+    base = [sys.executable, "-m", "bncli"]
+    for args in (
+        ["fit", "s.h5", "x.npy", "--name", name, "-q"],
+        ["export", "s.h5", "m.keras"],
+    ):
+        assert subprocess.run([*base, *args], cwd=tmp_path, check=False).returncode == 0
+    done = subprocess.run(
+        [*base, "inspect", "m.keras"], cwd=tmp_path, capture_output=True,
+        text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("│")]
+    assert len(rows) == 1, done.stdout
+    assert name in rows[0]
+    assert "batch_normalization" in rows[0]  # its path, on the same line
