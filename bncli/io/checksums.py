@@ -10,15 +10,16 @@ then costs half as long on 2 cores.
 
 from __future__ import annotations
 
+import os
 import threading
 import zlib
 from typing import Any
 
-__all__ = ["crc32", "crc32_combine"]
+__all__ = ["PIECE_BYTES", "crc32", "crc32_combine"]
 
 _POLY = 0xEDB88320  # reflected
-#: Below this, one call: a thread costs more than it saves.
-_PIECE_BYTES = 8 << 20
+#: The least a thread sums: below it, a thread costs more than it saves.
+PIECE_BYTES = 8 << 20
 
 
 def _multmodp(a: int, b: int) -> int:
@@ -67,15 +68,18 @@ def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
     return _multmodp(p, crc1 & 0xFFFFFFFF) ^ (crc2 & 0xFFFFFFFF)
 
 
-def crc32(data: Any, workers: int | None = None) -> int:
-    """``zlib.crc32(data)``, in up to ``workers`` threads (None: every core)."""
+def crc32(data: Any, workers: int | None = None, piece_bytes: int = PIECE_BYTES) -> int:
+    """``zlib.crc32(data)``, in up to ``workers`` threads (None: every core),
+    each summing ``piece_bytes`` at least."""
     if workers is None:
-        from bncli.engines.threads import default_workers
-
-        workers = default_workers()
+        workers = (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1)
+        )
     view = memoryview(data).cast("B")
     size = len(view)
-    pieces = max(min(workers, size // _PIECE_BYTES), 1)
+    pieces = max(min(workers, size // max(piece_bytes, 1)), 1)
     if pieces == 1:
         return zlib.crc32(view)
     bounds = [size * i // pieces for i in range(pieces + 1)]
