@@ -146,17 +146,22 @@ INLINE v4d pairs4(const v4d *x)
            + __builtin_shufflevector(p, q, 2, 3, 6, 7);
 }
 
-/* narrow_ keeps HALVES(w) / 2 accumulators per batch (w / 4 vectors, and
- * one more for the last w % 4 channels, but half of one for two channels).
- * It interleaves GANG(w) batches, an even number for two, enough for about
- * NARROW_CHAINS independent chains of additions; it reads READ(w) elements
- * from the start of a batch's row. */
-#define NARROW_CHAINS 6
-#define HALVES(w) (2 * ((w) / 4) + ((w) % 4 == 2 ? 1 : (w) % 4 ? 2 : 0))
+/* narrow_ keeps HALVES(w) / 2 accumulators per batch: w / 4 vectors, and
+ * one more for the last w % 4 channels (WHOLE: a vector read whole for
+ * three, or two when w > 2), but half of one for w == 2 (PAIRED: two
+ * batches' in one vector). It interleaves GANG(w) batches, even when
+ * PAIRED, for about NARROW_CHAINS independent chains of additions: more
+ * would help in cache but hurt in memory (a gang's batches are adjacent:
+ * reading more than a KiB or two of them at once halved the speed from
+ * memory), and reads READ(w) elements from the start of a batch's row. */
+#define NARROW_CHAINS 2
+#define PAIRED(w) ((w) == 2)
+#define WHOLE(w) ((w) % 4 == 3 || ((w) % 4 == 2 && (w) > 2))
+#define HALVES(w) (2 * ((w) / 4) + (PAIRED(w) ? 1 : (w) % 4 ? 2 : 0))
 #define GANG_(w) ((2 * NARROW_CHAINS + HALVES(w) - 1) / HALVES(w))
-#define GANG(w) ((w) % 4 == 2 ? (GANG_(w) + 1) / 2 * 2 : GANG_(w))
+#define GANG(w) (PAIRED(w) ? (GANG_(w) + 1) / 2 * 2 : GANG_(w))
 #define GANG_MAX (2 * NARROW_CHAINS)
-#define READ(w) ((w) % 4 == 3 ? (w) + 1 : (w))
+#define READ(w) (WHOLE(w) ? (w) + 4 - (w) % 4 : (w))
 #define HAVE_NARROW 1
 
 #define NARROW_CASE(SUFFIX, WIDTH)                                              \
@@ -165,9 +170,13 @@ INLINE v4d pairs4(const v4d *x)
         /* the farthest element a gang reads, from its first */                 \
         const Py_ssize_t reach = READ(WIDTH) - 1 + (G - 1) * Py_MAX(sk, 0)      \
                                  + (R - 1) * Py_MAX(sr, 0);                     \
+        /* (prefetching whole gangs ahead, at least PREFETCH_BYTES) */          \
+        const Py_ssize_t bytes = G * R * WIDTH * (Py_ssize_t)sizeof(*base);     \
+        const Py_ssize_t lead = G * (bytes >= PREFETCH_BYTES ? 1 : PREFETCH_BYTES / bytes); \
         for (; k + G <= count; k += G) {                                        \
+            const Py_ssize_t ahead = k + G + lead <= count ? lead * sk : 0;     \
             if (k * sk + reach <= room)                                         \
-                narrow_##SUFFIX(base + k * sk, sk, R, sr, WIDTH, G,             \
+                narrow_##SUFFIX(base + k * sk, sk, R, sr, WIDTH, G, ahead,      \
                                 mean + k * ok, m2 + k * ok, ok);                \
             else                                                                \
                 for (int g = 0; g < G; g++)                                     \
@@ -184,7 +193,8 @@ INLINE v4d pairs4(const v4d *x)
      * are taken side by side (pairs4: lane i of its result is column i's),     \
      * and their four divisions are one vector division: the same additions     \
      * and divisions, in the same order, as column_'s. The means: */            \
-    INLINE v4d group_sums_##SUFFIX(const T *col, Py_ssize_t step, Py_ssize_t R) \
+    INLINE v4d group_sums_##SUFFIX(const T *col, Py_ssize_t step, Py_ssize_t R, \
+                                   Py_ssize_t ahead)                            \
     {                                                                           \
         const Py_ssize_t body = R - R % LANES;                                  \
         v4d lo[GROUP], hi[GROUP], tail;                                         \
@@ -192,6 +202,7 @@ INLINE v4d pairs4(const v4d *x)
             lo[i] = hi[i] = (v4d){0.0, 0.0, 0.0, 0.0};                          \
         for (Py_ssize_t r = 0; r < body; r += LANES)                            \
             for (int i = 0; i < GROUP; i++) {                                   \
+                PREFETCH(col + i * step + r + ahead);                           \
                 lo[i] += load4_##SUFFIX(col + i * step + r);                    \
                 hi[i] += load4_##SUFFIX(col + i * step + r + 4);                \
             }                                                                   \
@@ -240,12 +251,16 @@ INLINE v4d pairs4(const v4d *x)
                                 Py_ssize_t groups, double *mean_out,            \
                                 double *m2_out, Py_ssize_t ostep)               \
     {                                                                           \
-        v4d mu = group_sums_##SUFFIX(col, step, R);                             \
+        /* (prefetching whole groups ahead, at least PREFETCH_BYTES) */         \
+        const Py_ssize_t bytes = GROUP * R * (Py_ssize_t)sizeof(T);             \
+        const Py_ssize_t lead = bytes >= PREFETCH_BYTES ? 1 : PREFETCH_BYTES / bytes; \
+        v4d mu = group_sums_##SUFFIX(col, step, R, 0);                          \
         for (Py_ssize_t g = 0; g < groups; g++) {                               \
             const T *here = col + g * GROUP * step;                             \
+            const Py_ssize_t ahead = g + 1 + lead < groups ? lead * GROUP * step : 0; \
             const v4d next = g + 1 < groups                                     \
                                  ? group_sums_##SUFFIX(here + GROUP * step,     \
-                                                       step, R)                 \
+                                                       step, R, ahead)          \
                                  : mu;                                          \
             const v4d q = group_squares_##SUFFIX(here, step, R, &mu);           \
             double *mo = mean_out + g * GROUP * ostep;                          \
@@ -262,15 +277,17 @@ INLINE v4d pairs4(const v4d *x)
      * batches sk apart, contiguous (sc == 1), each channel summed exactly      \
      * as strip_ and block_ sum it: row after row from 0.0, then divided by     \
      * R (and the same for the squares). Lanes are channels: a batch's row      \
-     * is w / 4 vectors of four, then its last w % 4 channels: three in a       \
-     * vector of four read whole (the fourth lane's sums are dropped; the       \
-     * caller checks that it lies within the buffer), two beside the two of     \
-     * the next batch (G is even), or one alone. The G batches are              \
+     * is w / 4 vectors of four, then its last w % 4 channels: one alone,       \
+     * or (WHOLE) three or two in a vector of four read whole (the sums of      \
+     * the lanes past w are dropped; the caller checks that what they read      \
+     * lies within the buffer), but for w == 2 (PAIRED) the two channels of     \
+     * batches g and g + 1 (g even) side by side. The G batches are             \
      * interleaved only so that their chains of additions overlap (a            \
      * batch's own channels are one chain per lane). */                         \
     INLINE void narrow_##SUFFIX(const T *base, Py_ssize_t sk, Py_ssize_t R,     \
                                 Py_ssize_t sr, const int w, const int G,        \
-                                double *mean, double *m2, Py_ssize_t ok)        \
+                                Py_ssize_t ahead, double *mean, double *m2,     \
+                                Py_ssize_t ok)                                  \
     {                                                                           \
         const int n4 = w / 4, rem = w % 4, at = 4 * n4;                         \
         const v4d n = broadcast((double)R);                                     \
@@ -289,12 +306,13 @@ INLINE v4d pairs4(const v4d *x)
             UNROLL                                                              \
             for (int g = 0; g < G; g++) {                                       \
                 const T *row = base + g * sk + r * sr;                          \
+                PREFETCH(row + ahead);                                          \
                 UNROLL                                                          \
                 for (int j = 0; j < n4; j++)                                    \
                     a[g][j] += load4_##SUFFIX(row + 4 * j);                     \
-                if (rem == 3)                                                   \
+                if (WHOLE(w))                                                   \
                     a[g][n4] += load4_##SUFFIX(row + at);                       \
-                if (rem == 2 && g % 2 == 0)                                     \
+                if (PAIRED(w) && g % 2 == 0)                                    \
                     a[g][n4] += load2x2_##SUFFIX(row + at, row + sk + at);      \
                 if (rem == 1)                                                   \
                     s[g] += (double)row[at];                                    \
@@ -318,11 +336,11 @@ INLINE v4d pairs4(const v4d *x)
                     const v4d d = load4_##SUFFIX(row + 4 * j) - m[g][j];        \
                     a[g][j] += d * d;                                           \
                 }                                                               \
-                if (rem == 3) {                                                 \
+                if (WHOLE(w)) {                                                 \
                     const v4d d = load4_##SUFFIX(row + at) - m[g][n4];          \
                     a[g][n4] += d * d;                                          \
                 }                                                               \
-                if (rem == 2 && g % 2 == 0) {                                   \
+                if (PAIRED(w) && g % 2 == 0) {                                  \
                     const v4d d = load2x2_##SUFFIX(row + at, row + sk + at)     \
                                   - m[g][n4];                                   \
                     a[g][n4] += d * d;                                          \
@@ -341,9 +359,10 @@ INLINE v4d pairs4(const v4d *x)
                 memcpy(mo + 4 * j, &m[g][j], sizeof(v4d));                      \
                 memcpy(qo + 4 * j, &q, sizeof(v4d));                            \
             }                                                                   \
-            if (rem == 3 || rem == 2) {                                         \
-                /* the pair of batches g - 1 and g: lanes 2 and 3 for g */      \
-                const int h = rem == 2 ? g & ~1 : g, l = rem == 2 ? 2 * (g & 1) : 0; \
+            if (WHOLE(w) || PAIRED(w)) {                                        \
+                /* paired: lanes 0 and 1 of the pair's for g even, 2 and 3 for  \
+                 * g odd */                                                     \
+                const int h = PAIRED(w) ? g & ~1 : g, l = PAIRED(w) ? 2 * (g & 1) : 0; \
                 const v4d q = a[h][n4] / n;                                     \
                 UNROLL                                                          \
                 for (int c = 0; c < rem; c++) {                                 \
