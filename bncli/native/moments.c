@@ -580,6 +580,31 @@ INLINE v4d pairs4(const v4d *x)
                                                                                 \
     VECTOR_KERNELS(T, SUFFIX)                                                   \
                                                                                 \
+    /* Batches with whole blocks and then w = C % W channels (sc == 1),         \
+     * GANG(w) at a time: the blocks of each batch, then narrow_ for the        \
+     * gang's last w channels. Returns how many batches it did. (Apart from     \
+     * rows_, whose loop below ran slower from memory with this inlined.) */    \
+    CLONES NOINLINE static Py_ssize_t gangs_##SUFFIX(                           \
+        const T *base, const Layout *s, Py_ssize_t lead, Py_ssize_t room,       \
+        double *mean, double *m2)                                               \
+    {                                                                           \
+        const Py_ssize_t K = s->K, R = s->R, C = s->C, sk = s->sk, sr = s->sr;  \
+        const Py_ssize_t w = C % W, cw = C - w, gang = GANG(w);                 \
+        Py_ssize_t k = 0;                                                       \
+        for (; k + gang <= K; k += gang) {                                      \
+            for (Py_ssize_t g = k; g < k + gang; g++) {                         \
+                const Py_ssize_t ahead = g + lead < K ? lead * sk : 0;          \
+                for (Py_ssize_t c = 0; c < cw; c += W)                          \
+                    block_##SUFFIX(base + g * sk + c, R, sr, ahead,             \
+                                   mean + g * C + c, m2 + g * C + c);           \
+            }                                                                   \
+            narrows_##SUFFIX(base + k * sk + cw, sk, R, sr, w, gang,            \
+                             room - k * sk - cw, mean + k * C + cw,             \
+                             m2 + k * C + cw, C);                               \
+        }                                                                       \
+        return k;                                                               \
+    }                                                                           \
+                                                                                \
     CLONES static void rows_##SUFFIX(const T *base, const Layout *s,            \
                                      double *mean, double *m2)                  \
     {                                                                           \
@@ -600,20 +625,8 @@ INLINE v4d pairs4(const v4d *x)
         Py_ssize_t k = 0;                                                       \
         if (w && cw == 0)                                                       \
             k = narrows_##SUFFIX(base, sk, R, sr, w, K, room, mean, m2, C);     \
-        else if (w && HAVE_NARROW) {                                            \
-            const Py_ssize_t gang = GANG(w);                                    \
-            for (; k + gang <= K; k += gang) {                                  \
-                for (Py_ssize_t g = k; g < k + gang; g++) {                     \
-                    const Py_ssize_t ahead = g + lead < K ? lead * sk : 0;      \
-                    for (Py_ssize_t c = 0; c < cw; c += W)                      \
-                        block_##SUFFIX(base + g * sk + c, R, sr, ahead,         \
-                                       mean + g * C + c, m2 + g * C + c);       \
-                }                                                               \
-                narrows_##SUFFIX(base + k * sk + cw, sk, R, sr, w, gang,        \
-                                 room - k * sk - cw, mean + k * C + cw,         \
-                                 m2 + k * C + cw, C);                           \
-            }                                                                   \
-        }                                                                       \
+        else if (w && HAVE_NARROW)                                              \
+            k = gangs_##SUFFIX(base, s, lead, room, mean, m2);                  \
         for (; k < K; k++) {                                                    \
             const T *batch = base + k * sk;                                     \
             const Py_ssize_t ahead = k + lead < K ? lead * sk : 0;              \
