@@ -14,8 +14,10 @@ Layouts: ``(N, 16)`` rows, ``(16, N)`` channels-first (the ``(N, 16)`` view
 is its transpose), and the same two with 1,024 channels.
 
 Usage: ``python benchmarks/bench_native_moments.py [--dir D] [--repeat 5]
-[--threads]`` (``--threads`` adds the C kernel on two threads, each taking
-half of the batches).
+[--threads] [--sweep]`` (``--threads`` adds the C kernel on two threads, each
+taking half of the batches; ``--sweep`` instead times the C kernel alone on an
+in-memory float32 ``(N, C)`` array of 256 MiB for C = 1..1,024, batches of 32
+rows, with no files).
 """
 
 from __future__ import annotations
@@ -58,15 +60,40 @@ def _best(fn, repeat: int) -> float:
     return min(times)
 
 
+SWEEP = (1, 2, 3, 4, 5, 6, 7, 8, 12, 15, 16, 17, 24, 32, 64, 100, 256, 1024)
+
+
+def sweep(repeat: int) -> None:
+    """GB/s of the C kernel per channel count, in memory (no page cache)."""
+    flat = np.random.default_rng(0).standard_normal(64 << 20, dtype=np.float32)
+    print(f"{'channels':>9}{'GB/s':>8}")
+    for channels in SWEEP:
+        x = flat[: flat.size // (ROWS * channels) * ROWS * channels]
+        x = x.reshape(-1, ROWS, channels)
+        mean = np.empty((x.shape[0], channels))
+        m2 = np.empty_like(mean)
+        seconds = _best(
+            lambda x=x, mean=mean, m2=m2: fast_moments.native_moments(
+                x, mean, m2, force=True
+            ),
+            repeat,
+        )
+        print(f"{channels:>9}{x.nbytes / 1e9 / seconds:>8.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", type=Path, default=Path("benchmarks/data"))
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", action="store_true")
+    parser.add_argument("--sweep", action="store_true")
     args = parser.parse_args()
-    args.dir.mkdir(parents=True, exist_ok=True)
     if not fast_moments.AVAILABLE:
         raise SystemExit("the C kernel is not built (pip install -e .)")
+    if args.sweep:
+        sweep(args.repeat)
+        return
+    args.dir.mkdir(parents=True, exist_ok=True)
 
     print(f"{'case':<28}{'flat sum':>10}{'add.reduce':>12}{'numpy':>8}{'C':>8}", end="")
     print(f"{'C x2 thr':>10}" if args.threads else "")

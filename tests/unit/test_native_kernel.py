@@ -139,6 +139,114 @@ def test_native_gives_the_same_bits_every_call(compiled, dtype, data):
     assert first[1].tobytes() == second[1].tobytes()
 
 
+# ------------------------------------- a batch's bits depend on that batch only
+#
+# The kernel interleaves batches (rows) and columns (channel-major, C == 1)
+# only to overlap their dependency chains, and reads a gang's vectors whole
+# where they lie within the buffer: none of that may change a batch's bits.
+# The fit splits its input into chunks of varying K, so each batch must get
+# the same bits alone (K=1), within any sub-range of batches, and within the
+# whole call.
+
+
+def _stack(rng, dtype, shape, layout):
+    """``(K, R, C)`` data of ``dtype`` in ``layout``, from ``rng``."""
+    k, r, c = shape
+    offset = rng.choice([0.0, 3.0, -1e3])
+    # magnitudes over many binades, so that float32 sums are inexact in
+    # float64 too and any change of order shows in the bits
+    scale = np.exp(rng.uniform(-12.0, 12.0, shape))
+    x = (offset + scale * rng.standard_normal(shape)).astype(dtype)
+    if layout == "channel-major":
+        return np.ascontiguousarray(x.transpose(2, 0, 1)).transpose(1, 2, 0)
+    if layout == "batch-minor":  # (R, K, C) in memory
+        return np.ascontiguousarray(x.transpose(1, 0, 2)).transpose(1, 0, 2)
+    if layout == "padded":  # rows longer than C
+        padded = np.full((k, r, c + 3), np.nan, dtype)
+        padded[:, :, :c] = x
+        return padded[:, :, :c]
+    if layout == "reversed":  # negative batch and row strides
+        return np.ascontiguousarray(x[::-1, ::-1])[::-1, ::-1]
+    return x
+
+
+LAYOUTS = ["contiguous", "channel-major", "batch-minor", "padded", "reversed"]
+
+
+def _assert_batchwise_bits(x):
+    """Each batch alone, each sub-range, and the whole give the same bits."""
+    whole = _native(x)
+    for k in range(x.shape[0]):
+        alone = _native(x[k : k + 1])
+        assert alone[0].tobytes() == whole[0][k : k + 1].tobytes(), f"mean, batch {k}"
+        assert alone[1].tobytes() == whole[1][k : k + 1].tobytes(), f"m2, batch {k}"
+    return whole
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(
+    k=st.integers(1, 30),
+    r=st.integers(1, 70),
+    c=st.integers(1, 40),
+    layout=st.sampled_from(LAYOUTS),
+    seed=st.integers(0, 2**32 - 1),
+    data=st.data(),
+)
+def test_a_batch_gets_the_same_bits_alone_and_among_others(
+    compiled, dtype, k, r, c, layout, seed, data
+):
+    x = _stack(np.random.default_rng(seed), dtype, (k, r, c), layout)
+    whole = _assert_batchwise_bits(x)
+    lo = data.draw(st.integers(0, k - 1))
+    hi = data.draw(st.integers(lo + 1, k))
+    part = _native(x[lo:hi])
+    assert part[0].tobytes() == whole[0][lo:hi].tobytes()
+    assert part[1].tobytes() == whole[1][lo:hi].tobytes()
+    _assert_close(whole, _plain(x), x, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["contiguous", "channel-major", "reversed"])
+def test_every_channel_count_gets_batchwise_bits(compiled, dtype, layout):
+    """C = 1..40 (every narrow width, alone and after 16-wide blocks)."""
+    rng = np.random.default_rng(11)
+    for c in range(1, 41):
+        for r in (1, 7, 8, 9, 32, 33, 70):
+            x = _stack(rng, dtype, (int(rng.integers(13, 26)), r, c), layout)
+            whole = _assert_batchwise_bits(x)
+            _assert_close(whole, _plain(x), x, rtol=1e-12)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mprotect via libc")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_reads_stay_within_the_buffer(compiled, dtype):
+    """Data that ends where an unreadable page starts: no read past its end."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    page = mmap.PAGESIZE
+    pages = mmap.mmap(-1, 48 * page)
+    start = ctypes.addressof(ctypes.c_char.from_buffer(pages))
+    end = 47 * page
+    assert libc.mprotect(start + end, page, 0) == 0  # PROT_NONE
+    try:
+        size = np.dtype(dtype).itemsize
+        for c in range(1, 41):
+            for r in (1, 3, 32):
+                for k in (1, 5, 13):
+                    count = k * r * c
+                    x = np.frombuffer(pages, dtype, count, end - count * size)
+                    x = x.reshape(k, r, c)
+                    x[...] = 1.5
+                    for view in (x, x[::-1], x[:, ::-1], x[::-1, ::-1]):
+                        _native(view)
+                    del x, view
+    finally:
+        assert libc.mprotect(start + end, page, 3) == 0  # PROT_READ | PROT_WRITE
+
+
 @pytest.mark.parametrize(
     "layout", ["contiguous", "channel-major", "channel-major-long", "big-batch"]
 )
