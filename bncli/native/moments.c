@@ -871,13 +871,19 @@ done:
     return result;
 }
 
+/* Below this many channels the fold runs FOLD_SEGMENTS runs of batches side
+ * by side (from FOLD_SEGMENTS * FOLD_NARROW batches). */
+#define FOLD_NARROW 8
+#define FOLD_SEGMENTS 4
+
 /*
  * ema_fold(mean, m2, K, C, momentum, mean_offset, variance_offset) -> bool
  *
  * Folds the moving-average updates of K batches whose moments moments()
  * wrote (K*C float64 each, batch-major) into per-channel offsets, in batch
  * order: offset = momentum * offset + (1 - momentum) * statistic (Horner's
- * form of sum_k (1 - momentum) * momentum**(K-1-k) * statistic_k). Returns
+ * form of sum_k (1 - momentum) * momentum**(K-1-k) * statistic_k); under
+ * FOLD_NARROW channels, in FOLD_SEGMENTS runs joined in order. Returns
  * whether every mean and variance was finite (the offsets are then
  * meaningless otherwise). Releases the GIL.
  */
@@ -920,15 +926,48 @@ ema_fold(PyObject *self, PyObject *args)
         const double rest = 1.0 - momentum;
         int finite = 1;
         Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t c = 0; c < C; c++) {
-            mo[c] = 0.0;
-            vo[c] = 0.0;
-        }
-        for (Py_ssize_t k = 0; k < K; k++) {
-            const double *mk = mean + k * C, *qk = m2 + k * C;
+        if (C < FOLD_NARROW && K >= FOLD_SEGMENTS * FOLD_NARROW) {
+            /* Few channels: one dependency chain per channel would take the
+             * latency of a multiply and an add per batch. The batches are cut
+             * into FOLD_SEGMENTS runs folded side by side, then joined
+             * (offset = momentum**n * offset + next run's), as blocks are. */
+            const Py_ssize_t L = K / FOLD_SEGMENTS;
             for (Py_ssize_t c = 0; c < C; c++) {
-                mo[c] = momentum * mo[c] + rest * mk[c];
-                vo[c] = momentum * vo[c] + rest * qk[c];
+                double a[FOLD_SEGMENTS] = {0.0}, b[FOLD_SEGMENTS] = {0.0};
+                for (Py_ssize_t i = 0; i < L; i++)
+                    for (int j = 0; j < FOLD_SEGMENTS; j++) {
+                        const Py_ssize_t k = j * L + i;
+                        a[j] = momentum * a[j] + rest * mean[k * C + c];
+                        b[j] = momentum * b[j] + rest * m2[k * C + c];
+                    }
+                /* The last run takes the batches past FOLD_SEGMENTS * L. */
+                for (Py_ssize_t k = FOLD_SEGMENTS * L; k < K; k++) {
+                    a[FOLD_SEGMENTS - 1] = momentum * a[FOLD_SEGMENTS - 1] + rest * mean[k * C + c];
+                    b[FOLD_SEGMENTS - 1] = momentum * b[FOLD_SEGMENTS - 1] + rest * m2[k * C + c];
+                }
+                const double shift = pow(momentum, (double)L);
+                const double last = pow(momentum, (double)(K - (FOLD_SEGMENTS - 1) * L));
+                double ma = a[0], mb = b[0];
+                for (int j = 1; j < FOLD_SEGMENTS; j++) {
+                    const double d = j == FOLD_SEGMENTS - 1 ? last : shift;
+                    ma = d * ma + a[j];
+                    mb = d * mb + b[j];
+                }
+                mo[c] = ma;
+                vo[c] = mb;
+            }
+        }
+        else {
+            for (Py_ssize_t c = 0; c < C; c++) {
+                mo[c] = 0.0;
+                vo[c] = 0.0;
+            }
+            for (Py_ssize_t k = 0; k < K; k++) {
+                const double *mk = mean + k * C, *qk = m2 + k * C;
+                for (Py_ssize_t c = 0; c < C; c++) {
+                    mo[c] = momentum * mo[c] + rest * mk[c];
+                    vo[c] = momentum * vo[c] + rest * qk[c];
+                }
             }
         }
         for (Py_ssize_t c = 0; c < C; c++)
