@@ -35,24 +35,35 @@ def test_counted_nouns():
     assert counted(1, "sample") == "1 sample"
 
 
-@pytest.mark.slow
-def test_model_tables_never_cut_a_layer_name_at_any_width(tmp_path):
-    """As a terminal of 40 columns draws it (TTY_COMPATIBLE makes rich draw one)."""
-    import os
+def _model_with_one_layer(tmp_path, name):
+    """``m.keras`` in ``tmp_path``: one BatchNormalization layer named ``name``.
+
+    Returns the command that runs bncli.
+    """
     import subprocess
     import sys
 
     import numpy as np
 
     np.save(tmp_path / "x.npy", np.ones((4, 2)))
-    name = "a_batch_normalization_layer_with_a_very_long_name_0123456789"
-    env = {**os.environ, "TTY_COMPATIBLE": "1", "COLUMNS": "40", "NO_COLOR": "1"}
     base = [sys.executable, "-m", "bncli"]
     for args in (
         ["fit", "s.h5", "x.npy", "--name", name, "-q"],
         ["export", "s.h5", "m.keras"],
     ):
         assert subprocess.run([*base, *args], cwd=tmp_path, check=False).returncode == 0
+    return base
+
+
+@pytest.mark.slow
+def test_model_tables_never_cut_a_layer_name_at_any_width(tmp_path):
+    """As a terminal of 40 columns draws it (TTY_COMPATIBLE makes rich draw one)."""
+    import os
+    import subprocess
+
+    name = "a_batch_normalization_layer_with_a_very_long_name_0123456789"
+    env = {**os.environ, "TTY_COMPATIBLE": "1", "COLUMNS": "40", "NO_COLOR": "1"}
+    base = _model_with_one_layer(tmp_path, name)
     shown = subprocess.run(
         [*base, "inspect", "m.keras"], cwd=tmp_path, env=env, capture_output=True,
         text=True, check=False,
@@ -69,18 +80,9 @@ def test_model_tables_never_cut_a_layer_name_at_any_width(tmp_path):
 def test_model_tables_in_a_pipe_give_each_layer_one_line(tmp_path):
     """Not a terminal: the table is as wide as its rows, nothing wrapped."""
     import subprocess
-    import sys
 
-    import numpy as np
-
-    np.save(tmp_path / "x.npy", np.ones((4, 2)))
     name = "layer_" + "n" * 150  # with its path and health, far past 160 columns
-    base = [sys.executable, "-m", "bncli"]
-    for args in (
-        ["fit", "s.h5", "x.npy", "--name", name, "-q"],
-        ["export", "s.h5", "m.keras"],
-    ):
-        assert subprocess.run([*base, *args], cwd=tmp_path, check=False).returncode == 0
+    base = _model_with_one_layer(tmp_path, name)
     done = subprocess.run(
         [*base, "inspect", "m.keras"], cwd=tmp_path, capture_output=True,
         text=True, check=False,
