@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
+
+from bncli.limits import available_cores
 
 __all__ = ["default_workers", "ordered_map", "ordered_results", "prefetched"]
 
@@ -23,10 +24,7 @@ R = TypeVar("R")
 
 def default_workers() -> int:
     """Every core this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+    return available_cores()
 
 
 def ordered_map(

@@ -10,10 +10,11 @@ then costs half as long on 2 cores.
 
 from __future__ import annotations
 
-import os
 import threading
 import zlib
 from typing import Any
+
+from bncli.limits import available_cores
 
 __all__ = ["PIECE_BYTES", "crc32", "crc32_combine"]
 
@@ -72,11 +73,7 @@ def crc32(data: Any, workers: int | None = None, piece_bytes: int = PIECE_BYTES)
     """``zlib.crc32(data)``, in up to ``workers`` threads (None: every core),
     each summing ``piece_bytes`` at least."""
     if workers is None:
-        workers = (
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else (os.cpu_count() or 1)
-        )
+        workers = available_cores()
     view = memoryview(data).cast("B")
     size = len(view)
     pieces = max(min(workers, size // max(piece_bytes, 1)), 1)

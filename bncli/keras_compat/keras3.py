@@ -38,12 +38,17 @@ from bncli.keras_compat.variables import (
     unsupported_record,
 )
 
-__all__ = ["read_bare_weights", "read_with_config", "vars_group"]
+__all__ = ["read_bare_weights", "read_with_config", "vars_group", "vars_path"]
+
+
+def vars_path(weights_path: str) -> str:
+    """Where a layer's variables are below its weights path (Keras 3's spelling)."""
+    return f"{weights_path}/vars" if weights_path else "vars"
 
 
 def vars_group(f: h5py.File, weights_path: str, path: Path) -> h5py.Group:
     """The ``vars`` group of a layer, with Keras 2.13's alternative spelling."""
-    candidates = [f"{weights_path}/vars" if weights_path else "vars"]
+    candidates = [vars_path(weights_path)]
     if weights_path.startswith("layers/"):
         # Keras 2.13 to 2.15 .keras files: "_layer_checkpoint_dependencies".
         candidates.append(
@@ -83,9 +88,7 @@ def _layer_arrays(
     f: h5py.File, found: FoundLayer, name: str, path: Path
 ) -> list[np.ndarray]:
     """The datasets of a layer's ``vars`` group, which must carry its name."""
-    plain = read_plain_vars(
-        f, f"{found.weights_path}/vars" if found.weights_path else "vars", path
-    )
+    plain = read_plain_vars(f, vars_path(found.weights_path), path)
     if plain is not None:
         stored, arrays = plain
     else:
