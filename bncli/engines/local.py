@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy.typing as npt
 
-from bncli.engines import session
+from bncli.engines import columns, session
 from bncli.engines.base import (
     BlockFold,
     EngineLayer,
@@ -91,6 +91,11 @@ class LocalFolds:
 
     def epoch(self, first: int) -> Iterator[BlockFold]:
         """The folds of an epoch from sample ``first``, in stream order."""
+        if columns.applies(self.dataset, self.options):
+            yield from columns.epoch_folds(
+                self.dataset, self.params, self.options, first, self.workers
+            )
+            return
         batch_size = self.params.batch_size
         rows = block_rows(batch_size, *chunk_bytes(self.dataset))
         blocks = batch_blocks(

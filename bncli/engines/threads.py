@@ -11,7 +11,7 @@ import collections
 import concurrent.futures
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, TypeVar
 
 from bncli.limits import available_cores
@@ -40,7 +40,7 @@ def ordered_map(
 
 def ordered_results(
     fn: Callable[[T], R], items: Iterable[T], workers: int
-) -> Iterator[R]:
+) -> Generator[R, None, None]:
     """``fn(item)`` for each item, in order, computed by ``workers`` threads.
 
     Unlike :func:`ordered_map`, nothing here holds an item once it is handed

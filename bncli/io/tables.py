@@ -123,6 +123,8 @@ def table_chunk(
 def channel_major(batch: Any, features: Sequence[str]) -> npt.NDArray[Any] | None:
     """The channel columns as an ``(n, C)`` channel-major array, in one copy.
 
+    One column is Arrow's own memory, read-only, without a copy.
+
     Channel-major (each column contiguous, the array the transpose of a
     ``(C, n)`` one): a column is one contiguous copy, where filling an
     ``(n, C)`` row-major array column by column is a strided write several
@@ -145,6 +147,9 @@ def channel_major(batch: Any, features: Sequence[str]) -> npt.NDArray[Any] | Non
     (kind,) = types
     if not pa.types.is_floating(kind) or pa.types.is_float16(kind):
         return None
+    if len(columns) == 1:  # a column is already channel-major: no copy
+        column: npt.NDArray[Any] = columns[0].to_numpy(zero_copy_only=True)
+        return column.reshape(-1, 1)
     selected = pa.RecordBatch.from_arrays(columns, names=list(features))
     if not hasattr(selected, "to_tensor"):  # pyarrow before 16
         return None

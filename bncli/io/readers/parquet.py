@@ -27,33 +27,47 @@ class ParquetSource(TableSource):
             # column chunk is streamed a page at a time rather than read
             # whole (a row group can be hundreds of MB): about 16 MiB of
             # buffers in all, whatever the size of the row groups.
-            source: Any = path
             self._remote = is_url(path)
-            if self._remote:
-                source = open_random_access(path)
-            metadata = pq.read_metadata(source)
-            columns = max(metadata.num_columns, 1)
-            buffer_size = min(max((16 << 20) // columns, 64 << 10), 1 << 20)
-            self._file: Any = pq.ParquetFile(
-                source,
-                metadata=metadata,
-                memory_map=False,
-                buffer_size=0 if self._remote else buffer_size,
-                # An object store answers few large requests fast and many
-                # small ones slowly: a row group's column chunks are fetched
-                # at once, coalesced (one row group in memory at a time).
-                pre_buffer=self._remote,
+            # One handle on the file, opened once: every reader reads it (at
+            # offsets: threads may share it), so a file replaced meanwhile
+            # is never half read.
+            self._handle: Any = (
+                open_random_access(path) if self._remote else pa.OSFile(path)
             )
-            self._schema = self._file.schema_arrow
-            self.num_rows = self._file.metadata.num_rows
+            self._metadata = pq.read_metadata(self._handle)
+            columns = max(self._metadata.num_columns, 1)
+            self._buffer_size = min(max((16 << 20) // columns, 64 << 10), 1 << 20)
+            self._schema = self._reader().schema_arrow
+            self.num_rows = self._metadata.num_rows
             # Column names are decoded lazily: bytes that are not UTF-8 fail
             # here, as a UnicodeDecodeError (a ValueError).
             self._schema.names  # noqa: B018
         except (pa.ArrowException, OSError, ValueError) as e:
             raise self.opening(e) from e
 
+    #: A column is read alone cheaply, from a file (a column chunk is one
+    #: run of bytes) and from an object store (one request per row group's
+    #: column chunk, several MiB).
+    columns_alone = True
+
+    def _reader(self) -> Any:
+        """A reader of the file of its own: pyarrow's readers of one
+        ``ParquetFile`` used by two threads at once deadlock."""
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(
+            self._handle,
+            metadata=self._metadata,
+            memory_map=False,
+            buffer_size=0 if self._remote else self._buffer_size,
+            # An object store answers few large requests fast and many
+            # small ones slowly: a row group's column chunks are fetched
+            # at once, coalesced (one row group in memory at a time).
+            pre_buffer=self._remote,
+        )
+
     def unit_rows(self) -> list[int]:
-        metadata = self._file.metadata
+        metadata = self._metadata
         return [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
 
     def record_batches(
@@ -74,12 +88,13 @@ class ParquetSource(TableSource):
         # 16Ki-row batches on 16 float32 columns).
         size = max(rows, TABLE_BATCH_ROWS)
         chosen = None if columns is None else list(columns)
+        reader = self._reader()
         if self._remote:  # a row group at a time: its buffers go with it
             batches: Iterator[Any] = _rebatched(
                 (
                     batch
                     for group in groups
-                    for batch in self._file.iter_batches(
+                    for batch in reader.iter_batches(
                         batch_size=size,
                         row_groups=[group],
                         columns=chosen,
@@ -89,7 +104,7 @@ class ParquetSource(TableSource):
                 size,
             )
         else:
-            batches = self._file.iter_batches(
+            batches = reader.iter_batches(
                 batch_size=size, row_groups=groups, columns=chosen, use_threads=True
             )
         yield from self.cut(batches, start - offset, rows, None)
