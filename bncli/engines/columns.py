@@ -28,6 +28,7 @@ import numpy as np
 
 from bncli.engines.base import BlockFold, FitOptions, FitParams
 from bncli.engines.blocks import EpochFold, FitPlan, RangeFold, fold_range
+from bncli.engines.inputs import chunk_bytes
 from bncli.engines.threads import ordered_results
 from bncli.errors import DataError
 from bncli.io.batching import block_rows
@@ -178,6 +179,6 @@ def stack_channels(parts: Sequence[Any]) -> Any:
 def _raise_first_error(dataset: Dataset, start: int, stop: int, plan: FitPlan) -> None:
     """Fold ``[start, stop)`` in whole chunks: the error that names the first
     bad value in stream order (row, then column) is raised there."""
-    rows = block_rows(plan.params.batch_size, 8 * len(dataset.features), 4 << 20)
+    rows = block_rows(plan.params.batch_size, *chunk_bytes(dataset))
     with np.errstate(invalid="ignore", over="ignore"):
         fold_range(dataset.chunks(start, rows), start, stop, plan)
