@@ -27,7 +27,13 @@ from typing import Any
 import numpy as np
 
 from bncli.engines.base import BlockFold, FitOptions, FitParams
-from bncli.engines.blocks import EpochFold, FitPlan, RangeFold, fold_range
+from bncli.engines.blocks import (
+    EpochFold,
+    FitPlan,
+    RangeFold,
+    fold_range,
+    quiet_nonfinite,
+)
 from bncli.engines.inputs import chunk_bytes
 from bncli.engines.threads import ordered_results
 from bncli.errors import DataError
@@ -58,7 +64,7 @@ MAX_CHANNELS = 256
 PIECE_BYTES = 8 << 20
 
 
-def applies(dataset: Dataset, options: FitOptions) -> bool:
+def applies(dataset: Dataset) -> bool:
     """Whether ``dataset`` is fitted column by column.
 
     Parquet files (local or not: the choice, and so the bits, depend on the
@@ -70,7 +76,7 @@ def applies(dataset: Dataset, options: FitOptions) -> bool:
         dataset.kind == "table"
         and 1 < len(dataset.features) <= MAX_CHANNELS
         and (dataset.num_samples or 0) >= MIN_ROWS
-        and all(getattr(s, "columns_alone", False) for s in dataset.sources)
+        and all(s.columns_alone for s in dataset.sources)
     )
 
 
@@ -92,11 +98,11 @@ def epoch_folds(
     channels = [dataclasses.replace(dataset, features=[f]) for f in dataset.features]
     ranges = cut_ranges(*unit_starts(dataset), first, fitted)
 
+    @quiet_nonfinite
     def fold(task: tuple[tuple[int, int], int]) -> RangeFold | DataError:
         (start, stop), j = task
         try:
-            with np.errstate(invalid="ignore", over="ignore"):
-                return fold_range(channels[j].chunks(start, rows), start, stop, alone)
+            return fold_range(channels[j].chunks(start, rows), start, stop, alone)
         except DataError as e:  # read again whole, below, for the first one
             return e
 
@@ -180,5 +186,4 @@ def _raise_first_error(dataset: Dataset, start: int, stop: int, plan: FitPlan) -
     """Fold ``[start, stop)`` in whole chunks: the error that names the first
     bad value in stream order (row, then column) is raised there."""
     rows = block_rows(plan.params.batch_size, *chunk_bytes(dataset))
-    with np.errstate(invalid="ignore", over="ignore"):
-        fold_range(dataset.chunks(start, rows), start, stop, plan)
+    quiet_nonfinite(fold_range)(dataset.chunks(start, rows), start, stop, plan)

@@ -91,7 +91,7 @@ class LocalFolds:
 
     def epoch(self, first: int) -> Iterator[BlockFold]:
         """The folds of an epoch from sample ``first``, in stream order."""
-        if columns.applies(self.dataset, self.options):
+        if columns.applies(self.dataset):
             yield from columns.epoch_folds(
                 self.dataset, self.params, self.options, first, self.workers
             )

@@ -78,12 +78,15 @@ class Source(abc.ABC):
         kind: ``"array"`` or ``"table"``.
         num_rows: the samples it holds, when known without reading them all
             (not for CSV, nor Arrow streams).
+        columns_alone: whether one column is read alone cheaply (Parquet),
+            for a fit that reads a table column by column.
     """
 
     path: str
     format: str
     kind: str
     num_rows: int | None
+    columns_alone: bool = False
 
     @property
     @abc.abstractmethod
