@@ -217,6 +217,35 @@ def test_every_channel_count_gets_batchwise_bits(compiled, dtype, layout):
             _assert_close(whole, _plain(x), x, rtol=1e-12)
 
 
+def _in_row_order(x):
+    """The rows path's documented order, in NumPy float64: per channel, the
+    rows added one at a time from 0.0, then / R; the squares likewise."""
+    rows = x.shape[1]
+    total = np.zeros((x.shape[0], x.shape[2]))
+    for r in range(rows):
+        total = total + x[:, r].astype(np.float64)
+    mean = total / rows
+    total = np.zeros_like(mean)
+    for r in range(rows):
+        d = x[:, r].astype(np.float64) - mean
+        total = total + d * d
+    return mean, total / rows
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_wide_rows_are_summed_row_after_row(compiled, dtype):
+    """Rows wider than 1 KiB (several rows per accumulator at once, and the
+    rows left over one at a time): the bits of adding rows in order."""
+    rng = np.random.default_rng(5)
+    for c in (129, 257, 1024, 1031):
+        for r in (1, 3, 4, 5, 8, 32, 35):
+            x = _stack(rng, dtype, (3, r, c), "contiguous")
+            whole = _assert_batchwise_bits(x)
+            expected = _in_row_order(x)
+            assert whole[0].tobytes() == expected[0].tobytes(), (c, r)
+            assert whole[1].tobytes() == expected[1].tobytes(), (c, r)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mprotect via libc")
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_reads_stay_within_the_buffer(compiled, dtype):
