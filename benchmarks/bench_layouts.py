@@ -33,17 +33,12 @@ def layout_file(name: str, shape_of: Callable[[int], tuple[int, ...]]) -> Path:
     values = LAYOUT_BYTES // 4
     if path.exists():
         return path
-    data.DATA.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    out = np.lib.format.open_memmap(tmp, "w+", np.float32, shape_of(values))
-    flat = out.reshape(-1)
     rng = np.random.default_rng(7)
-    for lo in range(0, values, 1 << 24):
-        n = min(1 << 24, values - lo)
-        flat[lo : lo + n] = 2.0 + rng.standard_normal(n, dtype=np.float32)
-    out.flush()
-    del out, flat
-    os.replace(tmp, path)
+    pieces = (
+        2.0 + rng.standard_normal(min(1 << 24, values - lo), dtype=np.float32)
+        for lo in range(0, values, 1 << 24)
+    )
+    data.write_npy(path, shape_of(values), pieces)
     return path
 
 

@@ -1,9 +1,10 @@
 """``make bench``: bncli side by side with its baselines, printed as one table.
 
 Every row is measured in this one run, on the same data (generated once into
-``benchmarks/data/``, see :mod:`data`): a warm-up, then several repetitions,
-bncli and its baseline taken in turns so that both see the same load on a
-shared machine, and the median of each kept. Throughputs are samples per
+``benchmarks/data/``, see :mod:`data`, and brought into the page cache the
+same way before it is timed, see :func:`data.warm`): a warm-up, then several
+repetitions, bncli and its baseline taken in turns so that both see the same
+load on a shared machine, and the median of each kept. Throughputs are samples per
 second; the per-batch baselines (Keras, PyTorch, a NumPy loop) run on a
 prefix of the data, since they are orders of magnitude slower.
 
@@ -318,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     npy = data.npy_path(rows)
     parquet = data.parquet_path(rows)
     small = data.small_npy_path()
+    data.warm([npy, parquet, small])
     decoded_mib = rows * data.CHANNELS * 4 / 2**20
     columns = [f"c{j}" for j in range(data.CHANNELS)]
     table: list[Row] = []
@@ -363,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         say("bench: layouts (256 MiB each)")
         files = bench_layouts.layouts()
+        data.warm(files.values())
         n16 = np.load(files["c16"], mmap_mode="r").shape[0]
         for name, other, axis, reference, minimum in (
             (

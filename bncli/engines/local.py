@@ -97,7 +97,7 @@ class LocalFolds:
             )
             return
         batch_size = self.params.batch_size
-        rows = block_rows(batch_size, *chunk_bytes(self.dataset))
+        rows = block_rows(batch_size, *chunk_bytes(self.dataset, params=self.params))
         blocks = batch_blocks(
             self.dataset.chunks(first, rows),
             batch_size,
