@@ -234,16 +234,18 @@ def _in_row_order(x):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_wide_rows_are_summed_row_after_row(compiled, dtype):
-    """Rows wider than 1 KiB (several rows per accumulator at once, and the
-    rows left over one at a time): the bits of adding rows in order."""
+    """Rows wider than 1 KiB, and batches of 32 channels or more in over 256
+    rows (several rows per accumulator at once, and the rows left over one
+    at a time): the bits of adding rows in order."""
     rng = np.random.default_rng(5)
-    for c in (129, 257, 1024, 1031):
-        for r in (1, 3, 4, 5, 8, 32, 35):
-            x = _stack(rng, dtype, (3, r, c), "contiguous")
-            whole = _assert_batchwise_bits(x)
-            expected = _in_row_order(x)
-            assert whole[0].tobytes() == expected[0].tobytes(), (c, r)
-            assert whole[1].tobytes() == expected[1].tobytes(), (c, r)
+    shapes = [(c, r) for c in (129, 257, 1024, 1031) for r in (1, 3, 4, 5, 8, 32, 35)]
+    shapes += [(c, r) for c in (31, 32, 47, 64, 128) for r in (256, 257, 259, 1024)]
+    for c, r in shapes:
+        x = _stack(rng, dtype, (3, r, c), "contiguous")
+        whole = _assert_batchwise_bits(x)
+        expected = _in_row_order(x)
+        assert whole[0].tobytes() == expected[0].tobytes(), (c, r)
+        assert whole[1].tobytes() == expected[1].tobytes(), (c, r)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mprotect via libc")
