@@ -22,7 +22,13 @@ from types import ModuleType
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["AVAILABLE", "KERNEL", "native_ema_offsets", "native_moments"]
+__all__ = [
+    "AVAILABLE",
+    "KERNEL",
+    "native_column_sums",
+    "native_ema_offsets",
+    "native_moments",
+]
 
 compiled: ModuleType | None
 try:
@@ -114,13 +120,17 @@ def _writable(
 
 
 def native_ema_offsets(
-    mean: Float64Array, variance: Float64Array, momentum: float
+    mean: Float64Array,
+    variance: Float64Array,
+    momentum: float,
+    weight: float | None = None,
 ) -> tuple[Float64Array, Float64Array] | None:
     """The moving-average offsets of ``K`` batches' ``(K, C)`` moments, in C.
 
     ``sum_k (1 - momentum) * momentum**(K-1-k) * statistic_k`` per channel,
     as :func:`bncli.kernels.fold_batches` computes it for unmasked batches,
-    summed in batch order (Horner's form). None where the kernel does not
+    summed in batch order (Horner's form; ``weight`` in place of
+    ``1 - momentum`` where given). None where the kernel does not
     serve (not built, ``BNCLI_KERNEL=numpy``, other layouts) or where a
     statistic or an offset is not finite: the NumPy fold then decides.
     """
@@ -141,5 +151,18 @@ def native_ema_offsets(
         float(momentum),
         mean_offset,
         variance_offset,
+        *(() if weight is None else (float(weight),)),
     )
     return (mean_offset, variance_offset) if finite else None
+
+
+def native_column_sums(
+    mean: Float64Array, variance: Float64Array
+) -> tuple[Float64Array, Float64Array] | None:
+    """Per-channel sums of ``K`` batches' ``(K, C)`` moments, in C.
+
+    The fold of momentum and weight 1 (a product by 1 is exact), in batch
+    order: NumPy's ``sum(axis=0)`` over so narrow an array costs 5x more.
+    None as for :func:`native_ema_offsets`.
+    """
+    return native_ema_offsets(mean, variance, 1.0, 1.0)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bncli.fast_moments import native_ema_offsets, native_moments
+from bncli.fast_moments import native_column_sums, native_ema_offsets, native_moments
 
 __all__ = [
     "STATISTICS",
@@ -275,6 +275,9 @@ def fold_statistics(
         batches = np.asarray(valid, dtype=bool).sum(axis=0, dtype=np.int64)
     if statistics == "precise":
         mean, variance = stats.mean, stats.variance
+        sums = None if valid is not None else native_column_sums(mean, variance)
+        if sums is not None:
+            return MeanFold(sums[0], sums[1], batches)
         if valid is not None:
             mean = np.where(valid, mean, 0.0)
             variance = np.where(valid, variance, 0.0)

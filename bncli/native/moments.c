@@ -904,24 +904,26 @@ done:
 #define FOLD_SEGMENTS 4
 
 /*
- * ema_fold(mean, m2, K, C, momentum, mean_offset, variance_offset) -> bool
+ * ema_fold(mean, m2, K, C, momentum, mean_offset, variance_offset[, weight])
+ *     -> bool
  *
  * Folds the moving-average updates of K batches whose moments moments()
  * wrote (K*C float64 each, batch-major) into per-channel offsets, in batch
- * order: offset = momentum * offset + (1 - momentum) * statistic (Horner's
- * form of sum_k (1 - momentum) * momentum**(K-1-k) * statistic_k); under
- * FOLD_NARROW channels, in FOLD_SEGMENTS runs joined in order. Returns
- * whether every mean and variance was finite (the offsets are then
- * meaningless otherwise). Releases the GIL.
+ * order: offset = momentum * offset + weight * statistic, weight 1 - momentum
+ * unless given (Horner's form of sum_k weight * momentum**(K-1-k) *
+ * statistic_k); under FOLD_NARROW channels, in FOLD_SEGMENTS runs joined in
+ * order. With momentum and weight 1, the plain sums of the statistics
+ * (multiplying by 1 is exact). Returns whether every mean and variance was
+ * finite (the offsets are then meaningless otherwise). Releases the GIL.
  */
 static PyObject *
 ema_fold(PyObject *self, PyObject *args)
 {
     PyObject *mean_obj, *m2_obj, *mo_obj, *vo_obj;
     Py_ssize_t K, C;
-    double momentum;
-    if (!PyArg_ParseTuple(args, "OOnndOO:ema_fold", &mean_obj, &m2_obj, &K, &C,
-                          &momentum, &mo_obj, &vo_obj))
+    double momentum, weight = NAN;
+    if (!PyArg_ParseTuple(args, "OOnndOO|d:ema_fold", &mean_obj, &m2_obj, &K, &C,
+                          &momentum, &mo_obj, &vo_obj, &weight))
         return NULL;
     Py_ssize_t cells;
     if (K < 0 || C < 0 || !mul_ok(K, C, &cells)
@@ -950,7 +952,7 @@ ema_fold(PyObject *self, PyObject *args)
         const double *mean = (const double *)views[0].buf;
         const double *m2 = (const double *)views[1].buf;
         double *mo = (double *)views[2].buf, *vo = (double *)views[3].buf;
-        const double rest = 1.0 - momentum;
+        const double rest = isnan(weight) ? 1.0 - momentum : weight;
         int finite = 1;
         Py_BEGIN_ALLOW_THREADS
         if (C < FOLD_NARROW && K >= FOLD_SEGMENTS * FOLD_NARROW) {
@@ -1013,9 +1015,11 @@ done:
 
 static PyMethodDef methods[] = {
     {"ema_fold", ema_fold, METH_VARARGS,
-     "ema_fold(mean, m2, K, C, momentum, mean_offset, variance_offset) -> bool\n--\n\n"
+     "ema_fold(mean, m2, K, C, momentum, mean_offset, variance_offset[, weight])"
+     " -> bool\n\n"
      "Fold K batches' moments (K*C float64, batch-major) into the offsets of\n"
-     "the moving-average update, in batch order; whether all were finite."},
+     "the moving-average update, in batch order (weight: 1 - momentum unless\n"
+     "given; with momentum and weight 1, their sums); whether all were finite."},
     {"moments", moments, METH_VARARGS,
      "moments(x, mean, m2, K, R, C, stride_k, stride_r, stride_c, kind)\n--\n\n"
      "Write each batch's float64 mean and biased variance (two-pass) of the\n"

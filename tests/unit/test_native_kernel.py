@@ -422,6 +422,45 @@ def test_the_ema_fold_equals_the_numpy_fold(
     np.testing.assert_array_equal(folded.batches, reference.batches)
 
 
+@given(
+    batches=st.integers(0, 300),
+    channels=st.integers(1, 20),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_the_precise_sums_equal_numpy_sums(compiled, batches, channels, seed):
+    """``--stats precise`` folds plain sums of the batch moments (segmented
+    under 8 channels): the sums of the plain formula, to rounding."""
+    rng = np.random.default_rng(seed)
+    mean = rng.normal(0.0, 50.0, (batches, channels))
+    variance = rng.exponential(4.0, (batches, channels))
+    sums = fast_moments.native_column_sums(mean, variance)
+    assert sums is not None
+    for got, values in zip(sums, (mean, variance), strict=True):
+        expected = np.array(
+            [float(np.sum(values[:, c], dtype=np.float64)) for c in range(channels)]
+        )
+        scale = float(np.abs(values).sum(initial=1.0))
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-13 * scale)
+    folded = kernels.fold_statistics(
+        kernels.Moments(np.ones_like(mean), mean, variance), None, 0.99, "precise"
+    )
+    assert folded.mean_sum.tolist() == sums[0].tolist()
+    assert folded.batches.tolist() == [batches] * channels
+
+
+def test_a_precise_sum_that_is_not_finite_is_left_to_numpy(compiled):
+    mean = np.zeros((40, 3))
+    mean[7, 2] = np.inf
+    assert fast_moments.native_column_sums(mean, np.ones((40, 3))) is None
+    folded = kernels.fold_statistics(
+        kernels.Moments(np.ones_like(mean), mean, np.ones((40, 3))),
+        None,
+        0.99,
+        "precise",
+    )
+    assert folded.mean_sum.tolist() == [0.0, 0.0, np.inf]
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("momentum", [0.0, 0.99, 1.0])
 def test_a_statistic_that_is_not_finite_leaves_the_fold_to_numpy(
