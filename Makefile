@@ -22,12 +22,12 @@ $(BIN)/activate:
 	@echo "upgrading pip in $(VENV)"
 	@$(PIP) --upgrade pip
 
-$(VENV)/.installed-run: pyproject.toml setup.py bncli/native/moments.c | $(BIN)/activate
+$(VENV)/.installed-run: pyproject.toml setup.py bncli/native/moments.c bncli/native/crc.c | $(BIN)/activate
 	@echo "installing bncli into $(VENV)"
 	@$(PIP) -e .
 	@touch $@
 
-$(VENV)/.installed-dev: pyproject.toml setup.py bncli/native/moments.c | $(BIN)/activate
+$(VENV)/.installed-dev: pyproject.toml setup.py bncli/native/moments.c bncli/native/crc.c | $(BIN)/activate
 	@echo "installing bncli with the dev extras into $(VENV)"
 	@$(PIP) -e '.[dev]'
 	@touch $@ $(VENV)/.installed-run

@@ -44,7 +44,8 @@ setup(
             ["bncli/native/moments.c"],
             extra_compile_args=["-O3", "-ffp-contract=off"],
             optional=True,
-        )
+        ),
+        Extension("bncli.native.crc", ["bncli/native/crc.c"], optional=True),
     ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

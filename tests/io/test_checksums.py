@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import zlib
 
 import pytest
@@ -51,3 +52,41 @@ def test_small_pieces_are_joined_in_order():
         assert checksums.crc32(data, workers, piece_bytes=7) == zlib.crc32(data), (
             workers
         )
+
+
+def _has_pclmul() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return platform.machine() == "x86_64" and " pclmulqdq" in f.read()
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def compiled():
+    if checksums.blocks is None:  # pragma: no cover - a machine without a compiler
+        pytest.fail("bncli.native.crc was not built (the install compiles it)")
+    return checksums.blocks
+
+
+@given(
+    data=st.binary(max_size=2000),
+    skip=st.integers(0, 15),
+    crc=st.integers(0, 2**32 - 1),
+)
+def test_the_carry_less_crc_continues_zlibs(compiled, data, skip, crc):
+    """Any length, any alignment, any CRC to continue: the blocks the C code
+    sums, then zlib's sum of the rest, equal zlib's sum of the whole."""
+    view = memoryview(data)[skip:]
+    got, done = compiled(view, crc)
+    if len(view) >= 64 and _has_pclmul():
+        assert done == len(view) - len(view) % 16
+    else:
+        assert (done, got) == (0, crc)
+    assert zlib.crc32(view[done:], got) == zlib.crc32(view, crc)
+
+
+def test_the_carry_less_crc_of_a_large_buffer(compiled):
+    data = bytes(range(251)) * 40_000 + b"tail"  # 10 MB, not a multiple of 16
+    assert checksums.crc32(data, 1) == zlib.crc32(data)
+    assert checksums.crc32(data, 2, piece_bytes=1 << 20) == zlib.crc32(data)

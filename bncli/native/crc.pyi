@@ -1,0 +1,3 @@
+from typing_extensions import Buffer
+
+def crc32_blocks(data: Buffer, crc: int, /) -> tuple[int, int]: ...
