@@ -381,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
             t_other, t_ref = side_by_side(
                 lambda other=other, axis=axis: bncli_fit(files[other], axis=axis),
                 lambda reference=reference: bncli_fit(files[reference]),
-                repeat,
+                # a fit of 256 MiB takes ~25 ms: more turns for a steady median
+                3 * repeat,
             )
             add(
                 throughput_row(
