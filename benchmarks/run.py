@@ -606,6 +606,25 @@ def main(argv: list[str] | None = None) -> int:
             )
             for leftover in ("m.npy", "m.parquet"):
                 (work / leftover).unlink(missing_ok=True)
+        # The floor under those rows, in this run: the libraries' code pages
+        # count in the resident set, and how many a process maps depends on
+        # how the page cache holds the library files (freshly installed ones
+        # lie in large folios, mapped whole: 128 MiB here against 84 MiB for
+        # the same wheels installed weeks earlier).
+        floor, _ = peak_rss(
+            [sys.executable, "-c", "import numpy, pyarrow.parquet, h5py, click"]
+        )
+        add(
+            Row(
+                "  yardstick: peak RSS of python -c 'import numpy, pyarrow.parquet, "
+                "h5py, click'",
+                f"{floor:,.0f} MiB",
+                "",
+                None,
+                "report",
+                None,
+            )
+        )
 
         # ---- object storage: the same Parquet fit from a local S3 server
         import bench_s3
