@@ -164,6 +164,12 @@ class FitParams:
     #: ``"ema"``, ``"precise"`` or ``"exact"``.
     statistics: str = "ema"
 
+    @property
+    def one_shard(self) -> bool:
+        """Whether each batch's moments are taken whole, not per replica's shard
+        (one replica, synchronized ones, or ``"exact"``, which takes every value)."""
+        return self.replicas == 1 or self.synchronized or self.statistics == "exact"
+
 
 @dataclasses.dataclass(frozen=True)
 class FitOptions:

@@ -183,13 +183,11 @@ def fold_block(chunk: Chunk, params: FitParams) -> tuple[kernels.AnyFold, int, i
     """The fold of a block's batches, with its batch and sample counts."""
     rows = kernels.to_rows(chunk.data, chunk.axis)
     fold = kernels.identity_fold(params.channels, params.statistics)
-    # "exact" takes every value: each batch's own moments, whatever the replicas.
-    synchronized = params.synchronized or params.statistics == "exact"
     batches = 0
     for start, stop, per_batch in equal_batch_runs(chunk, params.batch_size):
         piece = rows[start:stop]
         num_batches = len(piece) // per_batch
-        unmasked = chunk.mask is None and (params.replicas == 1 or synchronized)
+        unmasked = chunk.mask is None and params.one_shard
         if (
             unmasked
             and params.statistics == "exact"
@@ -213,7 +211,11 @@ def fold_block(chunk: Chunk, params: FitParams) -> tuple[kernels.AnyFold, int, i
             stats = kernels.batched_moments(x, out=scratch)
         else:
             x, m = as_batches(rows, chunk.mask, start, stop, per_batch)
-            stats, _ = batch_statistics(x, m, per_batch, params.replicas, synchronized)
+            # "exact" takes every value: each batch's own moments, whatever
+            # the replicas (one_shard).
+            stats, _ = batch_statistics(
+                x, m, per_batch, params.replicas, params.one_shard
+            )
         # Without a mask every batch counts every channel (shards are never
         # empty): no (K, C) test of validity, and a cheap test of finiteness.
         valid = None if m is None and piece.shape[1] else stats.count > 0

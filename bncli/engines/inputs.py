@@ -41,12 +41,11 @@ def chunk_bytes(
     16 MiB chunks, 1.75x with 64 MiB (128 MiB gained nothing more), for a
     peak resident set of 106 MiB against 56. Otherwise 16 MiB: masked
     batches are computed on float64 copies, unsynchronized replicas keep
-    moments per shard. Table chunks are decoded
-    copies, and a transform's also hold their outputs and the record batch
-    while a few are in flight: 4 MiB for a fit (a fit on Parquet runs about
-    1.25x faster than with 2 MiB chunks) and 2 MiB for a transform (whose
-    writing sets the pace), to keep the peak memory well under a quarter of
-    a 1 GiB input.
+    moments per shard. Table chunks are decoded copies, and a transform's
+    also hold their outputs and the record batch while a few are in flight:
+    4 MiB for a fit (a fit on Parquet runs about 1.25x faster than with 2 MiB
+    chunks) and 2 MiB for a transform (whose writing sets the pace), to keep
+    the peak memory well under a quarter of a 1 GiB input.
     """
     sample_bytes = int(np.prod(dataset.sample_shape)) * 8
     if dataset.kind != "table":
@@ -58,11 +57,9 @@ def _in_place(dataset: Dataset, params: FitParams | None) -> bool:
     """Whether a fit's blocks of ``dataset`` are read in place, unmasked."""
     return (
         params is not None
+        and params.one_shard
         and dataset.masks is None
         and dataset.nan_policy != "mask"
-        and (
-            params.replicas == 1 or params.synchronized or params.statistics == "exact"
-        )
     )
 
 
