@@ -52,8 +52,6 @@ from baselines import (
     torch_per_batch,
 )
 
-HERE = Path(__file__).resolve().parent
-
 
 @dataclasses.dataclass
 class Row:
