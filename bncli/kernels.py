@@ -275,10 +275,11 @@ def fold_statistics(
         batches = np.asarray(valid, dtype=bool).sum(axis=0, dtype=np.int64)
     if statistics == "precise":
         mean, variance = stats.mean, stats.variance
-        sums = None if valid is not None else native_column_sums(mean, variance)
-        if sums is not None:
-            return MeanFold(sums[0], sums[1], batches)
-        if valid is not None:
+        if valid is None:
+            sums = native_column_sums(mean, variance)
+            if sums is not None:
+                return MeanFold(sums[0], sums[1], batches)
+        else:
             mean = np.where(valid, mean, 0.0)
             variance = np.where(valid, variance, 0.0)
         return MeanFold(mean.sum(axis=0), variance.sum(axis=0), batches)

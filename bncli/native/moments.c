@@ -505,7 +505,8 @@ INLINE v4d pairs4(const v4d *x)
             q[c] /= n;                                                          \
     }                                                                           \
                                                                                 \
-    /* Contiguous wide rows (C * sizeof(T) > WIDE_BYTES), whole rows at a       \
+    /* Contiguous wide rows (C * sizeof(T) > WIDE_BYTES, or batches of two     \
+     * blocks or more in over STRIP_ROWS rows), whole rows at a                 \
      * time in order, accumulated in the output (rows the same few KiB          \
      * apart would evict each other from L1 if taken W channels at a time).     \
      * WIDE_ROWS rows go through each accumulator at once, added one after      \
