@@ -21,6 +21,7 @@ from bncli.errors import UsageError
 from bncli.io.chunks import Chunk
 from bncli.io.dataset import Dataset
 from bncli.io.outputs import OutputTarget, writing
+from bncli.io.tables import arrow_values
 
 __all__ = [
     "check_writable",
@@ -91,9 +92,7 @@ def check_writable(output: str, dataset: Dataset) -> None:
             if field.name in dataset.features:
                 continue
             try:  # the writer's own verdict, on no rows
-                csv.write_csv(
-                    pa.table({"c": pa.array([], type=field.type)}), io.BytesIO()
-                )
+                csv.write_csv(pa.table({"c": pa.nulls(0, field.type)}), io.BytesIO())
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
                 raise UsageError(
                     f"{output}: CSV cannot hold column {field.name!r} of type "
@@ -293,11 +292,7 @@ class TableSink(Sink):
                 )
                 continue
             nulls = None if chunk.nulls is None else chunk.nulls[:, j]
-            columns.append(
-                pa.array(
-                    np.ascontiguousarray(y2[:, j]), type=self.arrow_type, mask=nulls
-                )
-            )
+            columns.append(arrow_values(y2[:, j], self.dtype, nulls))
         self.writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=self.schema))
 
     def close(self) -> None:

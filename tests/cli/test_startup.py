@@ -1,7 +1,8 @@
 """What each command imports: start-up is paid on every call of a pipeline.
 
 ``ml_dtypes`` alone costs more than the rest of start-up (0.5 s for 0.7.0),
-pyarrow, h5py and rich tens of milliseconds each. These tests pin which
+pyarrow, h5py and rich tens of milliseconds each; pandas, which pyarrow's
+own conversions import wherever it is installed, 0.25 s and 30 MiB. These tests pin which
 heavy modules each kind of call may import (a test of imports, not of time;
 ``make bench`` measures the time).
 """
@@ -17,7 +18,17 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-HEAVY = ("ml_dtypes", "pyarrow", "h5py", "rich", "dask", "distributed", "keras", "jax")
+HEAVY = (
+    "ml_dtypes",
+    "pyarrow",
+    "h5py",
+    "rich",
+    "dask",
+    "distributed",
+    "keras",
+    "jax",
+    "pandas",
+)
 
 
 def imported(args: list[str], cwd) -> set[str]:
@@ -114,3 +125,38 @@ def test_inspect_and_import_of_a_float32_model_do_not_import_ml_dtypes(tmp_path)
     ):
         assert "ml_dtypes" not in imported(args, tmp_path), args
     assert (tmp_path / "i.h5").exists()
+
+
+def test_tables_are_read_and_written_without_pandas(tmp_path):
+    """pyarrow's ``to_numpy``, ``pa.array`` and ``pa.scalar`` import pandas
+    where it is installed: bncli crosses through the buffers instead, for
+    every table path (a column at a time, whole chunks with nulls and a mask
+    column, CSV and Arrow outputs)."""
+    pytest.importorskip("pandas")  # without it, nothing could import it
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    n = 1 << 16  # a fit column by column (bncli.engines.columns.MIN_ROWS)
+    columns = {f"c{j}": rng.normal(size=n).astype(np.float32) for j in range(3)}
+    pq.write_table(pa.table(columns), tmp_path / "big.parquet")
+    nulls = pa.table(
+        {
+            "a": pa.array([1.0, None, 3.0, 4.0]),
+            "b": pa.array([1, 2, None, 4], type=pa.int32()),
+            "keep": pa.array([True, None, True, False]),
+            "name": pa.array(["w", "x", "y", "z"]),
+        }
+    )
+    pq.write_table(nulls, tmp_path / "nulls.parquet")
+    calls = [
+        ["fit", "big.h5", "big.parquet", "--quiet"],
+        ["transform", "big.h5", "big.parquet", "-o", "big-out.parquet", "--quiet"],
+        ["fit", "n.h5", "nulls.parquet", "--columns", "a,b", "--mask-column", "keep"],
+        ["transform", "n.h5", "nulls.parquet", "-o", "n.csv", "--quiet"],
+        ["transform", "n.h5", "nulls.parquet", "-o", "n.arrow", "--quiet"],
+    ]
+    for args in calls:
+        assert "pandas" not in imported(args, tmp_path), args
+    for made in ("big.h5", "big-out.parquet", "n.h5", "n.csv", "n.arrow"):
+        assert (tmp_path / made).stat().st_size > 0
