@@ -656,10 +656,11 @@ def output_rows(chunk: Chunk, dtype: npt.DTypeLike) -> npt.NDArray[Any]:
 class OutputPool:
     """Output arrays the sink has written, handed out again for later chunks.
 
-    Every sink writes (encodes or copies) a chunk's outputs before
-    ``write`` returns, so their memory can be reused at once: the transform
-    then runs on the same few arrays instead of fresh memory (and fresh
-    page faults) for every chunk.
+    A sink that writes (encodes or copies) a chunk's outputs before
+    ``write`` returns hands their memory back at once: the transform then
+    runs on the same few arrays instead of fresh memory (and fresh page
+    faults) for every chunk. One that keeps them (Parquet, gathering a row
+    group: ``Sink.keeps_outputs``) does not.
     """
 
     def __init__(self) -> None:

@@ -202,7 +202,7 @@ def transform_layer(
     with open_sink(target, dataset, dtype) as sink:
         for chunk, (y, out) in ordered_map(compute, chunks, workers):
             sink.write(chunk, y)
-            if pool is not None and out is not None:
+            if pool is not None and out is not None and not sink.keeps_outputs:
                 pool.give(out)
             samples += len(chunk)
             progress.advance(len(chunk))

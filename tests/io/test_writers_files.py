@@ -537,3 +537,41 @@ def test_dask_workers_keep_the_hive_keys(tmp_path, scheduler, hive):
         )
     local = pq.read_table(tmp_path / "local.parquet")
     assert pq.read_table(tmp_path / "dask.parquet").equals(local)
+
+
+def test_parquet_outputs_gather_chunks_into_row_groups_of_8_mib(tmp_path, run_cli):
+    """A row group per chunk made files of thousands of 16Ki-row groups:
+    the output's groups hold ~8 MiB (16 B a row here: 512Ki rows), the
+    outputs they keep pending are never reused for later chunks, and a null
+    stays a null in whichever group it falls."""
+    from bncli.io.sinks import TableSink
+
+    n, rows_per_group = 1_200_000, TableSink.ROW_GROUP_BYTES // 16
+    rng = np.random.default_rng(11)
+    x = rng.normal(3.0, 2.0, size=(n, 4)).astype(np.float32)
+    nulls = np.zeros(n, dtype=bool)
+    nulls[[5, rows_per_group + 7, n - 1]] = True
+    columns = {
+        f"c{j}": pa.array(x[:, j], mask=nulls if j == 2 else None) for j in range(4)
+    }
+    pq.write_table(pa.table(columns), tmp_path / "in.parquet", row_group_size=300_000)
+    assert run_cli("fit", "s.h5", "in.parquet", "--quiet").exit_code == 0
+    done = run_cli("transform", "s.h5", "in.parquet", "-o", "out.parquet", "--quiet")
+    assert done.exit_code == 0, done.stderr
+    meta = pq.read_metadata(tmp_path / "out.parquet")
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    assert sizes == [rows_per_group, rows_per_group, n - 2 * rows_per_group]
+    # The values: the plain formula in float64 from the saved state.
+    state = bncli.load(tmp_path / "s.h5")
+    mean = np.asarray(state.moving_mean, dtype=np.float64)
+    var = np.asarray(state.moving_variance, dtype=np.float64)
+    expected = (x - mean) / np.sqrt(var + state.epsilon)
+    back = pq.read_table(tmp_path / "out.parquet")
+    for j in range(4):
+        column = back.column(f"c{j}")
+        got = column.to_numpy(zero_copy_only=False)
+        if j == 2:
+            assert column.null_count == 3
+            assert np.isnan(got[nulls]).all()
+        keep = ~nulls if j == 2 else slice(None)
+        np.testing.assert_allclose(got[keep], expected[keep, j], rtol=2e-6, atol=2e-6)
