@@ -173,8 +173,8 @@ def channel_major(batch: Any, features: Sequence[str]) -> npt.NDArray[Any] | Non
 def numpy_values(array: Any) -> npt.NDArray[Any]:
     """A numeric Arrow array's values: a read-only view of its buffer.
 
-    Integers and floats of any width (Arrow's little-endian layout, the
-    machine's own here). A null's slot holds whatever the buffer holds.
+    Integers and floats of any width, in the machine's byte order (Arrow's
+    in memory). A null's slot holds whatever the buffer holds.
     """
     import pyarrow as pa
 
@@ -187,7 +187,7 @@ def numpy_values(array: Any) -> npt.NDArray[Any]:
         code = "u"
     else:  # pragma: no cover - callers convert to numbers first
         raise TypeError(f"not a numeric Arrow array: {kind}")
-    dtype = np.dtype(f"<{code}{kind.bit_width // 8}")
+    dtype = np.dtype(f"{code}{kind.bit_width // 8}")
     n = len(array)
     if n == 0:
         return np.empty(0, dtype=dtype)
