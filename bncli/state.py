@@ -413,8 +413,15 @@ def _check_resume(text: str, path: Path) -> dict[str, Any]:
     for key, check in checks.items():
         if key not in record or not check(record[key]):
             raise StateError(f"corrupt state (resume record: bad {key!r})", path=path)
-    if "files" in record and not files(record["files"]):  # absent from older records
-        raise StateError("corrupt state (resume record: bad 'files')", path=path)
+    # Absent from older records: the files read, and how they were read.
+    optional: dict[str, Callable[[Any], bool]] = {
+        "files": files,
+        "delimiter": lambda v: isinstance(v, str) and len(v) == 1 and v not in '"\r\n',
+        "array": lambda v: v is None or isinstance(v, str),
+    }
+    for key, check in optional.items():
+        if key in record and not check(record[key]):
+            raise StateError(f"corrupt state (resume record: bad {key!r})", path=path)
     return record
 
 

@@ -139,7 +139,7 @@ def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
         say,
         warn,
     )
-    from bncli.engines.base import RESUMED_OPTIONS, FitOptions
+    from bncli.engines.base import RESUMED_OPTIONS, RESUMED_READ_OPTIONS, FitOptions
     from bncli.errors import UsageError
     from bncli.state import checkpoint_path
     from bncli.workflows import fit_state
@@ -169,7 +169,7 @@ def fit(state: str, inputs: tuple[str, ...], **options: Any) -> None:
         checkpoint_every=options["checkpoint_every"],
         resume=options["resume"],
         wait=options["wait"],
-        given=_given_on_the_command_line(RESUMED_OPTIONS),
+        given=_given_on_the_command_line(RESUMED_OPTIONS + RESUMED_READ_OPTIONS),
         progress=make_progress(options["quiet"], "fit"),
     )
     summary = done.summary

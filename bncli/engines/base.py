@@ -235,6 +235,10 @@ RESUMED_OPTIONS = (
     "nan_policy",
 )
 
+#: How the inputs are read (``FitOptions.read``): a resumed fit reads them
+#: as the interrupted one did (records from before these were kept: as given).
+RESUMED_READ_OPTIONS = ("delimiter", "array")
+
 
 @dataclasses.dataclass(frozen=True)
 class TransformOptions:

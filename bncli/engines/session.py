@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from bncli.engines.base import (
     RESUMABLE_CHANGES,
     RESUMED_OPTIONS,
+    RESUMED_READ_OPTIONS,
     BlockFold,
     EngineLayer,
     FitOptions,
@@ -262,18 +263,34 @@ def _resumed(
         if key in given and key in RESUMABLE_CHANGES:
             continue
         if key in given and _as_recorded(key, value) != recorded:
-            flag = "--" + ("mask" if key == "mask" else key.replace("_", "-"))
-            raise UsageError(
-                f"{flag} {_as_recorded(key, value)!r} differs from the interrupted "
-                f"fit's {recorded!r}; --resume continues that fit as it was "
-                f"(leave {flag} out, or fit again without --resume)"
-            )
+            raise _differs(key, _as_recorded(key, value), recorded)
         restored[key] = recorded
+    read = options.read.checked()
+    restored_read = {}
+    for key in RESUMED_READ_OPTIONS:
+        if key not in recorded_fit:  # a record from before they were kept
+            continue
+        value, recorded = getattr(read, key), recorded_fit[key]
+        if key in given and value != recorded:
+            raise _differs(key, value, recorded)
+        restored_read[key] = recorded
     return (
         paths or recorded_fit["inputs"],
-        dataclasses.replace(options, **restored),
+        dataclasses.replace(
+            options, **restored, read=dataclasses.replace(read, **restored_read)
+        ),
         recorded_fit["epoch"],
         recorded_fit["sample"],
+    )
+
+
+def _differs(key: str, value: Any, recorded: Any) -> UsageError:
+    """The error for option ``key`` given to ``--resume`` unlike its record."""
+    flag = "--" + ("mask" if key == "mask" else key.replace("_", "-"))
+    return UsageError(
+        f"{flag} {value!r} differs from the interrupted fit's {recorded!r}; "
+        f"--resume continues that fit as it was (leave {flag} out, or fit "
+        "again without --resume)"
     )
 
 
@@ -290,6 +307,7 @@ def _resume_record(
     """What a checkpoint records to resume: options, inputs, their fingerprints."""
     return {
         **{key: getattr(options, key) for key in RESUMED_OPTIONS},
+        **{key: getattr(options.read, key) for key in RESUMED_READ_OPTIONS},
         "inputs": [
             text if text == "-" or is_url(text) else str(Path(text).resolve())
             for text in (os.fspath(p) for p in paths)

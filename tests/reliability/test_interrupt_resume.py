@@ -351,3 +351,51 @@ def test_a_plain_fit_beside_a_checkpoint_warns_and_counts_once(workdir, run_cli)
     assert "holds an unfinished fit's checkpoint" in result.stderr
     assert bncli.load(workdir / "state.h5").samples_seen == 100
     assert not (workdir / "state.h5.checkpoint").exists()
+
+
+def test_resume_reads_the_inputs_as_the_interrupted_fit_did(tmp_path, run_cli):
+    """A semicolon CSV (and an NPZ archive's array) fitted with ``--delimiter``
+    (``--array``): ``--resume`` with no flags reads them the same way; the
+    flag given unlike the record is exit 2."""
+    import numpy as np
+
+    from bncli.engines.base import FitOptions
+    from bncli.engines.registry import make_engine
+    from bncli.engines.session import fit_layer
+    from bncli.io.sources import ReadOptions
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(2.0, 3.0, size=(400, 3))
+    np.savetxt(tmp_path / "d.csv", x, delimiter=";", header="a;b;c", comments="")
+    np.savez(tmp_path / "d.npz", x=x, other=np.zeros((5, 2)))
+    for data, read, flag in [
+        ("d.csv", ReadOptions(delimiter=";"), ["--delimiter", ","]),
+        ("d.npz", ReadOptions(array="x"), ["--array", "other"]),
+    ]:
+        options = FitOptions(batch_size=16, epochs=3, read=read)
+        want = bncli.BatchNormalization(momentum=0.9)
+        fit_layer(want, [tmp_path / data], options, make_engine("local"))
+
+        def save_then_crash(layer):
+            layer.save(tmp_path / "s.h5.checkpoint")
+            raise _Crash
+
+        with pytest.raises(_Crash):
+            fit_layer(
+                bncli.BatchNormalization(momentum=0.9), [tmp_path / data], options,
+                make_engine("local"), checkpoint_every=20, checkpoint=save_then_crash,
+            )  # fmt: skip
+        record = bncli.load(tmp_path / "s.h5.checkpoint").resume
+        assert (record["delimiter"], record["array"]) == (read.delimiter, read.array)
+
+        refused = run_cli("fit", "s.h5", "--resume", *flag)
+        assert refused.exit_code == 2, refused.stderr
+        assert refused.stderr == (
+            f"error: {flag[0]} {flag[1]!r} differs from the interrupted fit's "
+            f"{record[flag[0][2:]]!r}; --resume continues that fit as it was "
+            f"(leave {flag[0]} out, or fit again without --resume)\n"
+        )
+        done = run_cli("fit", "s.h5", "--resume", "-q")
+        assert done.exit_code == 0, done.stderr
+        assert_same_state(bncli.load(tmp_path / "s.h5"), want)
+        (tmp_path / "s.h5").unlink()

@@ -92,7 +92,12 @@ _RESUME = {
 def test_a_resume_record_round_trips_with_or_without_files(fitted):
     _, path = fitted
     files = [{"path": "/data/x.parquet", "size": 10, "mtime_ns": 5}]
-    for record in (_RESUME, _RESUME | {"files": files}):
+    for record in (
+        _RESUME,
+        _RESUME | {"files": files},
+        _RESUME | {"delimiter": ";", "array": "x"},
+        _RESUME | {"delimiter": "\t", "array": None},
+    ):
         _mutate(path, lambda f, r=record: f.attrs.__setitem__("resume", json.dumps(r)))
         assert bncli.load(path).resume == record
 
@@ -137,6 +142,21 @@ def _mutate(path, fn):
             ),
             "resume record: bad 'files'",
         ),
+        *[
+            (
+                lambda f, v=value: f.attrs.__setitem__(
+                    "resume", json.dumps(_RESUME | v)
+                ),
+                f"resume record: bad {next(iter(value))!r}",
+            )
+            for value in (
+                {"delimiter": ";;"},
+                {"delimiter": '"'},
+                {"delimiter": "\n"},
+                {"delimiter": 7},
+                {"array": 1},
+            )
+        ],
     ],
 )
 def test_invalid_states_are_refused(fitted, mutation, message):
