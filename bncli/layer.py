@@ -632,6 +632,8 @@ class BatchNormalization:
         reset_statistics: bool = False,
         until_share: float | None = None,
         max_epochs: int = 1000,
+        delimiter: str = ",",
+        array: str | None = None,
     ) -> FitSummary:
         """Stream batches from files and update the moving statistics as Keras.
 
@@ -648,7 +650,8 @@ class BatchNormalization:
         value); None keeps the layer's own. ``reset_statistics`` starts the
         moving statistics and the counters again first. ``until_share`` goes
         on with whole epochs until the initializers weigh under it in every
-        channel, for at most ``max_epochs`` epochs.
+        channel, for at most ``max_epochs`` epochs. ``delimiter`` (CSV) and
+        ``array`` (an NPZ archive's) are ``--delimiter`` and ``--array``.
 
         Returns:
             A :class:`FitSummary`.
@@ -664,6 +667,7 @@ class BatchNormalization:
         from bncli.engines.base import FitOptions
         from bncli.engines.registry import make_engine
         from bncli.engines.session import fit_layer
+        from bncli.io.sources import ReadOptions
 
         paths = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
         options = FitOptions(
@@ -681,6 +685,7 @@ class BatchNormalization:
             reset_statistics=reset_statistics,
             until_share=until_share,
             max_epochs=max_epochs,
+            read=ReadOptions(delimiter, array),
         )
         return fit_layer(
             self,

@@ -406,6 +406,17 @@ def test_a_delimiter_reads_and_writes_csv_alike(tmp_path, run_cli):
     assert bad.stderr == (
         "error: --delimiter must be one character (not a quote or a line end), got ';;'\n"
     )
+    # The Python API reads alike: BatchNormalization.fit(delimiter=, array=)
+    api = bncli.BatchNormalization()
+    api.fit(tmp_path / "tabs.csv.gz", delimiter="tab")
+    assert api.features == ["a", "b", "c"]
+    np.testing.assert_allclose(api.moving_mean64, ref.moving_mean64, rtol=1e-12)
+    with pytest.raises(bncli.errors.UsageError, match="one character"):
+        bncli.BatchNormalization().fit(tmp_path / "semi.csv", delimiter=";;")
+    np.savez(tmp_path / "two.npz", x=frame[["a", "b", "c"]].to_numpy(), y=np.ones(4))
+    npz = bncli.BatchNormalization()
+    npz.fit(tmp_path / "two.npz", array="x")
+    np.testing.assert_allclose(npz.moving_mean64, ref.moving_mean64, rtol=1e-12)
 
 
 @pytest.mark.dask
