@@ -22,17 +22,20 @@ $(BIN)/activate:
 	@echo "upgrading pip in $(VENV)"
 	@$(PIP) --upgrade pip
 
-$(VENV)/.installed-run: pyproject.toml setup.py bncli/native/moments.c bncli/native/crc.c | $(BIN)/activate
+# The install builds the C extensions: a changed source installs again.
+NATIVE := setup.py bncli/native/moments.c bncli/native/crc.c
+
+$(VENV)/.installed-run: pyproject.toml $(NATIVE) | $(BIN)/activate
 	@echo "installing bncli into $(VENV)"
 	@$(PIP) -e .
 	@touch $@
 
-$(VENV)/.installed-dev: pyproject.toml setup.py bncli/native/moments.c bncli/native/crc.c | $(BIN)/activate
+$(VENV)/.installed-dev: pyproject.toml $(NATIVE) | $(BIN)/activate
 	@echo "installing bncli with the dev extras into $(VENV)"
 	@$(PIP) -e '.[dev]'
 	@touch $@ $(VENV)/.installed-run
 
-$(VENV)/.installed-bench: pyproject.toml | $(BIN)/activate
+$(VENV)/.installed-bench: pyproject.toml $(NATIVE) | $(BIN)/activate
 	@echo "installing bncli with the dev and bench extras into $(VENV)"
 	@$(PIP) -e '.[dev,bench]'
 	@touch $@ $(VENV)/.installed-dev $(VENV)/.installed-run
