@@ -210,10 +210,12 @@ class TableSource(Source):
     def _with_keys(self, batch: Any, columns: Sequence[str] | None) -> Any:
         import pyarrow as pa
 
+        from bncli.io.tables import arrow_text  # not pa.scalar: it imports pandas
+
         arrays = list(batch.columns)
         names = list(batch.schema.names)
         for name, value in self.keys:
-            arrays.append(pa.repeat(pa.scalar(value, pa.string()), batch.num_rows))
+            arrays.append(pa.repeat(arrow_text(value), batch.num_rows))
             names.append(name)
         keyed = pa.RecordBatch.from_arrays(arrays, names=names)
         return keyed if columns is None else keyed.select(list(columns))

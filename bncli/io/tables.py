@@ -22,6 +22,7 @@ import numpy.typing as npt
 from bncli.io.chunks import Chunk, Segment
 
 __all__ = [
+    "arrow_text",
     "arrow_values",
     "can_be_channel",
     "channel_major",
@@ -231,3 +232,17 @@ def arrow_values(
     return pa.Array.from_buffers(
         arrow_type, len(values), [validity, pa.py_buffer(values)], null_count
     )
+
+
+def arrow_text(value: str | None) -> Any:
+    """``value`` as an Arrow string scalar, made from its UTF-8 bytes (None: null)."""
+    import pyarrow as pa
+
+    if value is None:
+        return pa.nulls(1, pa.string())[0]
+    data = value.encode()
+    offsets = np.array([0, len(data)], dtype=np.int32)
+    one = pa.Array.from_buffers(
+        pa.string(), 1, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
+    return one[0]

@@ -131,7 +131,7 @@ def test_tables_are_read_and_written_without_pandas(tmp_path):
     """pyarrow's ``to_numpy``, ``pa.array`` and ``pa.scalar`` import pandas
     where it is installed: bncli crosses through the buffers instead, for
     every table path (a column at a time, whole chunks with nulls and a mask
-    column, CSV and Arrow outputs)."""
+    column, CSV and Arrow outputs, Hive keys)."""
     pytest.importorskip("pandas")  # without it, nothing could import it
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -149,14 +149,17 @@ def test_tables_are_read_and_written_without_pandas(tmp_path):
         }
     )
     pq.write_table(nulls, tmp_path / "nulls.parquet")
+    (tmp_path / "hive" / "region=eu").mkdir(parents=True)
+    pq.write_table(nulls, tmp_path / "hive" / "region=eu" / "part-0.parquet")
     calls = [
         ["fit", "big.h5", "big.parquet", "--quiet"],
         ["transform", "big.h5", "big.parquet", "-o", "big-out.parquet", "--quiet"],
         ["fit", "n.h5", "nulls.parquet", "--columns", "a,b", "--mask-column", "keep"],
         ["transform", "n.h5", "nulls.parquet", "-o", "n.csv", "--quiet"],
         ["transform", "n.h5", "nulls.parquet", "-o", "n.arrow", "--quiet"],
+        ["transform", "n.h5", "hive", "-o", "h.parquet", "--quiet"],
     ]
     for args in calls:
         assert "pandas" not in imported(args, tmp_path), args
-    for made in ("big.h5", "big-out.parquet", "n.h5", "n.csv", "n.arrow"):
+    for made in ("big.h5", "big-out.parquet", "n.h5", "n.csv", "n.arrow", "h.parquet"):
         assert (tmp_path / made).stat().st_size > 0

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bncli.io.tables import arrow_values, numpy_bools, numpy_values
+from bncli.io.tables import arrow_text, arrow_values, numpy_bools, numpy_values
 
 NUMERIC = [
     pa.float16(),
@@ -115,3 +115,14 @@ def test_arrow_values_of_a_contiguous_column_shares_its_memory():
     assert column.buffers()[1].address == y[:, 1].ctypes.data
     cast = arrow_values(y[:, 1], np.dtype(np.float64))
     assert cast.type == pa.float64() and cast.to_pylist() == [4.0, 5.0, 6.0, 7.0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(value=st.none() | st.text())
+def test_arrow_text_is_pa_scalar(value):
+    got = arrow_text(value)
+    expected = pa.scalar(value, pa.string())
+    assert got.type == pa.string()
+    assert got.is_valid == expected.is_valid
+    assert got.as_py() == expected.as_py() == value
+    assert pa.repeat(got, 3).equals(pa.repeat(expected, 3))
