@@ -113,9 +113,9 @@ def _choose_arrow_pool() -> None:
 
     A table fit decodes its columns in pyarrow's threads, copies the channels
     in a reader thread and frees them in the workers: with pyarrow's default
-    pool (mimalloc) about 40 MiB of freed pages stayed resident (a 1 GiB
-    Parquet fit peaked at 196-215 MiB); jemalloc with a single arena gives
-    them to the next batches (170-175 MiB, at the same speed). Arrow reads
+    pool (mimalloc) about 35 MiB of freed pages stay resident (a 1 GiB
+    Parquet fit peaks at 144-149 MiB); jemalloc with a single arena gives
+    them to the next batches (110-115 MiB, at the same speed). Arrow reads
     both variables when it first allocates, so they are set before anything
     imports pyarrow; on Linux only, where pyarrow's wheels and conda builds
     carry jemalloc (elsewhere naming it would print Arrow's warning). Values
