@@ -618,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
             ("bncli --help", run([*command, "--help"]), "numpy, click"),
             ("bncli fit, 4,096 samples", small_fit(small), "numpy, h5py, click"),
             (
-                # pyarrow's to_numpy imported pandas here (+0.25 s) until session 9
+                # pyarrow.parquet is the floor: not pyarrow.compute, nor pandas
                 "bncli fit, 4,096-row Parquet",
                 small_fit(small_parquet),
                 "numpy, h5py, click, pyarrow.parquet",
