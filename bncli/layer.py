@@ -18,7 +18,7 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from bncli import kernels
+from bncli import kernels, normalization
 from bncli.engines.base import FitSummary
 from bncli.errors import ConfigError, DataError, StateError
 from bncli.keras_compat import compute, dtypes, specs
@@ -540,7 +540,7 @@ class BatchNormalization:
             variance = np.where(seen, stats.variance[0], self.moving_variance64)
         else:
             mean, variance = self.moving_mean64, self.moving_variance64
-        y = kernels.normalize(
+        y = normalization.normalize(
             rows, mean, variance, self._gamma, self._beta, self.epsilon
         )
         shaped = cast("npt.NDArray[np.float64]", kernels.from_rows(y, x.shape, axis))

@@ -210,6 +210,7 @@ LAYERS = [
     {"bncli", "errors", "limits", "progress", "interrupts"},
     {"fast_moments"},
     {"kernels"},
+    {"normalization"},
     {"io"},
     {"state", "keras_compat", "engines"},
     {"health", "drift"},

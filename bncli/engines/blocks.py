@@ -23,7 +23,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 import numpy as np
 import numpy.typing as npt
 
-from bncli import kernels
+from bncli import kernels, normalization
 from bncli.engines.base import EngineLayer, FitParams
 from bncli.errors import DataError
 from bncli.io.batching import batch_blocks
@@ -516,12 +516,12 @@ def normalize_rows_into(
     """Write the outputs of ``chunk`` (``rows``, ``(n, P, C)``) into ``out``.
 
     Computed in float64 a cache-sized block at a time
-    (:func:`bncli.kernels.normalize` with ``out``) and rounded once to
+    (:func:`bncli.normalization.normalize` with ``out``) and rounded once to
     ``out``'s dtype.
     """
     gamma, beta, eps = layer.gamma, layer.beta, layer.epsilon
     if not training:
-        kernels.normalize(
+        normalization.normalize(
             rows,
             layer.moving_mean64,
             layer.moving_variance64,
@@ -543,7 +543,7 @@ def normalize_rows_into(
                 :, None, :
             ]
             part = slice(lo * per_sample, hi * per_sample)
-            kernels.normalize(
+            normalization.normalize(
                 x[:, part], mean, variance, gamma, beta, eps, out=y[:, part]
             )
 

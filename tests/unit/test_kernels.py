@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bncli import kernels
+from bncli import kernels, normalization
 from tests.conftest import FAST, PRECISE
 
 
@@ -286,10 +286,10 @@ def test_normalize_and_affine_coefficients(center, scale):
     g = gamma if scale else 1.0
     b = beta if center else 0.0
     expected = g * (x - mean) / np.sqrt(variance + eps) + b
-    got = kernels.normalize(x, mean, variance, gamma, beta, eps)
+    got = normalization.normalize(x, mean, variance, gamma, beta, eps)
     assert got.dtype == np.float64
     np.testing.assert_allclose(got, expected, **PRECISE)
-    a, c = kernels.affine_coefficients(mean, variance, gamma, beta, eps)
+    a, c = normalization.affine_coefficients(mean, variance, gamma, beta, eps)
     np.testing.assert_allclose(x * a + c, expected, **PRECISE)
 
 
@@ -297,13 +297,15 @@ def test_normalize_with_per_batch_statistics():
     rng = np.random.default_rng(13)
     x = rng.normal(size=(2, 6, 3))
     mean, variance = rng.normal(size=(2, 1, 3)), rng.random((2, 1, 3))
-    got = kernels.normalize(x, mean, variance, None, None, 0.01)
+    got = normalization.normalize(x, mean, variance, None, None, 0.01)
     np.testing.assert_allclose(got, (x - mean) / np.sqrt(variance + 0.01), **PRECISE)
 
 
 def test_normalize_keeps_precision_far_from_zero():
     x = np.array([[1e9 + 0.5], [1e9 - 0.5]])
-    got = kernels.normalize(x, np.array([1e9]), np.array([0.25]), None, None, 1e-12)
+    got = normalization.normalize(
+        x, np.array([1e9]), np.array([0.25]), None, None, 1e-12
+    )
     np.testing.assert_allclose(got[:, 0], [1.0, -1.0], rtol=1e-9)
 
 

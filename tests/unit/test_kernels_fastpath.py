@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bncli import kernels
+from bncli import kernels, normalization
 from bncli.engines.blocks import all_finite
 from tests.conftest import FAST
 
@@ -184,9 +184,9 @@ def test_blocked_normalize_rounds_the_float64_result_once(
     gamma = rng.normal(1, 0.2, c).astype(np.float32) if affine else None
     beta = rng.normal(0, 0.2, c).astype(np.float32) if affine else None
     out = np.empty(shape, out_dtype)
-    got = kernels.normalize(x, mean, variance, gamma, beta, 1e-3, out=out)
+    got = normalization.normalize(x, mean, variance, gamma, beta, 1e-3, out=out)
     assert got is out
-    plain = kernels.normalize(x, mean, variance, gamma, beta, 1e-3)
+    plain = normalization.normalize(x, mean, variance, gamma, beta, 1e-3)
     np.testing.assert_array_equal(out, plain.astype(out_dtype))
     np.testing.assert_allclose(
         plain,
@@ -200,9 +200,10 @@ def test_blocked_normalize_into_strided_and_channel_major_arrays(block):
     x = rng.normal(0, 1, (7, 40)).astype(np.float32).T.reshape(40, 1, 7)
     out = np.empty((7, 40), np.float32).T.reshape(40, 1, 7)
     mean, variance = rng.normal(0, 1, 7), rng.random(7) + 0.5
-    kernels.normalize(x, mean, variance, None, None, 1e-3, out=out)
+    normalization.normalize(x, mean, variance, None, None, 1e-3, out=out)
     np.testing.assert_array_equal(
-        out, kernels.normalize(x, mean, variance, None, None, 1e-3).astype(np.float32)
+        out,
+        normalization.normalize(x, mean, variance, None, None, 1e-3).astype(np.float32),
     )
 
 
@@ -210,7 +211,9 @@ def test_blocked_normalize_keeps_data_far_from_zero_exact():
     """(x - mean) in float64 first: no cancellation for a large mean."""
     x = np.array([[[1e8 + 1.0, 1e8 - 3.0]]], dtype=np.float64).reshape(1, 2, 1)
     out = np.empty_like(x, dtype=np.float32)
-    kernels.normalize(x, np.array([1e8]), np.array([4.0]), None, None, 0.0, out=out)
+    normalization.normalize(
+        x, np.array([1e8]), np.array([4.0]), None, None, 0.0, out=out
+    )
     np.testing.assert_array_equal(out.ravel(), [0.5, -1.5])
 
 
