@@ -23,12 +23,14 @@ import numpy as np
 from bncli.errors import DataError, UsageError
 
 __all__ = [
+    "TABLE_BATCH_BYTES",
     "TABLE_BATCH_ROWS",
     "ArraySource",
     "ReadOptions",
     "Source",
     "TableSource",
     "first_line",
+    "table_batch_rows",
 ]
 
 
@@ -61,6 +63,21 @@ class ReadOptions:
 
 #: Rows per record batch asked of table readers.
 TABLE_BATCH_ROWS = 65_536
+
+#: Bytes of cells (8 a cell) a table reader decodes at once, at most: all of
+#: TABLE_BATCH_ROWS rows of a few columns, fewer rows of many (1,024 float
+#: columns decoded 65,536 rows at a time held 256 MiB and more).
+TABLE_BATCH_BYTES = 16 << 20
+
+
+def table_batch_rows(columns: int) -> int:
+    """Rows per decoded record batch of a table of ``columns`` columns.
+
+    Example:
+        >>> table_batch_rows(16), table_batch_rows(1024)
+        (65536, 2048)
+    """
+    return max(1, min(TABLE_BATCH_ROWS, TABLE_BATCH_BYTES // (8 * max(columns, 1))))
 
 
 def first_line(e: BaseException) -> str:

@@ -371,3 +371,25 @@ def test_a_fit_holds_the_chunks_in_flight_not_the_file(tmp_path):
 
     tiny, large = peak_mib("tiny.npy"), peak_mib("big.npy")
     assert large - tiny < 96, (tiny, large)
+
+
+def test_a_wide_parquet_is_decoded_a_bounded_batch_at_a_time(tmp_path):
+    """65,536 rows at a time of 1,024 columns held 256 MiB decoded: a wide
+    table's batches hold TABLE_BATCH_BYTES (8 bytes a cell) at most, and
+    the chunks read join to the whole all the same."""
+    from bncli.io.readers.parquet import ParquetSource
+    from bncli.io.sources import TABLE_BATCH_BYTES, table_batch_rows
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(5000, 1024)).astype(np.float32)
+    path = tmp_path / "wide.parquet"
+    pq.write_table(pa.table({f"c{j}": x[:, j] for j in range(1024)}), path)
+    source = ParquetSource(str(path))
+    source.cut = lambda batches, *_: batches  # the batches as decoded
+    sizes = [b.num_rows for b in source.record_batches(0, 100, None)]
+    assert max(sizes) == table_batch_rows(1024) == TABLE_BATCH_BYTES // (8 * 1024)
+    assert sum(sizes) == 5000
+    assert max(b.num_rows for b in source.record_batches(0, 100, ["c0", "c1"])) == 5000
+    dataset = open_dataset([path])
+    got = np.concatenate([c.data for c in dataset.chunks(0, 300)])
+    np.testing.assert_array_equal(got, x)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -37,6 +39,7 @@ def tiny_ranges(monkeypatch):
     a batch at a time."""
     monkeypatch.setattr(columns, "PIECE_BYTES", 1)
     monkeypatch.setattr(columns, "MIN_ROWS", 1)
+    monkeypatch.setattr(columns, "GROUPS", columns.GROUPS)
     return lambda rows: monkeypatch.setattr(columns, "RANGE_ROWS", rows)
 
 
@@ -90,6 +93,9 @@ def tables(draw):
         "momentum": draw(st.sampled_from([0.0, 0.5, 0.9])),
         "range_rows": draw(st.integers(1, 40)),
         "workers": draw(st.sampled_from([1, 2])),
+        # tasks a range's channels spread over: 64 reads a column a task,
+        # 1 and 2 read them in groups (of all, or of 2 and the rest)
+        "groups": draw(st.sampled_from([64, 1, 2])),
     }  # fmt: skip
 
 
@@ -143,6 +149,7 @@ def test_equals_the_reference_and_the_fit_of_whole_chunks(
     table, stats, tiny_ranges, chunks_only
 ):
     tiny_ranges(table["range_rows"])
+    columns.GROUPS = table["groups"]  # restored by tiny_ranges's monkeypatch
     mask = cell_mask(table)
     with tempfile.TemporaryDirectory() as name:
         paths = write(Path(name), table)
@@ -307,3 +314,35 @@ def test_threads_read_one_parquet_source_at_once(tmp_path):
     for (_, j), values in got.items():
         np.testing.assert_array_equal(values, x[:, j])
     assert len(got) == 4
+
+
+def test_a_wide_table_is_read_a_group_of_columns_a_task(tmp_path):
+    """1,024 float32 columns: read whole chunks at a time, pyarrow held every
+    column's reader and pages (111 MiB of Arrow's memory for this 32 MiB
+    file); 16 columns a task hold a few MiB. Arrow's own accounting, in a
+    fresh process."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(8192, 1024)).astype(np.float32)
+    path = tmp_path / "wide.parquet"
+    table = pa.table({f"c{j}": x[:, j] for j in range(1024)})
+    pq.write_table(table, path, row_group_size=4096)
+    assert [len(g) for g in columns.column_groups(table.column_names)] == [16] * 64
+    code = (
+        "import sys, pyarrow as pa, numpy as np, bncli\n"
+        "from bncli.engines import columns\n"
+        "columns.MIN_ROWS = 1  # 8,192 rows: the column path all the same\n"
+        "bn = bncli.BatchNormalization(momentum=0.0)\n"
+        "bn.fit(sys.argv[1], batch_size=8192)\n"
+        "np.save(sys.argv[2], bn.moving_mean64)\n"
+        "print(pa.default_memory_pool().max_memory())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path), str(tmp_path / "mean.npy")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) < 32 << 20
+    # one batch of every row, momentum 0: the moving mean is the data's mean
+    np.testing.assert_allclose(
+        np.load(tmp_path / "mean.npy"), x.astype(np.float64).mean(axis=0), **FAST
+    )

@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from bncli.io.locations import is_url, open_random_access
-from bncli.io.sources import TABLE_BATCH_ROWS, TableSource
+from bncli.io.sources import TableSource, table_batch_rows
 
 __all__ = ["ParquetSource"]
 
@@ -83,12 +83,13 @@ class ParquetSource(TableSource):
                 offset += n
         if not groups:
             return
-        # Decoded in batches of at least TABLE_BATCH_ROWS, cut into chunks of
-        # ``rows`` below: pyarrow decodes the columns of a batch in parallel,
-        # which pays only on batches that large (about 1.6x the throughput of
-        # 16Ki-row batches on 16 float32 columns).
-        size = max(rows, TABLE_BATCH_ROWS)
+        # Decoded in batches of TABLE_BATCH_ROWS (fewer rows of a wide table),
+        # cut into chunks of ``rows`` below: pyarrow decodes the columns of a
+        # batch in parallel, which pays only on batches that large (about
+        # 1.6x the throughput of 16Ki-row batches on 16 float32 columns).
         chosen = None if columns is None else list(columns)
+        width = self._metadata.num_columns if chosen is None else len(chosen)
+        size = max(rows, table_batch_rows(width))
         reader = self._reader()
         if self._remote:  # a row group at a time: its buffers go with it
             batches: Iterator[Any] = _rebatched(
