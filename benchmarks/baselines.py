@@ -74,7 +74,7 @@ def sklearn_partial_fit(x: np.ndarray) -> None:
         scaler.partial_fit(x[lo : lo + SKLEARN_CHUNK])
 
 
-def read_table(path: Path, columns: list[str]) -> None:
+def read_table(path: Path, columns: list[str] | None) -> None:
     import pyarrow.parquet as pq
 
     pq.read_table(path, columns=columns)

@@ -103,6 +103,33 @@ def parquet_path(rows: int) -> Path:
     return path
 
 
+def wide_parquet_path(rows: int, columns: int = 1024) -> Path:
+    """A Parquet file of ``columns`` float32 columns, generated if missing."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = DATA / f"wide-{rows}x{columns}.parquet"
+    if path.exists():
+        return path
+    DATA.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".parquet.tmp")
+    names = [f"w{j}" for j in range(columns)]
+    schema = pa.schema([(name, pa.float32()) for name in names])
+    rng = np.random.default_rng(5)
+    step = max(1, (16 << 20) // (4 * columns))
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for start in range(0, rows, step):
+            x = rng.standard_normal(
+                (min(step, rows - start), columns), dtype=np.float32
+            )
+            table = pa.Table.from_arrays(
+                [pa.array(x[:, j]) for j in range(columns)], schema=schema
+            )
+            writer.write_table(table)
+    os.replace(tmp, path)
+    return path
+
+
 def small_npy_path() -> Path:
     """A small NPY file (4096 samples) for whole-process start-up timings."""
     return npy_path(1 << 12)

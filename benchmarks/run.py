@@ -405,6 +405,40 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
 
+        # ---- a wide table: 1,024 float32 columns (256 MiB), reported (before
+        # session 9: 1.7 s and 710 MiB, whole chunks; now 16 columns a task)
+        say("bench: fit on a wide Parquet table")
+        wide = data.wide_parquet_path(rows // 256)
+        data.warm([wide])
+        wide_rows = rows // 256
+        t_wide, t_wide_read = side_by_side(
+            lambda: bncli_fit(wide), lambda: read_table(wide, None), slow_repeat
+        )
+        add(
+            Row(
+                "fit Parquet of 1,024 columns vs pq.read_table (report)",
+                rate(wide_rows, t_wide),
+                rate(wide_rows, t_wide_read),
+                t_wide_read / t_wide,
+                "report",
+                None,
+            )
+        )
+        peak, _ = peak_rss(
+            [*bncli_command(), "fit", str(work / "w.h5"), str(wide), "--quiet"]
+        )
+        add(
+            Row(
+                f"  peak RSS, fit Parquet of 1,024 columns "
+                f"({wide_rows * 1024 * 4 / 2**20:,.0f} MiB)",
+                f"{peak:,.0f} MiB",
+                "",
+                None,
+                "report",
+                None,
+            )
+        )
+
         # ---- a fit sharded in 8 parts, then merged
         say("bench: 8 partial fits of the Parquet file, and their merge")
         parts_folder = work / "parts"
