@@ -408,9 +408,9 @@ def main(argv: list[str] | None = None) -> int:
         # ---- a wide table: 1,024 float32 columns (256 MiB), reported (before
         # session 9: 1.7 s and 710 MiB, whole chunks; now 16 columns a task)
         say("bench: fit on a wide Parquet table")
-        wide = data.wide_parquet_path(rows // 256)
-        data.warm([wide])
         wide_rows = rows // 256
+        wide = data.wide_parquet_path(wide_rows)
+        data.warm([wide])
         t_wide, t_wide_read = side_by_side(
             lambda: bncli_fit(wide), lambda: read_table(wide, None), slow_repeat
         )

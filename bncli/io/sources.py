@@ -64,7 +64,7 @@ class ReadOptions:
 #: Rows per record batch asked of table readers.
 TABLE_BATCH_ROWS = 65_536
 
-#: Bytes of cells (8 a cell) a table reader decodes at once, at most: all of
+#: Bytes of cells (8 a cell) the Parquet reader decodes at once, at most: all of
 #: TABLE_BATCH_ROWS rows of a few columns, fewer rows of many (1,024 float
 #: columns decoded 65,536 rows at a time held 256 MiB and more).
 TABLE_BATCH_BYTES = 16 << 20
