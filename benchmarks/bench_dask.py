@@ -24,6 +24,18 @@ from typing import Any
 def _time_fits(
     npy_path: Path, workers: int, repeat: int, batch_size: int
 ) -> list[float]:
+    from bncli.engines.dask_cluster import environment_kept
+
+    # (the cluster's nannies would leave OMP_NUM_THREADS=1,
+    # MALLOC_TRIM_THRESHOLD_ and more in this process's environment, under
+    # which every later row's subprocesses would run)
+    with environment_kept():
+        return _timed_on_a_cluster(npy_path, workers, repeat, batch_size)
+
+
+def _timed_on_a_cluster(
+    npy_path: Path, workers: int, repeat: int, batch_size: int
+) -> list[float]:
     from distributed import LocalCluster
 
     import bncli

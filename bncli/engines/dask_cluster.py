@@ -10,6 +10,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
 import socket
 import warnings
 from collections.abc import Iterator, Sequence
@@ -23,6 +24,7 @@ __all__ = [
     "INSTALL_COMMAND",
     "SCHEDULER_SCHEMES",
     "connect",
+    "environment_kept",
     "first_line",
     "import_distributed",
     "probe",
@@ -125,14 +127,48 @@ def first_line(e: BaseException) -> str:
 
 
 @contextlib.contextmanager
+def environment_kept() -> Iterator[None]:
+    """Undo, on the way out, what the block changed in this process's environment.
+
+    A local cluster's nannies set their workers' variables in their own
+    parent's ``os.environ`` before spawning them, and leave them there:
+    ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS`` and ``OPENBLAS_NUM_THREADS`` 1,
+    ``MALLOC_TRIM_THRESHOLD_``, ``PYTHONHASHSEED`` (distributed's
+    ``distributed.nanny.pre-spawn-environ``). A program that called the
+    library would run its later subprocesses under them.
+    """
+    before = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in [k for k in os.environ if k not in before]:
+            del os.environ[key]
+        for key, value in before.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
 def connect(
     distributed: Any, scheduler: str | None, workers: int | None
 ) -> Iterator[tuple[Any, int]]:
     """A client of ``scheduler``, or of a local cluster of ``workers`` processes.
 
+    The process's environment is as it was once the cluster is closed (see
+    :func:`environment_kept`).
+
     Yields:
         ``(client, threads)``: the client and the cluster's worker threads.
     """
+    with environment_kept():
+        with _connect(distributed, scheduler, workers) as connected:
+            yield connected
+
+
+@contextlib.contextmanager
+def _connect(
+    distributed: Any, scheduler: str | None, workers: int | None
+) -> Iterator[tuple[Any, int]]:
     cluster = None
     if scheduler is not None:
         probe(scheduler)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import os
 import socket
 import subprocess
 import sys
@@ -634,11 +635,17 @@ def test_cli_fit_and_transform_on_a_cluster(run_cli, scheduler, tables, tmp_path
 
 
 def test_cli_local_cluster_of_workers(run_cli, arrays, tmp_path):
-    """Without --scheduler, bncli starts (and stops) a local cluster."""
+    """Without --scheduler, bncli starts (and stops) a local cluster.
+
+    The process's environment is left as it was: the cluster's nannies set
+    OMP_NUM_THREADS=1 and more in their parent's before they spawn workers.
+    """
     a = str(arrays["paths"]["a"])
+    before = dict(os.environ)
     done = run_cli("fit", "dask.h5", a, "--engine", "dask", "--workers", "2", "--quiet")
     assert done.exit_code == 0, done.stderr
     assert done.stderr == ""
+    assert dict(os.environ) == before
     assert run_cli("fit", "local.h5", a, "--quiet").exit_code == 0
     _equal_states(bncli.load(tmp_path / "dask.h5"), bncli.load(tmp_path / "local.h5"))
 
@@ -745,3 +752,17 @@ def test_importing_bncli_imports_no_dask():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )
     assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_environment_kept_undoes_what_the_block_changed(monkeypatch):
+    from bncli.engines.dask_cluster import environment_kept
+
+    monkeypatch.setenv("BNCLI_TEST_KEPT", "mine")
+    monkeypatch.setenv("BNCLI_TEST_GONE", "here")
+    monkeypatch.delenv("BNCLI_TEST_NEW", raising=False)
+    before = dict(os.environ)
+    with pytest.raises(RuntimeError), environment_kept():
+        os.environ.update(BNCLI_TEST_KEPT="theirs", BNCLI_TEST_NEW="1")
+        del os.environ["BNCLI_TEST_GONE"]
+        raise RuntimeError("the block failed")
+    assert dict(os.environ) == before
