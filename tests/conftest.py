@@ -84,7 +84,13 @@ def scheduler():
 
     from distributed import LocalCluster
 
-    with warnings.catch_warnings():  # its HTTP server may move off a busy port
+    from bncli.engines.dask_cluster import environment_kept
+
+    # (environment_kept: the nannies would leave OMP_NUM_THREADS=1,
+    # MALLOC_TRIM_THRESHOLD_ and more in this process's environment, under
+    # which the session's later subprocesses would run)
+    with warnings.catch_warnings(), environment_kept():
+        # its HTTP server may move off a busy port
         warnings.filterwarnings("ignore", "Port .* is already in use", UserWarning)
         cluster = LocalCluster(
             n_workers=2,
