@@ -179,7 +179,9 @@ def _connect(
         except Exception as e:
             raise _unreachable(scheduler, first_line(e)) from e
     else:
-        with warnings.catch_warnings():
+        # (the environment restored at once as well: pyarrow sizes its
+        # thread pool from OMP_NUM_THREADS when first used, for good)
+        with warnings.catch_warnings(), environment_kept():
             # Its HTTP server moves off a busy port 8787 with a warning that
             # would only add noise on stderr.
             warnings.filterwarnings("ignore", "Port .* is already in use", UserWarning)

@@ -766,3 +766,39 @@ def test_environment_kept_undoes_what_the_block_changed(monkeypatch):
         del os.environ["BNCLI_TEST_GONE"]
         raise RuntimeError("the block failed")
     assert dict(os.environ) == before
+
+
+def test_a_local_cluster_leaves_pyarrow_its_threads(tmp_path):
+    """pyarrow's pool is sized once, when first used, from OMP_NUM_THREADS.
+
+    In a process of its own: a transform on a local cluster, whose parts
+    are joined into one Parquet file in this process while the cluster is
+    up; pyarrow's pool afterwards has the process's threads, not one.
+    """
+    data = tmp_path / "x.parquet"
+    pq.write_table(pa.table({"a": np.arange(64.0), "b": np.ones(64)}), data)
+    layer = bncli.BatchNormalization()
+    layer.fit(data)
+    layer.save(tmp_path / "s.h5")
+    code = (
+        "import atexit, os\n"
+        "def report():\n"
+        "    import pyarrow as pa\n"
+        "    print(pa.cpu_count(), os.environ.get('OMP_NUM_THREADS'))\n"
+        "atexit.register(report)\n"
+        "from bncli.cli.main import main\n"
+        "main(['transform', 's.h5', 'x.parquet', '-o', 'out.parquet', "
+        "'--engine', 'dask', '--workers', '1', '--single-file', '--quiet'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+        env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert pq.read_table(tmp_path / "out.parquet").num_rows == 64
+    alone = subprocess.run(
+        [sys.executable, "-c", "import pyarrow as pa; print(pa.cpu_count())"],
+        capture_output=True, text=True, timeout=60, env=env, check=True,
+    )  # fmt: skip
+    assert done.stdout.split() == [alone.stdout.strip(), "None"]
