@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from measure import side_by_side
+
 _ENV = (
     "AWS_ENDPOINT_URL",
     "AWS_ACCESS_KEY_ID",
@@ -90,19 +92,6 @@ def upload(endpoint: str, path: Path) -> str:
     return f"s3://bench/{path.name}"
 
 
-def in_turns(
-    a: Callable[[], object], b: Callable[[], object], repeat: int
-) -> tuple[float, float]:
-    """Fastest wall times of ``a`` and ``b`` taken in turns (no warm-up: each is long)."""
-    times_a, times_b = [], []
-    for _ in range(repeat):
-        for fn, times in ((a, times_a), (b, times_b)):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return min(times_a), min(times_b)
-
-
 def measure(
     parquet: Path,
     fit: Callable[[str], object],
@@ -127,12 +116,15 @@ def measure(
         link.symlink_to(parquet.resolve())
     with s3_server(folder) as endpoint:
         url = f"s3://bench/{parquet.name}" if folder else upload(endpoint, parquet)
-        t_s3, t_file = in_turns(lambda: fit(url), lambda: fit(str(parquet)), repeat)
+        t_s3, t_file = side_by_side(
+            lambda: fit(url), lambda: fit(str(parquet)), repeat, warmup=False
+        )
         store = fs.S3FileSystem(endpoint_override=endpoint)
         key = url.removeprefix("s3://")
-        r_s3, r_file = in_turns(
+        r_s3, r_file = side_by_side(
             lambda: pq.read_table(key, filesystem=store),
             lambda: pq.read_table(parquet),
             repeat,
+            warmup=False,
         )
     return {"fit_s3": t_s3, "fit_file": t_file, "read_s3": r_s3, "read_file": r_file}
