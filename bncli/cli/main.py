@@ -137,10 +137,10 @@ def _quiet_blas(args: Sequence[str]) -> None:
 
     NumPy's OpenBLAS starts a thread per core when NumPy is imported, and
     each waits for work busily for 2**28 cycles before it sleeps: about
-    0.08 s of a core per command (a small fit used 0.22 s of CPU, 0.12 s
-    without), which two bncli commands run side by side by a pipeline pay
-    on a 2-core machine in wall time (30 small fits two at a time: 4.9 s ->
-    3.9 s). No command but recalibrate (Keras models) calls BLAS; its
+    0.1 s of a core per command (a small fit took 0.34 s of CPU, 0.23 s
+    with the least wait, in make bench's CPU row), which bncli commands run
+    side by side by a pipeline pay in wall time on a 2-core machine (30
+    small fits two at a time: 4.9-5.0 s -> 3.9-4.0 s). No command but recalibrate (Keras models) calls BLAS; its
     threads are left as they are. Set before anything imports NumPy; a
     value in the environment wins, and a program calling the library keeps
     its own.
