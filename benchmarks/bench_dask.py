@@ -3,20 +3,19 @@
 :func:`measure_dask_speedup` is called by ``benchmarks/run.py``; run alone,
 ``python benchmarks/bench_dask.py FILE.npy`` prints its result as JSON.
 
-Each cluster (single-threaded worker processes on 127.0.0.1) is started
+Each cluster (the local one ``--engine dask`` starts without
+``--scheduler``: single-threaded worker processes on 127.0.0.1) is started
 before the clock starts, warmed up with one fit (worker imports, the page
 cache), then timed over a few fits of the whole file with the default task
-plan; the fastest is kept (as in ``run.py``). Cluster start-up is left out: it is paid once per
-command, not per gigabyte.
+plan; the fastest is kept (as in ``run.py``). Cluster start-up is left out:
+it is paid once per command, not per gigabyte.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,35 +23,16 @@ from typing import Any
 def _time_fits(
     npy_path: Path, workers: int, repeat: int, batch_size: int
 ) -> list[float]:
-    from bncli.engines.dask_cluster import environment_kept
-
-    # (the cluster's nannies would leave OMP_NUM_THREADS=1,
-    # MALLOC_TRIM_THRESHOLD_ and more in this process's environment, under
-    # which every later row's subprocesses would run)
-    with environment_kept():
-        return _timed_on_a_cluster(npy_path, workers, repeat, batch_size)
-
-
-def _timed_on_a_cluster(
-    npy_path: Path, workers: int, repeat: int, batch_size: int
-) -> list[float]:
-    from distributed import LocalCluster
-
     import bncli
     from bncli.engines.base import FitOptions
+    from bncli.engines.dask_cluster import connect, import_distributed
     from bncli.engines.dask_engine import fit_layer
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Port .* is already in use", UserWarning)
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        )
-    try:
+    # The local cluster bncli starts itself, which also leaves this process's
+    # environment as it was (its nannies would leave OMP_NUM_THREADS=1,
+    # MALLOC_TRIM_THRESHOLD_ and more, under which every later row's
+    # subprocesses would run).
+    with connect(import_distributed(), None, workers) as (client, _):
         seconds = []
         for run in range(repeat + 1):  # the first run warms up
             layer = bncli.BatchNormalization()
@@ -61,13 +41,11 @@ def _timed_on_a_cluster(
                 layer,
                 [npy_path],
                 FitOptions(batch_size=batch_size),
-                scheduler=cluster.scheduler_address,
+                scheduler=client.scheduler.address,
             )
             if run:
                 seconds.append(time.perf_counter() - started)
         return seconds
-    finally:
-        cluster.close()
 
 
 def measure_dask_speedup(

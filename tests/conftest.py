@@ -77,28 +77,13 @@ def run_cli(tmp_path, monkeypatch):
 def scheduler():
     """A Dask scheduler and two single-threaded worker processes, once per run.
 
-    Shared by every test of the Dask engine (a cluster takes seconds to start).
+    Shared by every test of the Dask engine (a cluster takes seconds to
+    start). The local cluster ``--engine dask`` starts itself, which leaves
+    this process's environment as it was (the nannies would leave
+    OMP_NUM_THREADS=1, MALLOC_TRIM_THRESHOLD_ and more, under which the
+    session's later subprocesses would run).
     """
-    import logging
-    import warnings
+    from bncli.engines.dask_cluster import connect, import_distributed
 
-    from distributed import LocalCluster
-
-    from bncli.engines.dask_cluster import environment_kept
-
-    # (environment_kept: the nannies would leave OMP_NUM_THREADS=1,
-    # MALLOC_TRIM_THRESHOLD_ and more in this process's environment, under
-    # which the session's later subprocesses would run)
-    with warnings.catch_warnings(), environment_kept():
-        # its HTTP server may move off a busy port
-        warnings.filterwarnings("ignore", "Port .* is already in use", UserWarning)
-        cluster = LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        )
-    with cluster:
-        yield cluster.scheduler_address
+    with connect(import_distributed(), None, 2) as (client, _):
+        yield client.scheduler.address
